@@ -1,0 +1,54 @@
+"""``hrm.load(run_dir)``: a trained model with its tokenizer, for logits and generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hrm.inference import Generator
+from hrm.models import build_model
+from hrm.tokenizer import get_tokenizer
+from hrm.training import checkpoint
+
+
+class LoadedModel:
+    """A model restored from a run directory: ``tokenizer``, ``logits`` and ``generate``."""
+
+    def __init__(self, config, params, step: int):
+        self.config = config
+        self.step = step
+        self.tokenizer = get_tokenizer(config.data.tokenizer)
+        self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config.model)))
+        self.params = params
+        self.generator = Generator(self.graphdef)
+        self._forward = jax.jit(lambda params, tokens: nnx.merge(self.graphdef, params)(tokens)[0])
+
+    def logits(self, token_ids) -> np.ndarray:
+        """Logits (batch, length, vocab) for token ids (length,) or (batch, length)."""
+        tokens = np.asarray(token_ids, np.int32)
+        tokens = tokens[None] if tokens.ndim == 1 else tokens
+        return np.asarray(self._forward(self.params, jnp.asarray(tokens)))
+
+    def generate(self, prompts, max_new_tokens: int = 64, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int = 0, stop_at_eos: bool = True) -> list[str]:
+        """Continuations (text) of each prompt string; ``temperature=0`` is greedy."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids = [self.tokenizer.encode(p) or [self.tokenizer.eos_id] for p in prompts]
+        outputs = self.generator.generate_ids(self.params, ids, max_new_tokens, temperature, top_k, top_p, seed)
+        if stop_at_eos:
+            outputs = [out[:out.index(self.tokenizer.eos_id)] if self.tokenizer.eos_id in out else out
+                       for out in outputs]
+        return [self.tokenizer.decode(out) for out in outputs]
+
+
+def load(path: str | Path, step: int | None = None) -> LoadedModel:
+    """Load the latest (or given) checkpoint of an ``hrm.train`` run directory."""
+    checkpoint.quiet_orbax()
+    config = checkpoint.read_run_config(path)
+    from hrm.training.state import abstract_params
+    params, step = checkpoint.restore_params(Path(path), abstract_params(config), step)
+    return LoadedModel(config, params, step)

@@ -1,0 +1,208 @@
+"""Run configuration: typed dataclasses, config files, dotted overrides and their error messages.
+
+A config file is a plain Python file with ``get_config() -> Config``. On the command line,
+``--config.train.steps=30`` overrides one field; the value is parsed with the field's type, and an
+unknown key or a bad value raises ``ConfigError`` with one line that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import types
+import typing
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message is one line naming it."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    family: str = "mamba"
+    d_model: int = 256
+    n_layers: int = 4
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int = 0              # 0: ceil(d_model / 16), as the reference
+    dt_min: float = 1e-3
+    dt_max: float = 1e-1
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
+    norm_eps: float = 1e-5
+    vocab_size: int = 0           # 0: the tokenizer's size rounded up to a multiple of 8
+    tie_embeddings: bool = True
+    rescale_prenorm_residual: bool = True
+    residual_in_fp32: bool = True
+    dtype: str = "float32"        # compute dtype; parameters stay float32
+    scan_backend: str = "auto"
+
+
+@dataclasses.dataclass
+class DataConfig:
+    tokenizer: str = "byte"
+    seq_len: int = 256
+    data_dir: str = ""            # empty: the embedded default corpus (the interpreter's stdlib sources)
+    num_threads: int = 2
+    prefetch: int = 8
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    grad_clip: float = 1.0
+    save_every: int = 500
+    log_every: int = 10
+    keep_checkpoints: int = 3
+    seed: int = 42
+
+
+@dataclasses.dataclass
+class Config:
+    name: str = "run"
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Config":
+        return _build(cls, raw, prefix="")
+
+    def save_json(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load_json(cls, path: Path) -> "Config":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _build(cls, raw: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise ConfigError(_unknown_key(prefix + key, [prefix + n for n in names]))
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = _build(kind, value, prefix + key + ".")
+        else:
+            kwargs[key] = _coerce(prefix + key, kind, value)
+    return cls(**kwargs)
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
+    return f"unknown config key '{key}'{hint}"
+
+
+def _coerce(key: str, kind: type, value):
+    """Parse ``value`` (a string from the command line, or a JSON value) as ``kind``."""
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        if kind is bool:
+            if text.lower() in ("true", "1", "yes"):
+                return True
+            if text.lower() in ("false", "0", "no"):
+                return False
+        else:
+            try:
+                return kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}' expects {kind.__name__}, got {value!r}")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"config key '{key}' expects {kind.__name__}, got {value!r}")
+    return value
+
+
+def all_keys(config) -> list[str]:
+    keys = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += [f"{f.name}.{k}" for k in all_keys(value)]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def apply_override(config: Config, key: str, value: str) -> None:
+    """Set ``config.<key>`` from a command-line string, type-checked."""
+    known = all_keys(config)
+    if key not in known:
+        raise ConfigError(_unknown_key(key, known))
+    *parents, leaf = key.split(".")
+    target = config
+    for part in parents:
+        target = getattr(target, part)
+    kind = typing.get_type_hints(type(target))[leaf]
+    setattr(target, leaf, _coerce(key, kind, value))
+
+
+def load_config_file(path: str | Path) -> Config:
+    """Run ``get_config()`` from a Python config file; its stem becomes the default run name."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found; pass a file such as configs/tiny.py")
+    spec = importlib.util.spec_from_file_location(f"hrm_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # a config file is user code: report, don't trace back
+        raise ConfigError(f"config file '{path}' failed to run: {type(error).__name__}: {error}") from error
+    if not isinstance(getattr(module, "get_config", None), types.FunctionType):
+        raise ConfigError(f"config file '{path}' must define get_config() returning hrm.config.Config")
+    config = module.get_config()
+    if not isinstance(config, Config):
+        raise ConfigError(f"get_config() in '{path}' returned {type(config).__name__}, expected Config")
+    if config.name == Config.name:
+        config.name = path.stem
+    return config
+
+
+def validate(config: Config) -> None:
+    """Reject impossible sizes and settings before any work starts."""
+    m, d, t = config.model, config.data, config.train
+    positive = {"model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.d_state": m.d_state,
+                "model.d_conv": m.d_conv, "model.expand": m.expand, "data.seq_len": d.seq_len,
+                "data.num_threads": d.num_threads, "train.steps": t.steps, "train.batch_size": t.batch_size,
+                "train.save_every": t.save_every, "train.log_every": t.log_every,
+                "train.keep_checkpoints": t.keep_checkpoints}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    if not 0 < t.lr < 1:
+        raise ConfigError(f"config key 'train.lr' must be in (0, 1), got {t.lr}")
+    if not 0 <= t.min_lr_ratio <= 1:
+        raise ConfigError(f"config key 'train.min_lr_ratio' must be in [0, 1], got {t.min_lr_ratio}")
+    if t.warmup_steps < 0:
+        raise ConfigError(f"config key 'train.warmup_steps' must be >= 0, got {t.warmup_steps}")
+    if not 0 < m.dt_min <= m.dt_max:
+        raise ConfigError(f"config keys 'model.dt_min'/'model.dt_max' need 0 < dt_min <= dt_max")
+    if m.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"config key 'model.dtype' must be float32 or bfloat16, got {m.dtype!r}")
+    if m.vocab_size < 0 or m.dt_rank < 0:
+        raise ConfigError("config keys 'model.vocab_size' and 'model.dt_rank' must be >= 0 (0 = automatic)")
+    from kernels import BACKENDS
+    if m.scan_backend not in BACKENDS:
+        raise ConfigError(f"config key 'model.scan_backend' must be one of {', '.join(BACKENDS)}, "
+                          f"got {m.scan_backend!r}")

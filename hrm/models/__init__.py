@@ -1,0 +1,23 @@
+"""Model families by name. Every model maps (tokens, cache) → (logits, cache)."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from hrm.config import ConfigError, ModelConfig
+from hrm.models.lm import MambaLM
+
+FAMILIES = {"mamba": MambaLM}
+
+
+def build_model(cfg: ModelConfig, seed: int = 0) -> nnx.Module:
+    if cfg.family not in FAMILIES:
+        raise ConfigError(f"config key 'model.family' must be one of {', '.join(FAMILIES)}, got {cfg.family!r}")
+    if cfg.vocab_size <= 0:
+        raise ConfigError("model.vocab_size is unset; build models through hrm.training so the tokenizer sets it")
+    return FAMILIES[cfg.family](cfg, rngs=nnx.Rngs(seed))
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

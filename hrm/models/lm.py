@@ -1,0 +1,53 @@
+"""Language models assembled from blocks: pre-norm residual stacks with tied embeddings."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hrm.config import ModelConfig
+from hrm.models.mamba import Mamba
+
+
+class ResidualBlock(nnx.Module):
+    """x + mixer(RMSNorm(x)); the residual stream stays float32 when ``residual_in_fp32``."""
+
+    def __init__(self, cfg: ModelConfig, mixer: nnx.Module, *, rngs: nnx.Rngs):
+        self.norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+        self.mixer = mixer
+        self.residual_dtype = jnp.float32 if cfg.residual_in_fp32 else jnp.dtype(cfg.dtype)
+
+    def __call__(self, x, cache=None):
+        out, cache = self.mixer(self.norm(x), cache)
+        return x.astype(self.residual_dtype) + out.astype(self.residual_dtype), cache
+
+
+class MambaLM(nnx.Module):
+    """Embedding → n_layers Mamba residual blocks → RMSNorm → (tied) LM head."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dtype = jnp.dtype(cfg.dtype)
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype,
+                               embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        self.layers = nnx.List([ResidualBlock(cfg, Mamba(cfg, rngs=rngs), rngs=rngs)
+                                for _ in range(cfg.n_layers)])
+        self.norm_f = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=dtype, rngs=rngs)
+
+    def init_cache(self, batch: int):
+        return tuple(layer.mixer.init_cache(batch) for layer in self.layers)
+
+    def __call__(self, tokens: jax.Array, cache=None):
+        """tokens (batch, length) int → (logits (batch, length, vocab) float32, cache per layer)."""
+        cache = cache if cache is not None else (None,) * len(self.layers)
+        x = self.embed(tokens)
+        new_cache = []
+        for layer, layer_cache in zip(self.layers, cache):
+            x, layer_cache = layer(x, layer_cache)
+            new_cache.append(layer_cache)
+        x = self.norm_f(x.astype(self.norm_f.dtype or jnp.float32))
+        logits = self.embed.attend(x) if self.cfg.tie_embeddings else self.lm_head(x)
+        return logits.astype(jnp.float32), tuple(new_cache)

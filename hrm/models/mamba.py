@@ -1,0 +1,99 @@
+"""The Mamba (v1) block in Flax NNX, math and initialisation as state-spaces/mamba ``Mamba``.
+
+One code path serves training, prefill and decode: the block takes an optional ``MambaCache``
+(the last ``d_conv - 1`` conv inputs and the SSM state) and returns the updated one, so a decode
+step is the same forward pass on a length-1 input.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import kernels
+from hrm.config import ModelConfig
+
+# PyTorch's default Linear/Conv init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_default_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+class MambaCache(NamedTuple):
+    conv: jax.Array   # (batch, d_conv - 1, d_inner): the most recent inputs to the causal conv
+    ssm: jax.Array    # (batch, d_inner, d_state) float32
+
+
+def dt_rank(cfg: ModelConfig) -> int:
+    return cfg.dt_rank or math.ceil(cfg.d_model / 16)
+
+
+def d_inner(cfg: ModelConfig) -> int:
+    return cfg.expand * cfg.d_model
+
+
+def _uniform(low, high):
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, low, high)
+
+
+def _dt_bias_init(cfg: ModelConfig):
+    """Inverse softplus of dt ~ exp(U(log dt_min, log dt_max)), clamped at dt_init_floor."""
+    def init(key, shape, dtype=jnp.float32):
+        u = jax.random.uniform(key, shape, jnp.float32)
+        dt = jnp.exp(u * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
+        dt = jnp.maximum(dt, cfg.dt_init_floor)
+        return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
+    return init
+
+
+class Mamba(nnx.Module):
+    """The selective-SSM mixer: in_proj → causal conv + SiLU → selective scan (gated) → out_proj."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, di, n, k, r = cfg.d_model, d_inner(cfg), cfg.d_state, cfg.d_conv, dt_rank(cfg)
+        self.cfg = cfg
+        dtype = jnp.dtype(cfg.dtype)
+        linear = lambda i, o, **kw: nnx.Linear(i, o, dtype=dtype, rngs=rngs, **kw)
+        out_init = torch_default_init
+        if cfg.rescale_prenorm_residual:
+            out_init = nnx.initializers.variance_scaling(1 / (3 * cfg.n_layers), "fan_in", "uniform")
+        self.in_proj = linear(d, 2 * di, use_bias=cfg.bias, kernel_init=torch_default_init)
+        self.conv_kernel = nnx.Param(_uniform(-k ** -0.5, k ** -0.5)(rngs.params(), (k, di)))
+        self.conv_bias = nnx.Param(_uniform(-k ** -0.5, k ** -0.5)(rngs.params(), (di,))
+                                   if cfg.conv_bias else jnp.zeros((di,)))
+        self.x_proj = linear(di, r + 2 * n, use_bias=False, kernel_init=torch_default_init)
+        self.dt_proj = linear(r, di, use_bias=True, kernel_init=_uniform(-r ** -0.5, r ** -0.5),
+                              bias_init=_dt_bias_init(cfg))
+        self.A_log = nnx.Param(jnp.log(jnp.broadcast_to(jnp.arange(1, n + 1, dtype=jnp.float32), (di, n))))
+        self.D = nnx.Param(jnp.ones((di,), jnp.float32))
+        self.out_proj = linear(di, d, use_bias=cfg.bias, kernel_init=out_init)
+
+    def init_cache(self, batch: int) -> MambaCache:
+        di, dtype = d_inner(self.cfg), jnp.dtype(self.cfg.dtype)
+        return MambaCache(conv=jnp.zeros((batch, self.cfg.d_conv - 1, di), dtype),
+                          ssm=jnp.zeros((batch, di, self.cfg.d_state), jnp.float32))
+
+    def __call__(self, x: jax.Array, cache: MambaCache | None = None) -> tuple[jax.Array, MambaCache]:
+        """x (batch, length, d_model) → (out (batch, length, d_model), cache after the last position)."""
+        batch, _, _ = x.shape
+        cache = cache if cache is not None else self.init_cache(batch)
+        xs, z = jnp.split(self.in_proj(x), 2, axis=-1)
+
+        # Causal depthwise conv: the cache holds the d_conv - 1 inputs before this chunk.
+        window = jnp.concatenate([cache.conv.astype(xs.dtype), xs], axis=1)
+        k = self.cfg.d_conv
+        conv_kernel = self.conv_kernel[...].astype(xs.dtype)
+        xc = sum(window[:, i:i + xs.shape[1]] * conv_kernel[i] for i in range(k))
+        xc = jax.nn.silu(xc + self.conv_bias[...].astype(xs.dtype))
+        new_conv = window[:, window.shape[1] - (k - 1):]
+
+        n, r = self.cfg.d_state, dt_rank(self.cfg)
+        dt_low, B, C = jnp.split(self.x_proj(xc), [r, r + n], axis=-1)
+        dt = dt_low @ self.dt_proj.kernel[...].astype(dt_low.dtype)   # bias is applied inside the scan
+        y, ssm = kernels.selective_scan(
+            xc, dt, -jnp.exp(self.A_log[...]), B, C, D=self.D[...], z=z,
+            delta_bias=self.dt_proj.bias[...], delta_softplus=True, return_last_state=True,
+            initial_state=cache.ssm, backend=self.cfg.scan_backend if x.shape[1] > 1 else "sequential")
+        return self.out_proj(y), MambaCache(conv=new_conv, ssm=ssm)

@@ -1,0 +1,154 @@
+"""The training loop: data → jitted step (data parallel over local devices) → metrics → checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import kernels
+from hrm.config import Config, ConfigError, validate
+from hrm.data import training_batches, split_batch
+from hrm.tokenizer import get_tokenizer, padded_vocab_size
+from hrm.training import checkpoint
+from hrm.training.metrics import MetricsWriter
+from hrm.training.state import init_train_state, make_train_step
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss diverged); the message names the cause and the fix."""
+
+
+def resolve_config(config: Config) -> Config:
+    """Fill what follows from other choices (the vocab size from the tokenizer) and validate."""
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model))
+    if config.model.vocab_size == 0:
+        config.model.vocab_size = padded_vocab_size(get_tokenizer(config.data.tokenizer))
+    validate(config)
+    return config
+
+
+def check_same_run(run_dir: Path, config: Config) -> None:
+    """A run directory belongs to one model and one tokenization; refuse to resume another."""
+    if not (run_dir / checkpoint.CONFIG_FILE).exists():
+        return
+    saved = checkpoint.read_run_config(run_dir)
+    fixed = {"model": (saved.model, config.model), "data.tokenizer": (saved.data.tokenizer, config.data.tokenizer),
+             "data.seq_len": (saved.data.seq_len, config.data.seq_len)}
+    for key, (old, new) in fixed.items():
+        if old != new:
+            diff = ""
+            if dataclasses.is_dataclass(old):
+                changed = [f.name for f in dataclasses.fields(old) if getattr(old, f.name) != getattr(new, f.name)]
+                diff = f" ({', '.join(f'{key}.{n}: {getattr(old, n)} -> {getattr(new, n)}' for n in changed)})"
+            raise ConfigError(f"'{run_dir}' holds a run with a different {key}{diff}; "
+                              f"pass a new --output_dir or the original settings")
+
+
+def data_mesh() -> Mesh:
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | None = None) -> list[dict]:
+    """Train (or resume) the run in ``run_dir``; returns the metrics records written this call.
+
+    ``stop_at_step`` ends this call early with a checkpoint, as a preemption would (the schedule
+    still spans ``train.steps``); calling again resumes.
+    """
+    checkpoint.quiet_orbax()
+    config = resolve_config(config)
+    run_dir = Path(run_dir)
+    t = config.train
+    if t.batch_size % jax.device_count():
+        raise ConfigError(f"config key 'train.batch_size' ({t.batch_size}) must be a multiple of the "
+                          f"{jax.device_count()} devices")
+    check_same_run(run_dir, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        tmp = run_dir / (checkpoint.CONFIG_FILE + ".tmp")
+        config.save_json(tmp)
+        os.replace(tmp, run_dir / checkpoint.CONFIG_FILE)
+
+    mesh = data_mesh()
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    graphdef, state = init_train_state(config)
+    state = jax.device_put(state, replicated)
+    tokenizer = get_tokenizer(config.data.tokenizer)
+    local_batch = t.batch_size // jax.process_count()
+    data_iterator = iter(training_batches(config.data, tokenizer, local_batch, t.seed + jax.process_index()))
+
+    mgr = checkpoint.manager(run_dir, keep=t.keep_checkpoints)
+    start = mgr.latest_step() or 0
+    if start:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        state = checkpoint.restore(mgr, start, abstract, data_iterator)
+        log(f"resumed from {run_dir / checkpoint.CHECKPOINT_DIR / str(start)}")
+    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    backend = kernels.resolve_backend(config.model.scan_backend)
+    log(f"model {config.model.family}: {n_params:,} parameters; selective scan backend: {backend}"
+        f"{' (auto on ' + jax.default_backend() + ')' if config.model.scan_backend == 'auto' else ''}; "
+        f"{jax.device_count()} device(s)")
+
+    def next_batch():
+        batch = split_batch(next(data_iterator))
+        return {k: jax.make_array_from_process_local_data(sharded, v) for k, v in batch.items()}
+
+    step_fn = jax.jit(make_train_step(graphdef, config), in_shardings=(replicated, sharded),
+                      out_shardings=(replicated, replicated), donate_argnums=0)
+    writer = MetricsWriter(run_dir, start, t.steps, enabled=is_main)
+    records = []
+    step, batch = start, None
+    try:
+        timer, tokens = time.perf_counter(), 0
+        while step < min(t.steps, stop_at_step or t.steps):
+            batch = next_batch()
+            state, metrics = step_fn(state, batch)
+            step += 1
+            tokens += batch["mask"].size
+            if step % t.log_every == 0 or step == t.steps:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(values, step, mgr)
+                elapsed = time.perf_counter() - timer
+                record = {"step": step, **values, "tokens_per_sec": tokens / elapsed}
+                writer.write(record)
+                records.append(record)
+                timer, tokens = time.perf_counter(), 0
+            if step % t.save_every == 0 and step != t.steps:
+                _check_finite({"loss": float(metrics["loss"])}, step, mgr)
+                checkpoint.save(mgr, step, state, data_iterator, force=True)
+    except KeyboardInterrupt:
+        log(f"interrupted: {_save_on_interrupt(mgr, state, data_iterator)}; run the same command to resume")
+        raise SystemExit(130)
+    finally:
+        writer.close()
+    if step not in mgr.all_steps():
+        checkpoint.save(mgr, step, state, data_iterator, force=True)
+    mgr.wait_until_finished()
+    mgr.close()
+    log(f"done: step {step}, checkpoint in {run_dir / checkpoint.CHECKPOINT_DIR / str(step)}")
+    return records
+
+
+def _check_finite(values: dict, step: int, mgr) -> None:
+    if not all(np.isfinite(v) for v in values.values()):
+        mgr.wait_until_finished()
+        last = mgr.latest_step()
+        raise TrainingError(f"non-finite loss/gradient at step {step} ({values}); last good checkpoint: "
+                            f"step {last}; lower train.lr or raise train.warmup_steps and re-run")
+
+
+def _save_on_interrupt(mgr, state, data_iterator) -> str:
+    try:
+        step = int(state["step"])
+        if step not in mgr.all_steps():
+            checkpoint.save(mgr, step, state, data_iterator, force=True)
+        mgr.wait_until_finished()
+        return f"checkpoint saved at step {step}"
+    except Exception:  # the state was mid-update (donated); the last periodic checkpoint stands
+        return f"kept the last finished checkpoint (step {mgr.latest_step()})"

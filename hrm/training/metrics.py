@@ -1,0 +1,56 @@
+"""Training metrics: ``metrics.jsonl``, tensorboardX events in ``tb/`` and a console progress bar."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+class MetricsWriter:
+    """Appends one JSON object per log step; on resume drops records past the restored step."""
+
+    def __init__(self, run_dir: Path, start_step: int, total_steps: int, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / METRICS_FILE
+        self.tb = None
+        self.bar = None
+        if not enabled:
+            return
+        kept = [r for r in read_metrics(run_dir) if r["step"] <= start_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1)
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record["step"]
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.tb.add_scalar(f"train/{key}", value, step)
+        summary = f"loss {record['loss']:.4f} lr {record['lr']:.2e} tok/s {record['tokens_per_sec']:,.0f}"
+        if self.bar is not None:
+            self.bar.set_postfix_str(summary, refresh=False)
+            self.bar.update(step - self.bar.n)
+        else:
+            print(f"step {step} {summary} grad_norm {record['grad_norm']:.3f}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
