@@ -125,8 +125,11 @@ def test_fp32_sequential_gradients_match_associative():
 
 
 def test_auto_backend_per_platform():
-    assert kernels.resolve_backend("auto", "cpu") == "sequential"
-    assert kernels.resolve_backend("auto", "gpu") == "reference"
+    assert kernels.resolve_backend("auto", "cpu") == "pallas"       # interpreted, fastest for fp32 on CPU
+    assert kernels.resolve_backend("auto", "cpu", "bfloat16") == "sequential"
+    assert kernels.resolve_backend("auto", "gpu") == "pallas"
+    assert kernels.resolve_backend("auto", "tpu") == "reference"
+    assert kernels.resolve_backend("pallas", "cpu") == "pallas"
     with pytest.raises(ValueError, match="unknown scan backend"):
         kernels.resolve_backend("cuda")
 
