@@ -18,8 +18,8 @@ class ResidualBlock(nnx.Module):
         self.mixer = mixer
         self.residual_dtype = jnp.float32 if cfg.residual_in_fp32 else jnp.dtype(cfg.dtype)
 
-    def __call__(self, x, cache=None):
-        out, cache = self.mixer(self.norm(x), cache)
+    def __call__(self, x, cache=None, segment_ids=None):
+        out, cache = self.mixer(self.norm(x), cache, segment_ids=segment_ids)
         return x.astype(self.residual_dtype) + out.astype(self.residual_dtype), cache
 
 
@@ -40,13 +40,16 @@ class MambaLM(nnx.Module):
     def init_cache(self, batch: int):
         return tuple(layer.mixer.init_cache(batch) for layer in self.layers)
 
-    def __call__(self, tokens: jax.Array, cache=None):
-        """tokens (batch, length) int → (logits (batch, length, vocab) float32, cache per layer)."""
+    def __call__(self, tokens: jax.Array, cache=None, segment_ids=None):
+        """tokens (batch, length) int → (logits (batch, length, vocab) float32, cache per layer).
+
+        ``segment_ids`` (batch, length), optional: ids of packed documents; no state crosses a change.
+        """
         cache = cache if cache is not None else (None,) * len(self.layers)
         x = self.embed(tokens)
         new_cache = []
         for layer, layer_cache in zip(self.layers, cache):
-            x, layer_cache = layer(x, layer_cache)
+            x, layer_cache = layer(x, layer_cache, segment_ids=segment_ids)
             new_cache.append(layer_cache)
         x = self.norm_f(x.astype(self.norm_f.dtype or jnp.float32))
         logits = self.embed.attend(x) if self.cfg.tie_embeddings else self.lm_head(x)

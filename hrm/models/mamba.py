@@ -75,8 +75,13 @@ class Mamba(nnx.Module):
         return MambaCache(conv=jnp.zeros((batch, self.cfg.d_conv - 1, di), dtype),
                           ssm=jnp.zeros((batch, di, self.cfg.d_state), jnp.float32))
 
-    def __call__(self, x: jax.Array, cache: MambaCache | None = None) -> tuple[jax.Array, MambaCache]:
-        """x (batch, length, d_model) → (out (batch, length, d_model), cache after the last position)."""
+    def __call__(self, x: jax.Array, cache: MambaCache | None = None,
+                 segment_ids: jax.Array | None = None) -> tuple[jax.Array, MambaCache]:
+        """x (batch, length, d_model) → (out (batch, length, d_model), cache after the last position).
+
+        ``segment_ids`` (batch, length) marks packed documents: where the id changes, the conv and
+        SSM state start afresh, so each document sees only itself.
+        """
         batch, _, _ = x.shape
         cache = cache if cache is not None else self.init_cache(batch)
         xs, z = jnp.split(self.in_proj(x), 2, axis=-1)
