@@ -22,8 +22,9 @@ class ArgumentParser(argparse.ArgumentParser):
 def user_errors() -> tuple[type[Exception], ...]:
     from hrm.data import DataError
     from hrm.training.checkpoint import CheckpointError
+    from hrm.tokenizer import TokenizerError
     from hrm.training.loop import TrainingError
-    return (ConfigError, UsageError, DataError, CheckpointError, TrainingError)
+    return (ConfigError, UsageError, DataError, CheckpointError, TrainingError, TokenizerError)
 
 
 def run_main(main, argv=None) -> None:

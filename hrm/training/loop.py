@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -13,11 +14,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import kernels
 from hrm.config import Config, ConfigError, validate
-from hrm.data import training_batches, split_batch
+from hrm.data import eval_batches, split_batch, tokenized_corpus, training_batches
 from hrm.tokenizer import get_tokenizer, padded_vocab_size
 from hrm.training import checkpoint
 from hrm.training.metrics import MetricsWriter
-from hrm.training.state import init_train_state, make_train_step
+from hrm.training.state import init_train_state, make_train_step, next_token_loss
 
 
 class TrainingError(RuntimeError):
@@ -79,9 +80,11 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     graphdef, state = init_train_state(config)
     state = jax.device_put(state, replicated)
-    tokenizer = get_tokenizer(config.data.tokenizer)
+    corpus = tokenized_corpus(config.data, get_tokenizer(config.data.tokenizer), log)
     local_batch = t.batch_size // jax.process_count()
-    data_iterator = iter(training_batches(config.data, tokenizer, local_batch, t.seed + jax.process_index()))
+    data_iterator = iter(training_batches(config.data, corpus, local_batch, t.seed,
+                                          shard=(jax.process_index(), jax.process_count())))
+    held_out = eval_batches(config.data, corpus, local_batch, t.eval_batches)
 
     mgr = checkpoint.manager(run_dir, keep=t.keep_checkpoints)
     start = mgr.latest_step() or 0
@@ -95,9 +98,15 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
         f"{' (auto on ' + jax.default_backend() + ')' if config.model.scan_backend == 'auto' else ''}; "
         f"{jax.device_count()} device(s)")
 
-    def next_batch():
-        batch = split_batch(next(data_iterator))
+    def to_device(batch):
         return {k: jax.make_array_from_process_local_data(sharded, v) for k, v in batch.items()}
+
+    eval_fn = jax.jit(partial(next_token_loss, graphdef), in_shardings=(replicated, sharded))
+
+    def evaluate(step):
+        if held_out:
+            loss = float(np.mean([eval_fn(state["params"], to_device(b)) for b in held_out]))
+            writer.write_eval({"step": step, "eval_loss": loss})
 
     step_fn = jax.jit(make_train_step(graphdef, config), in_shardings=(replicated, sharded),
                       out_shardings=(replicated, replicated), donate_argnums=0)
@@ -107,7 +116,7 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     try:
         timer, tokens = time.perf_counter(), 0
         while step < min(t.steps, stop_at_step or t.steps):
-            batch = next_batch()
+            batch = to_device(split_batch(next(data_iterator)))
             state, metrics = step_fn(state, batch)
             step += 1
             tokens += batch["mask"].size
@@ -122,6 +131,8 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
             if step % t.save_every == 0 and step != t.steps:
                 _check_finite({"loss": float(metrics["loss"])}, step, mgr)
                 checkpoint.save(mgr, step, state, data_iterator, force=True)
+            if (step % t.eval_every == 0) if t.eval_every else (step % t.save_every == 0 or step == t.steps):
+                evaluate(step)
     except KeyboardInterrupt:
         log(f"interrupted: {_save_on_interrupt(mgr, state, data_iterator)}; run the same command to resume")
         raise SystemExit(130)

@@ -49,6 +49,19 @@ class MetricsWriter:
         else:
             print(f"step {step} {summary} grad_norm {record['grad_norm']:.3f}", flush=True)
 
+    def write_eval(self, record: dict) -> None:
+        """An evaluation record {"step", "eval_loss"}: metrics.jsonl and tensorboard's eval/loss."""
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.tb.add_scalar("eval/loss", record["eval_loss"], record["step"])
+        message = f"step {record['step']} eval_loss {record['eval_loss']:.4f}"
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -31,12 +31,32 @@ def init_train_state(config: Config):
     return graphdef, state
 
 
-def next_token_loss(graphdef, params, batch) -> jax.Array:
-    """Mean cross-entropy over the unmasked targets."""
-    logits, _ = nnx.merge(graphdef, params)(batch["inputs"])
+def loss_and_metrics(graphdef, params, batch) -> tuple[jax.Array, dict]:
+    """(objective, metrics): the objective is the mean cross-entropy over the unmasked targets plus
+    every ``aux_loss`` the model sowed (``nnx.Intermediate``); metrics hold ``loss`` (the cross-entropy),
+    ``aux_loss`` (their sum, when any) and the mean of each sown ``metric_<name>`` scalar as ``<name>``."""
+    model = nnx.merge(graphdef, params)
+    logits, _ = model(batch["inputs"], segment_ids=batch.get("segment_ids"))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     mask = batch["mask"].astype(jnp.float32)
-    return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    loss = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    sown = {}
+    for path, value in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.pop(model, nnx.Intermediate))):
+        name = next(str(k.key) for k in reversed(path) if isinstance(getattr(k, "key", None), str))
+        sown.setdefault(name, []).append(jnp.asarray(value, jnp.float32))
+    metrics = {"loss": loss}
+    objective = loss
+    if "aux_loss" in sown:
+        metrics["aux_loss"] = sum(sown.pop("aux_loss"))
+        objective = loss + metrics["aux_loss"]
+    metrics.update({name[len("metric_"):]: jnp.mean(jnp.stack(values)) for name, values in sown.items()
+                    if name.startswith("metric_")})
+    return objective, metrics
+
+
+def next_token_loss(graphdef, params, batch) -> jax.Array:
+    """Mean cross-entropy over the unmasked targets (auxiliary losses excluded)."""
+    return loss_and_metrics(graphdef, params, batch)[1]["loss"]
 
 
 def make_train_step(graphdef, config: Config):
@@ -45,11 +65,12 @@ def make_train_step(graphdef, config: Config):
     schedule = learning_rate_schedule(config.train)
 
     def train_step(state, batch):
-        loss, grads = jax.value_and_grad(next_token_loss, argnums=1)(graphdef, state["params"], batch)
+        (_, model_metrics), grads = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)(
+            graphdef, state["params"], batch)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                      "opt_state": opt_state}
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
+        metrics = {**model_metrics, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
         return new_state, metrics
 
     return train_step

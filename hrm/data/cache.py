@@ -1,0 +1,117 @@
+"""The tokenized corpus: every document tokenized once (in threads) into memory-mapped arrays.
+
+The cache lives in ``<cache_dir>/<key>/`` where the key hashes the sources (paths, sizes, mtimes),
+the tokenizer and the loss-mask choice, so it is reused while nothing changed and rebuilt when
+anything did. It is written to a temporary folder and renamed, so a killed build leaves no cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from hrm.data.sources import DataError, Skipped, iter_documents, source_descriptions, source_fingerprint
+from hrm.tokenizer import Tokenizer
+
+CACHE_VERSION = 1
+BATCH_DOCUMENTS = 512
+
+
+@dataclasses.dataclass
+class TokenizedCorpus:
+    tokens: np.ndarray          # (total,) int32, every document followed by EOS
+    offsets: np.ndarray         # (documents + 1,) int64
+    loss_mask: np.ndarray       # (total,) uint8: 1 where the token is a training target
+    meta: dict
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def document(self, index: int) -> dict:
+        start, end = self.offsets[index], self.offsets[index + 1]
+        return {"tokens": np.asarray(self.tokens[start:end]), "loss_mask": np.asarray(self.loss_mask[start:end])}
+
+    def summary(self) -> str:
+        m = self.meta
+        return (f"data: {len(self):,} documents, {m['tokens']:,} tokens ({m['tokenizer']}) from "
+                f"{'; '.join(f'{k} {v}' for k, v in m['sources'])}; {m['skipped']}")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HRM_CACHE_DIR", Path.home() / ".cache" / "hrm")) / "tokens"
+
+
+def cache_key(cfg, tokenizer: Tokenizer) -> str:
+    spec = [CACHE_VERSION, tokenizer.name, tokenizer.vocab_size, cfg.completion_only, source_fingerprint(cfg)]
+    return hashlib.sha256(json.dumps(spec, default=str).encode()).hexdigest()[:20]
+
+
+def tokenized_corpus(cfg, tokenizer: Tokenizer, log=print) -> TokenizedCorpus:
+    """The cached corpus for a data config, building it first when absent."""
+    folder = Path(cfg.cache_dir or default_cache_dir()) / cache_key(cfg, tokenizer)
+    if not (folder / "meta.json").exists():
+        _build(cfg, tokenizer, folder)
+        state = "built"
+    else:
+        state = "reused"
+    corpus = TokenizedCorpus(tokens=np.load(folder / "tokens.npy", mmap_mode="r"),
+                             offsets=np.load(folder / "offsets.npy"),
+                             loss_mask=np.load(folder / "loss_mask.npy", mmap_mode="r"),
+                             meta=json.loads((folder / "meta.json").read_text()))
+    log(f"{corpus.summary()}; token cache {state}: {folder}")
+    return corpus
+
+
+def _encode_documents(documents, tokenizer: Tokenizer, completion_only: bool, threads: int):
+    """Token ids and loss masks for a batch of documents (prompt and completion tokenized apart)."""
+    encode = lambda texts: tokenizer.encoding.encode_ordinary_batch(texts, num_threads=threads)
+    prompts = encode([d.text[:d.prompt_chars] for d in documents])
+    completions = encode([d.text[d.prompt_chars:] for d in documents])
+    for prompt, completion in zip(prompts, completions):
+        ids = prompt + completion + [tokenizer.eos_id]
+        mask = [0 if completion_only else 1] * len(prompt) + [1] * (len(completion) + 1)
+        yield ids, mask
+
+
+def _build(cfg, tokenizer: Tokenizer, folder: Path) -> None:
+    skipped = Skipped()
+    tokens, masks, offsets = [], [], [0]
+    batch = []
+
+    def flush():
+        for ids, mask in _encode_documents(batch, tokenizer, cfg.completion_only, cfg.num_threads):
+            tokens.append(np.asarray(ids, np.int32))
+            masks.append(np.asarray(mask, np.uint8))
+            offsets.append(offsets[-1] + len(ids))
+        batch.clear()
+
+    for document in iter_documents(cfg, skipped):
+        batch.append(document)
+        if len(batch) == BATCH_DOCUMENTS:
+            flush()
+    flush()
+    sources = source_descriptions(cfg)
+    if not tokens:
+        raise DataError(f"no usable documents in {', '.join(f'{k} {v}' for k, v in sources)} "
+                        f"({skipped.summary()}); check the paths, columns and file types")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
+    try:
+        np.save(tmp / "tokens.npy", np.concatenate(tokens))
+        np.save(tmp / "loss_mask.npy", np.concatenate(masks))
+        np.save(tmp / "offsets.npy", np.asarray(offsets, np.int64))
+        meta = {"tokens": int(offsets[-1]), "documents": len(tokens), "tokenizer": tokenizer.name,
+                "sources": sources, "skipped": skipped.summary(), "skipped_counts": dict(skipped.counts)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "meta.json").exists():   # another process may have built it meanwhile
+            raise
