@@ -52,6 +52,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from kernels import reference
+
 F32 = jnp.float32
 
 # Default tile sizes.  On GPU a program holds state x block floats of state in registers and, in the
@@ -147,13 +149,14 @@ class _Padded(NamedTuple):
     A: jax.Array        # (S, P) float32
     D: jax.Array        # (1, P) float32
     bias: jax.Array     # (1, P) float32
+    keep: jax.Array     # (b, L, 1, 1) float32: 0 where the state resets before the step, else 1
 
 
 def _pad_sizes(cfg: _Config, channels: int, state: int):
     return _round_up(cfg.length, cfg.chunk), _round_up(channels, cfg.block), _next_pow2(state)
 
 
-def _pad_inputs(cfg: _Config, u, delta, A, B, C, D, z, bias) -> _Padded:
+def _pad_inputs(cfg: _Config, u, delta, A, B, C, D, z, bias, keep) -> _Padded:
     _, length, channels = u.shape
     state = A.shape[1]
     L, P, S = _pad_sizes(cfg, channels, state)
@@ -162,7 +165,8 @@ def _pad_inputs(cfg: _Config, u, delta, A, B, C, D, z, bias) -> _Padded:
     vec = lambda x: jnp.pad(x.astype(F32), (0, P - channels))[None]
     return _Padded(u=seq(u), delta=seq(delta), z=seq(z) if cfg.gated else None, B=bc(B), C=bc(C),
                    A=jnp.pad(A.astype(F32).T, ((0, S - state), (0, P - channels))), D=vec(D),
-                   bias=vec(bias))
+                   bias=vec(bias),
+                   keep=jnp.pad(keep.astype(F32), ((0, 0), (0, L - length)), constant_values=1)[..., None, None])
 
 
 def _pad_state(cfg: _Config, h):
@@ -183,6 +187,7 @@ class _Specs:
     def __init__(self, L, P, S, block, n_chunks, chunk):
         self.seq = pl.BlockSpec((None, L, block), lambda i, j: (i, 0, j))           # (b, L, P)
         self.bc = pl.BlockSpec((None, L, S, 1), lambda i, j: (i, 0, 0, 0))          # (b, L, S, 1)
+        self.keep = pl.BlockSpec((None, L, 1, 1), lambda i, j: (i, 0, 0, 0))        # (b, L, 1, 1)
         self.param = pl.BlockSpec((S, block), lambda i, j: (0, j))                  # (S, P)
         self.vec = pl.BlockSpec((1, block), lambda i, j: (0, j))                    # (1, P)
         self.state = pl.BlockSpec((None, S, block), lambda i, j: (i, 0, j))         # (b, S, P)
@@ -203,16 +208,21 @@ class _Step(NamedTuple):
     B: jax.Array      # (S, 1)
     C: jax.Array      # (S, 1)
     z: jax.Array | None  # (1, block)
+    keep: jax.Array   # (1, 1) 0 where the state resets before this step
+
+    def decay(self, A):
+        """The factor on the previous state, (S, block)."""
+        return self.keep * jnp.exp(self.dt * A)
 
 
 def _read_step(cfg: _Config, refs, bias, t) -> _Step:
-    u_ref, delta_ref, z_ref, b_ref, c_ref = refs
+    u_ref, delta_ref, z_ref, b_ref, c_ref, keep_ref = refs
     row = lambda ref: ref[pl.ds(t, 1), :].astype(F32)
     pre = row(delta_ref) + bias
     dt = softplus(pre) if cfg.softplus else pre
     dt = jnp.where(t < cfg.length, dt, 0.0)  # padded time steps: decay 1, input 0
     return _Step(u=row(u_ref), pre=pre, dt=dt, B=b_ref[t].astype(F32), C=c_ref[t].astype(F32),
-                 z=row(z_ref) if cfg.gated else None)
+                 z=row(z_ref) if cfg.gated else None, keep=keep_ref[t])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,10 +232,10 @@ def _forward_kernel(cfg: _Config, n_chunks: int, save_checkpoints: bool, *refs):
     it = iter(refs)
     u_ref, delta_ref = next(it), next(it)
     z_ref = next(it) if cfg.gated else None
-    b_ref, c_ref, a_ref, d_ref, bias_ref, h0_ref = (next(it) for _ in range(6))
+    b_ref, c_ref, keep_ref, a_ref, d_ref, bias_ref, h0_ref = (next(it) for _ in range(7))
     y_ref, last_ref = next(it), next(it)
     ckpt_ref = next(it) if save_checkpoints else None
-    step_refs = (u_ref, delta_ref, z_ref, b_ref, c_ref)
+    step_refs = (u_ref, delta_ref, z_ref, b_ref, c_ref, keep_ref)
     A, D, bias = a_ref[...], d_ref[...], bias_ref[...]       # (S, blk), (1, blk), (1, blk)
 
     def chunk_body(c, h):
@@ -235,7 +245,7 @@ def _forward_kernel(cfg: _Config, n_chunks: int, save_checkpoints: bool, *refs):
         def time_step(k, h):
             t = c * cfg.chunk + k
             x = _read_step(cfg, step_refs, bias, t)
-            h = jnp.exp(x.dt * A) * h + (x.dt * x.u) * x.B    # (S, blk)
+            h = x.decay(A) * h + (x.dt * x.u) * x.B           # (S, blk)
             y = jnp.sum(h * x.C, axis=0, keepdims=True) + D * x.u
             if cfg.gated:
                 y = y * (x.z * sigmoid(x.z))
@@ -253,9 +263,9 @@ def _forward(cfg: _Config, x: _Padded, h0, save_checkpoints: bool):
     S = x.A.shape[0]
     n_chunks = L // cfg.chunk
     specs = _Specs(L, P, S, cfg.block, n_chunks, cfg.chunk)
-    inputs = [x.u, x.delta] + ([x.z] if cfg.gated else []) + [x.B, x.C, x.A, x.D, x.bias, h0]
+    inputs = [x.u, x.delta] + ([x.z] if cfg.gated else []) + [x.B, x.C, x.keep, x.A, x.D, x.bias, h0]
     in_specs = ([specs.seq, specs.seq] + ([specs.seq] if cfg.gated else [])
-                + [specs.bc, specs.bc, specs.param, specs.vec, specs.vec, specs.state])
+                + [specs.bc, specs.bc, specs.keep, specs.param, specs.vec, specs.vec, specs.state])
     out_shapes = [jax.ShapeDtypeStruct((batch, L, P), x.u.dtype), jax.ShapeDtypeStruct((batch, S, P), F32)]
     out_specs = [specs.seq, specs.state]
     if save_checkpoints:
@@ -273,11 +283,11 @@ def _backward_kernel(cfg: _Config, n_chunks: int, *refs):
     it = iter(refs)
     u_ref, delta_ref = next(it), next(it)
     z_ref = next(it) if cfg.gated else None
-    b_ref, c_ref, a_ref, d_ref, bias_ref, ckpt_ref, dy_ref, dlast_ref = (next(it) for _ in range(8))
+    b_ref, c_ref, keep_ref, a_ref, d_ref, bias_ref, ckpt_ref, dy_ref, dlast_ref = (next(it) for _ in range(9))
     du_ref, ddelta_ref = next(it), next(it)
     dz_ref = next(it) if cfg.gated else None
     db_ref, dc_ref, da_ref, dd_ref, dbias_ref, dh0_ref, work_ref = (next(it) for _ in range(7))
-    step_refs = (u_ref, delta_ref, z_ref, b_ref, c_ref)
+    step_refs = (u_ref, delta_ref, z_ref, b_ref, c_ref, keep_ref)
     A, D, bias = a_ref[...], d_ref[...], bias_ref[...]
 
     def chunk_body(r, carry):
@@ -288,7 +298,7 @@ def _backward_kernel(cfg: _Config, n_chunks: int, *refs):
         def recompute(k, h):
             work_ref[k] = h
             x = _read_step(cfg, step_refs, bias, start + k)
-            return jnp.exp(x.dt * A) * h + (x.dt * x.u) * x.B
+            return x.decay(A) * h + (x.dt * x.u) * x.B
 
         jax.lax.fori_loop(0, cfg.chunk, recompute, ckpt_ref[c])
 
@@ -299,7 +309,7 @@ def _backward_kernel(cfg: _Config, n_chunks: int, *refs):
             t = start + k
             x = _read_step(cfg, step_refs, bias, t)
             h_prev = work_ref[k]
-            decay = jnp.exp(x.dt * A)
+            decay = x.decay(A)
             h = decay * h_prev + (x.dt * x.u) * x.B
             dy = dy_ref[pl.ds(t, 1), :].astype(F32)                    # (1, blk)
             if cfg.gated:                                              # y = y_skip * silu(z)
@@ -312,7 +322,7 @@ def _backward_kernel(cfg: _Config, n_chunks: int, *refs):
             du = dy * D
             dh = dh + dy * x.C                                         # (S, blk)
             dc_ref[t] = jnp.sum(dy * h, axis=1, keepdims=True)         # (S, 1), partial over block
-            d_arg = dh * h_prev * decay                                # dL/d(dt * A)
+            d_arg = dh * h_prev * decay                                # dL/d(dt * A), keep included
             dA = dA + d_arg * x.dt
             dh_b = jnp.sum(dh * x.B, axis=0, keepdims=True)            # (1, blk)
             ddt = jnp.sum(d_arg * A, axis=0, keepdims=True) + dh_b * x.u
@@ -342,9 +352,9 @@ def _backward(cfg: _Config, x: _Padded, ckpt, dy, dlast):
     n_chunks, n_blocks = L // cfg.chunk, P // cfg.block
     specs = _Specs(L, P, S, cfg.block, n_chunks, cfg.chunk)
     seq_in = [x.u, x.delta] + ([x.z] if cfg.gated else [])
-    inputs = seq_in + [x.B, x.C, x.A, x.D, x.bias, ckpt, dy, dlast]
-    in_specs = ([specs.seq] * len(seq_in) + [specs.bc, specs.bc, specs.param, specs.vec, specs.vec,
-                                             specs.ckpt, specs.seq, specs.state])
+    inputs = seq_in + [x.B, x.C, x.keep, x.A, x.D, x.bias, ckpt, dy, dlast]
+    in_specs = ([specs.seq] * len(seq_in) + [specs.bc, specs.bc, specs.keep, specs.param, specs.vec,
+                                             specs.vec, specs.ckpt, specs.seq, specs.state])
     sds = jax.ShapeDtypeStruct
     out_shapes = ([sds(a.shape, a.dtype) for a in seq_in]
                   + [sds((batch, n_blocks, L, S, 1), F32)] * 2          # dB, dC per channel block
@@ -367,23 +377,23 @@ def _backward(cfg: _Config, x: _Padded, ckpt, dy, dlast):
 # custom_vjp glue (inputs and outputs in the public layout; padding happens in here).
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _scan(cfg, u, delta, A, B, C, D, z, bias, h0):
-    y, last = _forward(cfg, _pad_inputs(cfg, u, delta, A, B, C, D, z, bias), _pad_state(cfg, h0),
+def _scan(cfg, u, delta, A, B, C, D, z, bias, h0, keep):
+    y, last = _forward(cfg, _pad_inputs(cfg, u, delta, A, B, C, D, z, bias, keep), _pad_state(cfg, h0),
                        save_checkpoints=False)
     return y[:, :cfg.length, :u.shape[2]], _unpad_state(last, u.shape[2], A.shape[1])
 
 
-def _scan_fwd(cfg, u, delta, A, B, C, D, z, bias, h0):
-    y, last, ckpt = _forward(cfg, _pad_inputs(cfg, u, delta, A, B, C, D, z, bias),
+def _scan_fwd(cfg, u, delta, A, B, C, D, z, bias, h0, keep):
+    y, last, ckpt = _forward(cfg, _pad_inputs(cfg, u, delta, A, B, C, D, z, bias, keep),
                              _pad_state(cfg, h0), save_checkpoints=True)
     out = (y[:, :cfg.length, :u.shape[2]], _unpad_state(last, u.shape[2], A.shape[1]))
-    return out, (u, delta, A, B, C, D, z, bias, h0, ckpt)
+    return out, (u, delta, A, B, C, D, z, bias, h0, keep, ckpt)
 
 
 def _scan_bwd(cfg, residuals, cotangents):
-    u, delta, A, B, C, D, z, bias, h0, ckpt = residuals
+    u, delta, A, B, C, D, z, bias, h0, keep, ckpt = residuals
     dy, dlast = cotangents
-    x = _pad_inputs(cfg, u, delta, A, B, C, D, z, bias)
+    x = _pad_inputs(cfg, u, delta, A, B, C, D, z, bias, keep)
     _, length, channels = u.shape
     state = A.shape[1]
     L, P, _ = _pad_sizes(cfg, channels, state)
@@ -394,7 +404,7 @@ def _scan_bwd(cfg, residuals, cotangents):
     vec = lambda g, like: jnp.sum(g, axis=(0, 1))[:channels].astype(like.dtype)
     return (seq(du), seq(ddelta), jnp.sum(dA, axis=0).T[:channels, :state].astype(A.dtype),
             bc(dB, B), bc(dC, C), vec(dD, D), None if z is None else seq(dz), vec(dbias, bias),
-            _unpad_state(dh0, channels, state).astype(h0.dtype))
+            _unpad_state(dh0, channels, state).astype(h0.dtype), jnp.zeros_like(keep))
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
@@ -406,12 +416,13 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 @functools.partial(jax.jit, static_argnames=("delta_softplus", "chunk", "block_channels", "interpret",
                                              "poison"))
 def pallas_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                initial_state=None, *, chunk=None, block_channels=None, interpret=None, poison=False):
+                initial_state=None, reset=None, *, chunk=None, block_channels=None, interpret=None, poison=False):
     """Selective scan with Pallas kernels; same contract as ``reference.sequential_scan``.
 
     Args:
       u, delta, z: (batch, length, channels), float32 or bfloat16.  A: (channels, state) float32.
       B, C: (batch, length, state).  D, delta_bias: (channels,).  initial_state: (batch, channels, state).
+      reset: (batch, length) bool, the state is zeroed before steps where it is true (not differentiated).
       chunk: time steps per chunk (rounded up to a power of two, capped at the padded length);
         block_channels: channels per program (power of two).  Defaults depend on the platform.
       interpret: force Pallas interpret mode (default: on unless running on GPU).
@@ -432,4 +443,4 @@ def pallas_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softpl
     D = jnp.zeros((channels,), F32) if D is None else D
     delta_bias = jnp.zeros((channels,), F32) if delta_bias is None else delta_bias
     h0 = jnp.zeros((batch, channels, state), F32) if initial_state is None else initial_state
-    return _scan(cfg, u, delta, A, B, C, D, z, delta_bias, h0)
+    return _scan(cfg, u, delta, A, B, C, D, z, delta_bias, h0, reference.keep_mask(reset, u, F32))

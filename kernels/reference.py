@@ -4,6 +4,7 @@ Per channel c and state n, with the state h starting at ``initial_state`` (zero 
 
     delta  = softplus(delta + delta_bias)            (bias and softplus optional)
     h_t    = exp(delta_t,c * A_c,n) * h_{t-1} + delta_t,c * B_t,n * u_t,c
+             (h_{t-1} taken as 0 where ``reset_t``: a packed document starts at t)
     y_t,c  = sum_n h_t,c,n * C_t,n  +  D_c * u_t,c
     y_t,c *= silu(z_t,c)                              (gate optional)
 
@@ -32,6 +33,13 @@ def effective_delta(delta, delta_bias, delta_softplus, dtype):
     return delta
 
 
+def keep_mask(reset, like: jax.Array, dtype):
+    """(batch, length) float: 0 where the state is reset before step t, else 1 (all ones if no reset)."""
+    if reset is None:
+        return jnp.ones(like.shape[:2], dtype)
+    return 1 - reset.astype(dtype)
+
+
 def finish_output(y, u, D, z, out_dtype):
     """Add the D skip connection and apply the SiLU(z) gate."""
     if D is not None:
@@ -42,7 +50,7 @@ def finish_output(y, u, D, z, out_dtype):
 
 
 def associative_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                     initial_state=None):
+                     initial_state=None, reset=None):
     """Parallel definition via ``jax.lax.associative_scan``; materialises (b, l, d, n).
 
     Returns (y, last_state) with last_state of shape (batch, channels, state).
@@ -50,7 +58,8 @@ def associative_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_s
     dtype = compute_dtype(u)
     uc = u.astype(dtype)
     dt = effective_delta(delta, delta_bias, delta_softplus, dtype)
-    decay = jnp.exp(dt[..., None] * A.astype(dtype))                        # (b, l, d, n)
+    keep = keep_mask(reset, u, dtype)[..., None, None]
+    decay = keep * jnp.exp(dt[..., None] * A.astype(dtype))                 # (b, l, d, n)
     drive = dt[..., None] * B.astype(dtype)[:, :, None, :] * uc[..., None]   # (b, l, d, n)
     if initial_state is not None:
         drive = drive.at[:, 0].add(decay[:, 0] * initial_state.astype(dtype))
@@ -66,7 +75,7 @@ def associative_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_s
 
 
 def sequential_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                    initial_state=None):
+                    initial_state=None, reset=None):
     """The same recurrence as a ``jax.lax.scan`` over time; never holds (b, l, d, n)."""
     dtype = compute_dtype(u)
     uc = u.astype(dtype)
@@ -77,11 +86,13 @@ def sequential_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_so
           else initial_state.astype(dtype))
 
     def step(h, inputs):
-        u_t, dt_t, B_t, C_t = inputs                                   # (b,d) (b,d) (b,n) (b,n)
-        h = jnp.exp(dt_t[..., None] * A) * h + (dt_t * u_t)[..., None] * B_t[:, None, :]
+        u_t, dt_t, B_t, C_t, keep_t = inputs                   # (b,d) (b,d) (b,n) (b,n) (b,)
+        decay = keep_t[:, None, None] * jnp.exp(dt_t[..., None] * A)
+        h = decay * h + (dt_t * u_t)[..., None] * B_t[:, None, :]
         return h, jnp.einsum("bdn,bn->bd", h, C_t)
 
     time_major = lambda x: jnp.swapaxes(x, 0, 1)
     h_last, y = jax.lax.scan(step, h0, (time_major(uc), time_major(dt),
-                                        time_major(B.astype(dtype)), time_major(C.astype(dtype))))
+                                        time_major(B.astype(dtype)), time_major(C.astype(dtype)),
+                                        time_major(keep_mask(reset, u, dtype))))
     return finish_output(time_major(y), uc, D, z, u.dtype), h_last

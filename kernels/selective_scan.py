@@ -43,26 +43,28 @@ def resolve_backend(backend: str = "auto", platform: str | None = None, dtype="f
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, backend="auto", initial_state=None):
+                   return_last_state=False, backend="auto", initial_state=None, reset=None):
     """Selective scan over (batch, length, channels) inputs.
 
     Args:
       u, delta, z: (batch, length, channels).  A: (channels, state).  B, C: (batch, length, state).
       D, delta_bias: (channels,).  initial_state: optional (batch, channels, state).
+      reset: optional (batch, length) bool; where true the state is zeroed before that step (a new
+        packed document starts there), so nothing flows across the boundary.
       backend: "auto", "reference" (associative_scan), "sequential" (lax.scan) or "pallas"
         (fused Pallas kernels, kernels/pallas_scan.py).
     Returns:
       y (batch, length, channels) in u's dtype, or (y, last_state) with last_state
       (batch, channels, state) float32 when ``return_last_state``.
     """
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state, reset)
     impl = _implementation(resolve_backend(backend, dtype=jnp.dtype(u.dtype).name))
     y, last_state = impl(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                         delta_softplus=delta_softplus, initial_state=initial_state)
+                         delta_softplus=delta_softplus, initial_state=initial_state, reset=reset)
     return (y, last_state) if return_last_state else y
 
 
-def _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state):
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state, reset):
     if u.ndim != 3:
         raise ValueError(f"u must be (batch, length, channels), got shape {u.shape}")
     batch, length, channels = u.shape
@@ -70,7 +72,8 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state):
     expected = {"delta": (delta, u.shape), "A": (A, (channels, state)),
                 "B": (B, (batch, length, state)), "C": (C, (batch, length, state)),
                 "D": (D, (channels,)), "z": (z, u.shape), "delta_bias": (delta_bias, (channels,)),
-                "initial_state": (initial_state, (batch, channels, state))}
+                "initial_state": (initial_state, (batch, channels, state)),
+                "reset": (reset, (batch, length))}
     for name, (array, shape) in expected.items():
         if array is not None and tuple(array.shape) != tuple(shape):
             raise ValueError(f"selective_scan: {name} has shape {tuple(array.shape)}, expected {shape}")

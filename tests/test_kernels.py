@@ -9,8 +9,9 @@ import kernels
 from kernels import reference
 
 
-def numpy_scan(u, delta, A, B, C, D, z, delta_bias, initial_state):
+def numpy_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, reset=None):
     """Float64 loop over time: the definition, written as slowly and plainly as possible."""
+    reset = np.zeros(u.shape[:2], bool) if reset is None else np.asarray(reset)
     u, delta, A, B, C = (np.asarray(x, np.float64) for x in (u, delta, A, B, C))
     delta = delta + np.asarray(delta_bias, np.float64)
     delta = np.log1p(np.exp(delta))
@@ -18,6 +19,7 @@ def numpy_scan(u, delta, A, B, C, D, z, delta_bias, initial_state):
     h = np.array(initial_state, np.float64) if initial_state is not None else np.zeros((b, d, A.shape[1]))
     y = np.zeros((b, l, d))
     for t in range(l):
+        h = np.where(reset[:, t, None, None], 0.0, h)
         h = np.exp(delta[:, t, :, None] * A) * h + (delta[:, t] * u[:, t])[..., None] * B[:, t, None, :]
         y[:, t] = np.einsum("bdn,bn->bd", h, C[:, t])
     y = y + u * np.asarray(D, np.float64)
@@ -88,6 +90,31 @@ def test_chunked_scan_with_initial_state_equals_one_pass():
                                            delta_softplus=True, return_last_state=True, initial_state=mid)
     assert rel_err(jnp.concatenate([first, second], 1), whole) < 1e-5
     assert rel_err(last2, last) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["reference", "sequential", "pallas"])
+def test_reset_starts_each_packed_document_from_a_zero_state(backend):
+    """A reset makes the rest of the row scan exactly as if it were fed alone (packed documents)."""
+    inputs = random_inputs(np.random.default_rng(), 2, 30, 8, 4, with_state=True)
+    reset = np.zeros((2, 30), bool)
+    reset[0, [11, 12]] = True     # a one-token document at 11, the next starts at 12
+    reset[1, [0, 25]] = True      # a reset at 0 discards the initial state
+    as_jnp = {k: jnp.asarray(v) for k, v in inputs.items()}
+    y, last = kernels.selective_scan(**as_jnp, reset=jnp.asarray(reset), delta_softplus=True,
+                                     return_last_state=True, backend=backend)
+    y64, last64 = numpy_scan(**inputs, reset=reset)
+    assert rel_err(y, y64) < 1e-5 and rel_err(last, last64) < 1e-5
+
+    def alone(row, start, stop):
+        part = {k: (v[row:row + 1, start:stop] if v.ndim == 3 and k != "initial_state" else v)
+                for k, v in inputs.items()}
+        part["initial_state"] = None
+        return numpy_scan(**part)[0][0]
+
+    assert rel_err(y[0, 12:], alone(0, 12, 30)) < 1e-5
+    assert rel_err(y[1, :25], alone(1, 0, 25)) < 1e-5
+    assert rel_err(y[1, 25:], alone(1, 25, 30)) < 1e-5
+    assert rel_err(y[0, :11], numpy_scan(**inputs)[0][0, :11]) < 1e-5   # before the first reset
 
 
 def test_gradients_match_float64_sequential_scan():

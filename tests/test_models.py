@@ -71,3 +71,21 @@ def test_bfloat16_compute_keeps_float32_parameters():
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     logits, _ = model(jnp.zeros((1, 6), jnp.int32))
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+
+
+@pytest.mark.parametrize("backend", ["pallas", "sequential", "reference"])
+def test_packed_documents_give_the_same_logits_as_documents_alone(backend):
+    """Segment ids reset the conv and SSM state: no document sees its neighbour in a packed row."""
+    _, model = small_model(scan_backend=backend)
+    rng = np.random.default_rng()
+    documents = [rng.integers(0, 64, n) for n in (7, 1, 12, 5)]
+    packed = jnp.asarray(np.concatenate(documents))[None]
+    segment_ids = jnp.asarray(np.concatenate([np.full(len(d), i + 1) for i, d in enumerate(documents)]))[None]
+    logits, _ = model(packed, segment_ids=segment_ids)
+    start = 0
+    for document in documents:
+        alone, _ = model(jnp.asarray(document)[None])
+        np.testing.assert_allclose(logits[0, start:start + len(document)], alone[0], rtol=2e-5, atol=2e-5)
+        start += len(document)
+    unsegmented, _ = model(packed)
+    assert not np.allclose(unsegmented[0, 7:], logits[0, 7:], atol=1e-4)

@@ -43,11 +43,11 @@ def _loss_and_grads(fn, inputs, cot_y, cot_h, softplus=True):
     return names, jax.jit(jax.grad(loss, argnums=tuple(range(len(names)))))(*[inputs[k] for k in names])
 
 
-def _float64_grads(inputs, cot_y, cot_h, softplus=True):
+def _float64_grads(inputs, cot_y, cot_h, softplus=True, reset=None):
     with jax.enable_x64(True):
         inputs64 = {k: None if v is None else jnp.asarray(np.asarray(v, np.float64))
                     for k, v in inputs.items()}
-        names, grads = _loss_and_grads(reference.sequential_scan, inputs64, jnp.asarray(cot_y, jnp.float64),
+        names, grads = _loss_and_grads(functools.partial(reference.sequential_scan, reset=reset), inputs64, jnp.asarray(cot_y, jnp.float64),
                                        jnp.asarray(cot_h, jnp.float64), softplus)
         return names, [np.asarray(g) for g in grads]
 
@@ -72,7 +72,8 @@ def test_kernels_write_every_element_of_their_raw_outputs():
     rng = np.random.default_rng()
     inputs = _jnp(random_inputs(rng, 2, 13, 12, 3, with_state=True))
     cfg = ps._Config(length=13, chunk=4, block=8, softplus=True, gated=True, interpret=True, poison=True)
-    x = ps._pad_inputs(cfg, *(inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")))
+    keep = jnp.asarray(rng.random((2, 13)) > 0.2, jnp.float32)
+    x = ps._pad_inputs(cfg, *(inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")), keep)
     y, last, ckpt = jax.jit(ps._forward, static_argnums=(0, 3))(
         cfg, x, ps._pad_state(cfg, inputs["initial_state"]), True)
     assert y.shape == (2, 16, 16) and ckpt.shape == (2, 4, 4, 16)  # length 13 -> 16, channels 12 -> 16
@@ -101,7 +102,7 @@ def test_poison_hook_catches_unwritten_elements():
         rel_err(out, np.ones((4, 8)))
 
 
-@pytest.mark.parametrize("case", ["full", "plain"])
+@pytest.mark.parametrize("case", ["full", "plain", "reset"])
 def test_gradients_match_float64_and_reference(case):
     """Every gradient, including through last_state, vs float64 lax.scan and fp32 associative_scan."""
     rng = np.random.default_rng()
@@ -112,12 +113,15 @@ def test_gradients_match_float64_and_reference(case):
         inputs.update(z=None, D=None, initial_state=None)
         inputs["delta"] = np.abs(inputs["delta"])
         inputs["delta_bias"] = np.abs(inputs["delta_bias"])
+    reset = None
+    if case == "reset":  # packed documents: the state is zeroed at random steps, including step 0
+        reset = jnp.asarray(rng.random((b, l)) < 0.2).at[:, 0].set([True, False])
     cot_y, cot_h = rng.standard_normal((b, l, d)), rng.standard_normal((b, d, n))
-    names, grads = _loss_and_grads(pallas, _jnp(inputs), jnp.asarray(cot_y, jnp.float32),
-                                   jnp.asarray(cot_h, jnp.float32), softplus)
-    _, grads_ref = _loss_and_grads(reference.associative_scan, _jnp(inputs), jnp.asarray(cot_y, jnp.float32),
-                                   jnp.asarray(cot_h, jnp.float32), softplus)
-    _, grads64 = _float64_grads(inputs, cot_y, cot_h, softplus)
+    names, grads = _loss_and_grads(functools.partial(pallas, reset=reset), _jnp(inputs),
+                                   jnp.asarray(cot_y, jnp.float32), jnp.asarray(cot_h, jnp.float32), softplus)
+    _, grads_ref = _loss_and_grads(functools.partial(reference.associative_scan, reset=reset), _jnp(inputs),
+                                   jnp.asarray(cot_y, jnp.float32), jnp.asarray(cot_h, jnp.float32), softplus)
+    _, grads64 = _float64_grads(inputs, cot_y, cot_h, softplus, reset)
     for name, g, g_ref, g64 in zip(names, grads, grads_ref, grads64):
         assert g.shape == inputs[name].shape and g.dtype == jnp.float32, name
         assert rel_err(g, g64) < 1e-4, name

@@ -48,6 +48,14 @@ def _dt_bias_init(cfg: ModelConfig):
     return init
 
 
+def document_starts(segment_ids: jax.Array | None) -> jax.Array | None:
+    """(batch, length) bool: True where a new document begins inside the chunk (never at position 0)."""
+    if segment_ids is None:
+        return None
+    return jnp.concatenate([jnp.zeros_like(segment_ids[:, :1], bool),
+                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+
+
 class Mamba(nnx.Module):
     """The selective-SSM mixer: in_proj → causal conv + SiLU → selective scan (gated) → out_proj."""
 
@@ -90,7 +98,14 @@ class Mamba(nnx.Module):
         window = jnp.concatenate([cache.conv.astype(xs.dtype), xs], axis=1)
         k = self.cfg.d_conv
         conv_kernel = self.conv_kernel[...].astype(xs.dtype)
-        xc = sum(window[:, i:i + xs.shape[1]] * conv_kernel[i] for i in range(k))
+        length = xs.shape[1]
+        if segment_ids is None:
+            xc = sum(window[:, i:i + length] * conv_kernel[i] for i in range(k))
+        else:   # an input from another document contributes nothing
+            before = jnp.repeat(segment_ids[:, :1], k - 1, axis=1)
+            padded = jnp.concatenate([before, segment_ids], axis=1)
+            xc = sum(window[:, i:i + length] * conv_kernel[i]
+                     * (padded[:, i:i + length] == segment_ids)[..., None].astype(xs.dtype) for i in range(k))
         xc = jax.nn.silu(xc + self.conv_bias[...].astype(xs.dtype))
         new_conv = window[:, window.shape[1] - (k - 1):]
 
@@ -100,5 +115,6 @@ class Mamba(nnx.Module):
         y, ssm = kernels.selective_scan(
             xc, dt, -jnp.exp(self.A_log[...]), B, C, D=self.D[...], z=z,
             delta_bias=self.dt_proj.bias[...], delta_softplus=True, return_last_state=True,
-            initial_state=cache.ssm, backend=self.cfg.scan_backend if x.shape[1] > 1 else "sequential")
+            initial_state=cache.ssm, reset=document_starts(segment_ids),
+            backend=self.cfg.scan_backend if x.shape[1] > 1 else "sequential")
         return self.out_proj(y), MambaCache(conv=new_conv, ssm=ssm)
