@@ -1,4 +1,5 @@
-"""python -m hrm.train --config configs/tiny.py [--output_dir DIR] [--config.section.key=value ...]
+"""python -m hrm.train --config configs/tiny.py | --model_size NAME [--training_preset fast|default|careful]
+[--output_dir DIR] [--config.section.key=value ...]
 
 Re-running the same command on a directory with checkpoints resumes from the latest one.
 """
@@ -38,16 +39,63 @@ def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def build_config(config_path: str, overrides: list[tuple[str, str]]) -> Config:
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The documents' --model_size names (seed 002's table, seeds 001/003/004) → config files in configs/.
+MODEL_SIZES = {
+    **{name: f"mamba_{name.replace('-', '_')}" for name in (
+        "small", "medium-lite", "medium-plus", "medium-x", "medium", "medium-extra", "large-lite", "large-plus",
+        "large", "xlarge", "xxlarge")},
+    **{name: name.replace("-", "_") for name in (
+        "hybrid-small", "hybrid-small-mini", "hybrid-small-standard", "hybrid-small-plus", "hybrid-small-pro",
+        "hybrid-medium", "hybrid-large", "recursive-48x5", "hybrid-amam-1b", "hybrid-7030-small",
+        "tiny", "tiny-hybrid", "tiny-recursive", "tiny-pattern")},
+}
+# Seed 002's --training_preset table: train.* values, applied before any --config.* override.
+TRAINING_PRESETS = {
+    "fast": {"steps": 50_000, "lr": 5e-4, "warmup_steps": 1000, "save_every": 2500, "eval_every": 2500},
+    "default": {"steps": 100_000, "lr": 3e-4, "warmup_steps": 2000, "save_every": 5000, "eval_every": 5000},
+    "careful": {"steps": 200_000, "lr": 1e-4, "warmup_steps": 5000, "save_every": 10_000, "eval_every": 10_000},
+}
+
+
+def model_size_config(name: str) -> Path:
+    """The config file for a documents' model size name (``hybrid-small``; underscores work too)."""
+    key = name.strip().lower().replace("_", "-")
+    if key not in MODEL_SIZES:
+        raise UsageError(f"unknown --model_size '{name}'; choose one of {', '.join(MODEL_SIZES)}")
+    return CONFIG_DIR / f"{MODEL_SIZES[key]}.py"
+
+
+def apply_preset(config: Config, preset: str) -> None:
+    if preset not in TRAINING_PRESETS:
+        raise UsageError(f"unknown --training_preset '{preset}'; choose one of {', '.join(TRAINING_PRESETS)}")
+    for key, value in TRAINING_PRESETS[preset].items():
+        setattr(config.train, key, value)
+
+
+def build_config(config_path: str, overrides: list[tuple[str, str]], preset: str | None = None) -> Config:
     config = load_config_file(config_path)
+    if preset is not None:
+        apply_preset(config, preset)
     for key, value in overrides:
         apply_override(config, key, value)
     return config
 
 
 def main(argv: list[str]) -> None:
+    config, output_dir = parse_command_line(argv)
+    from hrm.training.loop import train  # heavy imports after the arguments are known to be good
+    train(config, Path(output_dir or Path("runs") / config.name))
+
+
+def parse_command_line(argv: list[str]) -> tuple[Config, str | None]:
+    """(config, --output_dir) from the command line: config file or model size, preset, then overrides."""
     parser = ArgumentParser(prog="python -m hrm.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="a Python config file with get_config()")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="a Python config file with get_config()")
+    source.add_argument("--model_size", help=f"a documented model size: {', '.join(MODEL_SIZES)}")
+    parser.add_argument("--training_preset", help="fast, default or careful (steps, lr, warmup, save/eval "
+                                                  "interval; before --config.* overrides)")
     parser.add_argument("--output_dir", help="run directory (default runs/<config name>)")
     for flag, help_text in DATA_FLAGS.items():
         parser.add_argument(f"--{flag}", help=help_text)
@@ -56,9 +104,12 @@ def main(argv: list[str]) -> None:
     shorthand = [(f"data.{flag}", getattr(args, flag)) for flag in DATA_FLAGS if getattr(args, flag) is not None]
     if args.seed is not None:
         shorthand.append(("train.seed", str(args.seed)))
-    config = build_config(args.config, shorthand + parse_overrides(extra))
-    from hrm.training.loop import train  # heavy imports after the arguments are known to be good
-    train(config, Path(args.output_dir or Path("runs") / config.name))
+    if args.training_preset is not None and args.training_preset not in TRAINING_PRESETS:
+        raise UsageError(f"unknown --training_preset '{args.training_preset}'; "
+                         f"choose one of {', '.join(TRAINING_PRESETS)}")
+    config_path = args.config or model_size_config(args.model_size)
+    config = build_config(config_path, shorthand + parse_overrides(extra), args.training_preset)
+    return config, args.output_dir
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Model families by name. Every model maps (tokens, cache) → (logits, cache)."""
+"""Model families by name. Every model maps (tokens, cache=None, segment_ids=None) → (logits, cache)
+and has ``init_cache(batch)`` for recurrent decoding."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import jax
 from flax import nnx
 
 from hrm.config import ConfigError, ModelConfig
+from hrm.models.hybrid import HybridPatternLM, HybridRecursiveLM
 from hrm.models.lm import MambaLM
+from hrm.models.recursive import RecursiveSSM
 
-FAMILIES = {"mamba": MambaLM}
+FAMILIES = {"mamba": MambaLM, "hybrid_recursive": HybridRecursiveLM, "recursive_ssm": RecursiveSSM,
+            "hybrid_pattern": HybridPatternLM}
 
 
 def build_model(cfg: ModelConfig, seed: int = 0) -> nnx.Module:

@@ -18,39 +18,57 @@ class ResidualBlock(nnx.Module):
         self.mixer = mixer
         self.residual_dtype = jnp.float32 if cfg.residual_in_fp32 else jnp.dtype(cfg.dtype)
 
+    def init_cache(self, batch: int):
+        return self.mixer.init_cache(batch)
+
     def __call__(self, x, cache=None, segment_ids=None):
         out, cache = self.mixer(self.norm(x), cache, segment_ids=segment_ids)
         return x.astype(self.residual_dtype) + out.astype(self.residual_dtype), cache
 
 
-class MambaLM(nnx.Module):
-    """Embedding → n_layers Mamba residual blocks → RMSNorm → (tied) LM head."""
+class LanguageModel(nnx.Module):
+    """The plumbing every family shares: embedding → layers → RMSNorm → (tied) LM head.
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    ``make_layers(rngs)`` returns the layers; each maps ``(x, cache, segment_ids) → (x, cache)`` and has
+    ``init_cache(batch)``. The embedding is created first, so every family initialises it identically.
+    """
+
+    def __init__(self, cfg: ModelConfig, make_layers, *, rngs: nnx.Rngs):
         self.cfg = cfg
         dtype = jnp.dtype(cfg.dtype)
         self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype,
                                embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-        self.layers = nnx.List([ResidualBlock(cfg, Mamba(cfg, rngs=rngs), rngs=rngs)
-                                for _ in range(cfg.n_layers)])
+        self.layers = nnx.List(make_layers(rngs))
         self.norm_f = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
         if not cfg.tie_embeddings:
             self.lm_head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=dtype, rngs=rngs)
 
     def init_cache(self, batch: int):
-        return tuple(layer.mixer.init_cache(batch) for layer in self.layers)
+        return tuple(layer.init_cache(batch) for layer in self.layers)
 
     def __call__(self, tokens: jax.Array, cache=None, segment_ids=None):
         """tokens (batch, length) int → (logits (batch, length, vocab) float32, cache per layer).
 
         ``segment_ids`` (batch, length), optional: ids of packed documents; no state crosses a change.
         """
+        x, cache = self.body(self.embed(tokens), cache, segment_ids)
+        x = self.norm_f(x.astype(self.norm_f.dtype or jnp.float32))
+        logits = self.embed.attend(x) if self.cfg.tie_embeddings else self.lm_head(x)
+        return logits.astype(jnp.float32), cache
+
+    def body(self, x, cache=None, segment_ids=None):
+        """The layers in order, each with its own cache; families with other wiring override this."""
         cache = cache if cache is not None else (None,) * len(self.layers)
-        x = self.embed(tokens)
         new_cache = []
         for layer, layer_cache in zip(self.layers, cache):
             x, layer_cache = layer(x, layer_cache, segment_ids=segment_ids)
             new_cache.append(layer_cache)
-        x = self.norm_f(x.astype(self.norm_f.dtype or jnp.float32))
-        logits = self.embed.attend(x) if self.cfg.tie_embeddings else self.lm_head(x)
-        return logits.astype(jnp.float32), tuple(new_cache)
+        return x, tuple(new_cache)
+
+
+class MambaLM(LanguageModel):
+    """Embedding → n_layers Mamba residual blocks → RMSNorm → (tied) LM head."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, lambda rngs: [ResidualBlock(cfg, Mamba(cfg, rngs=rngs), rngs=rngs)
+                                            for _ in range(cfg.n_layers)], rngs=rngs)

@@ -33,15 +33,16 @@ def init_train_state(config: Config):
 
 def loss_and_metrics(graphdef, params, batch) -> tuple[jax.Array, dict]:
     """(objective, metrics): the objective is the mean cross-entropy over the unmasked targets plus
-    every ``aux_loss`` the model sowed (``nnx.Intermediate``); metrics hold ``loss`` (the cross-entropy),
+    every ``aux_loss`` the model sowed (``nnx.Intermediate``, collected with ``nnx.capture``); metrics hold ``loss`` (the cross-entropy),
     ``aux_loss`` (their sum, when any) and the mean of each sown ``metric_<name>`` scalar as ``<name>``."""
     model = nnx.merge(graphdef, params)
-    logits, _ = model(batch["inputs"], segment_ids=batch.get("segment_ids"))
+    (logits, _), sown_state = nnx.capture(model, nnx.Intermediate)(batch["inputs"],
+                                                                   segment_ids=batch.get("segment_ids"))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     mask = batch["mask"].astype(jnp.float32)
     loss = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     sown = {}
-    for path, value in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.pop(model, nnx.Intermediate))):
+    for path, value in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(sown_state)):
         name = next(str(k.key) for k in reversed(path) if isinstance(getattr(k, "key", None), str))
         sown.setdefault(name, []).append(jnp.asarray(value, jnp.float32))
     metrics = {"loss": loss}

@@ -1,0 +1,150 @@
+"""python -m hrm.info --config configs/X.py [--config.section.key=value ...]
+
+Prints the model's parameters per component, effective depth, forward FLOPs per token and, when the config
+file states it (``DOCUMENTED_PARAMS``), the size the user's documents give next to ours. Shapes come from
+``nnx.eval_shape`` (``jax.eval_shape``): nothing is allocated, so the largest configs inspect instantly.
+No tokenizer is needed when ``model.vocab_size`` is set; otherwise the data tokenizer sets it.
+"""
+
+from __future__ import annotations
+
+import runpy
+from collections import defaultdict
+
+from hrm.cli import ArgumentParser, run_main
+from hrm.config import Config, validate
+
+LAYER_COMPONENTS = {"mixer": "mamba", "mamba": "mamba", "attn": "attention", "mlp": "mlp",
+                    "recursive": "recursive processor", "attention": "hierarchical attention",
+                    "fuse": "fusion", "alpha": "fusion"}
+
+
+def _names(path) -> list:
+    out = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                out.append(getattr(k, attr))
+                break
+    return out
+
+
+def component_of(path) -> str:
+    names = [n for n in _names(path) if n != "value"]
+    modules = [n for n in names[:-1] if isinstance(n, str)]
+    if any("norm" in n for n in modules) or names[-1] == "scale" and "adapters" not in modules:
+        return "norms"
+    if names[0] == "layers":
+        key = [n for n in names if isinstance(n, str)][1]
+        return LAYER_COMPONENTS.get(key, key)
+    if names[0] == "embed":
+        return "embedding (tied head)"
+    return {"adapters": "depth adapters", "lm_head": "lm head"}.get(names[0], str(names[0]))
+
+
+def parameter_table(cfg) -> dict[str, int]:
+    """Parameter count per component, from shapes only."""
+    import jax
+    from flax import nnx
+    from hrm.models import build_model
+    model = nnx.eval_shape(lambda: build_model(cfg))
+    counts = defaultdict(int)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)):
+        counts[component_of(path)] += int(leaf.size)
+    return dict(counts)
+
+
+def effective_depth(cfg) -> tuple[int, str]:
+    if cfg.family == "recursive_ssm":
+        return cfg.n_layers * cfg.recurrent_depth, (f"{cfg.n_layers} physical blocks x {cfg.recurrent_depth} "
+                                                    f"depths = {cfg.n_layers * cfg.recurrent_depth} layers")
+    if cfg.family == "hybrid_recursive":
+        return cfg.n_layers, (f"{cfg.n_layers} layers, each Mamba + recursive transform x "
+                              f"{cfg.max_recursion_depth} + attention at scales {cfg.attention_scales}")
+    if cfg.family == "hybrid_pattern":
+        return cfg.n_layers, (f"{cfg.n_layers} layers '{cfg.layer_pattern}' ({cfg.layer_pattern.count('M')} Mamba, "
+                              f"{cfg.layer_pattern.count('A')} attention)")
+    return cfg.n_layers, f"{cfg.n_layers} Mamba layers"
+
+
+def flops_per_token(cfg, counts: dict[str, int], context: int) -> int:
+    """Forward FLOPs per token: 2 x weights applied (shared weights once per application), the tied head,
+    attention scores/values over an average causal context of ``context / 2`` (per scale ``/ s``), and
+    the selective scan (~9 x d_inner x d_state per Mamba application)."""
+    from hrm.models.attention import parse_scales
+    d, di, n = cfg.d_model, cfg.expand * cfg.d_model, cfg.d_state
+    applied = dict(counts)
+    applied.pop("embedding (tied head)", None)
+    total = 2 * d * cfg.vocab_size
+    mamba_apps = cfg.n_layers
+    attn_terms = 0.0
+    if cfg.family == "recursive_ssm":
+        applied["mamba"] = counts.get("mamba", 0) * cfg.recurrent_depth
+        mamba_apps = cfg.n_layers * cfg.recurrent_depth
+    elif cfg.family == "hybrid_recursive":
+        applied["recursive processor"] = counts.get("recursive processor", 0) * cfg.max_recursion_depth
+        attn_terms = cfg.n_layers * sum(1 / s for s in parse_scales(cfg.attention_scales))
+    elif cfg.family == "hybrid_pattern":
+        mamba_apps = cfg.layer_pattern.count("M")
+        attn_terms = cfg.layer_pattern.count("A")
+    total += 2 * sum(applied.values())
+    total += int(4 * d * (context / 2) * attn_terms)
+    total += 9 * di * n * mamba_apps
+    return int(total)
+
+
+def documented(config_path: str) -> tuple[int | None, str]:
+    module = runpy.run_path(config_path)
+    return module.get("DOCUMENTED_PARAMS"), module.get("DOCUMENTED_SOURCE", "")
+
+
+def human(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def describe(config: Config, config_path: str | None = None) -> str:
+    cfg = config.model
+    if cfg.vocab_size == 0:
+        from hrm.tokenizer import get_tokenizer, padded_vocab_size
+        cfg.vocab_size = padded_vocab_size(get_tokenizer(config.data.tokenizer))
+    validate(config)
+    counts = parameter_table(cfg)
+    total = sum(counts.values())
+    depth, depth_text = effective_depth(cfg)
+    lines = [f"{config.name}: family {cfg.family}, d_model {cfg.d_model}, vocab {cfg.vocab_size}, "
+             f"seq_len {config.data.seq_len}"]
+    width = max(len(k) for k in counts)
+    for name, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {name:<{width}}  {count:>14,}  {100 * count / total:5.1f}%")
+    lines.append(f"  {'total':<{width}}  {total:>14,}  ({human(total)}; non-embedding "
+                 f"{human(total - counts.get('embedding (tied head)', 0))})")
+    lines.append(f"effective depth: {depth} ({depth_text})")
+    lines.append(f"forward FLOPs per token: {human(flops_per_token(cfg, counts, config.data.seq_len))} "
+                 f"(training ~3x)")
+    if config_path:
+        stated, source = documented(config_path)
+        if stated:
+            lines.append(f"documented size: {human(stated)} ({source}); ours: {human(total)} "
+                         f"({total / stated:.2f}x); the config's docstring explains the difference")
+        else:
+            lines.append(f"documented size: not stated{' (' + source + ')' if source else ''}; ours: {human(total)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    parser = ArgumentParser(prog="python -m hrm.info", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="a Python config file with get_config()")
+    source.add_argument("--model_size", help="a documented model size name, as hrm.train's")
+    args, extra = parser.parse_known_args(argv)
+    from hrm.train import build_config, model_size_config, parse_overrides
+    config_path = str(args.config or model_size_config(args.model_size))
+    config = build_config(config_path, parse_overrides(extra))
+    print(describe(config, config_path))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,85 @@
+"""The hybrid families: ``hybrid_recursive`` (seeds 000/002) and ``hybrid_pattern`` (seeds 003/004).
+
+Both reuse ``LanguageModel`` (embedding → layers → RMSNorm → tied head) and ``ResidualBlock`` from lm.py.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from hrm.config import ModelConfig
+from hrm.models.attention import MLP, MultiScaleAttention, parse_scales
+from hrm.models.lm import LanguageModel, ResidualBlock
+from hrm.models.mamba import Mamba
+from hrm.models.recursive import RecursiveProcessor
+
+
+class HybridRecursiveLayer(nnx.Module):
+    """Mamba → recursive processor → hierarchical (1x/2x/4x) attention → fusion.
+
+    ``m = Mamba(norm(x))``; ``r = Recursive(m)``; ``r = r + Attention(norm(r))``;
+    ``x + α · RMSNorm(Linear([m, r]))`` with a learned scalar α (the adaptive weight, starting at 0.1
+    so the fused branch enters the residual stream gently).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(cfg.dtype)
+        norm = lambda: nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
+        self.norm = norm()
+        self.mamba = Mamba(cfg, rngs=rngs)
+        self.recursive = RecursiveProcessor(cfg, rngs=rngs)
+        self.attn_norm = norm()
+        self.attention = MultiScaleAttention(cfg, parse_scales(cfg.attention_scales), rngs=rngs)
+        self.fuse = nnx.Linear(2 * cfg.d_model, cfg.d_model, use_bias=False, dtype=dtype, rngs=rngs)
+        self.fuse_norm = norm()
+        self.alpha = nnx.Param(jnp.full((), 0.1, jnp.float32))
+        self.residual_dtype = jnp.float32 if cfg.residual_in_fp32 else dtype
+
+    def init_cache(self, batch: int):
+        return (self.mamba.init_cache(batch), self.recursive.init_cache(batch), self.attention.init_cache(batch))
+
+    def __call__(self, x, cache=None, segment_ids=None):
+        mamba_cache, gate_cache, attn_cache = cache if cache is not None else (None, None, None)
+        m, mamba_cache = self.mamba(self.norm(x), mamba_cache, segment_ids=segment_ids)
+        r, gate_cache = self.recursive(m, gate_cache, segment_ids=segment_ids)
+        a, attn_cache = self.attention(self.attn_norm(r), attn_cache, segment_ids=segment_ids)
+        r = r + a.astype(r.dtype)
+        fused = self.fuse_norm(self.fuse(jnp.concatenate([m, r.astype(m.dtype)], axis=-1)))
+        out = x.astype(self.residual_dtype) + self.alpha[...] * fused.astype(self.residual_dtype)
+        return out, (mamba_cache, gate_cache, attn_cache)
+
+
+class HybridRecursiveLM(LanguageModel):
+    """``n_layers`` HybridRecursiveLayers between the shared embedding and head."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, lambda rngs: [HybridRecursiveLayer(cfg, rngs=rngs) for _ in range(cfg.n_layers)],
+                         rngs=rngs)
+
+
+class AttentionLayer(nnx.Module):
+    """A transformer layer: x + MHA(norm(x)) (causal, RoPE, KV cache), then x + MLP(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.attn = ResidualBlock(cfg, MultiScaleAttention(cfg, (1,), rngs=rngs), rngs=rngs)
+        self.mlp = ResidualBlock(cfg, MLP(cfg, rngs=rngs), rngs=rngs)
+
+    def init_cache(self, batch: int):
+        return self.attn.init_cache(batch)
+
+    def __call__(self, x, cache=None, segment_ids=None):
+        x, cache = self.attn(x, cache, segment_ids=segment_ids)
+        x, _ = self.mlp(x)
+        return x, cache
+
+
+class HybridPatternLM(LanguageModel):
+    """Layers from ``layer_pattern``: ``M`` a Mamba residual block, ``A`` an AttentionLayer."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        def make(letter, rngs):
+            if letter == "A":
+                return AttentionLayer(cfg, rngs=rngs)
+            return ResidualBlock(cfg, Mamba(cfg, rngs=rngs), rngs=rngs)
+        super().__init__(cfg, lambda rngs: [make(c, rngs) for c in cfg.layer_pattern], rngs=rngs)

@@ -1,0 +1,202 @@
+"""Recursion with shared parameters: hybrid_recursive's gated recursive processor and the
+``recursive_ssm`` family (n physical Mamba blocks applied ``recurrent_depth`` times, seed 001).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hrm.config import ModelConfig
+from hrm.models.attention import MLP
+from hrm.models.lm import LanguageModel, ResidualBlock
+from hrm.models.mamba import Mamba
+
+# Training collects the gate's sown values with nnx.capture (hrm.training.state); other forwards
+# (generation, hrm.load's logits) discard them, and flax 0.12 would warn about every such sow.
+warnings.filterwarnings("ignore", message=r"Using 'Module.sow\(\)' outside of 'nnx.capture\(\)'",
+                        category=DeprecationWarning)
+
+
+def depth_prior(depth: int, p: float) -> jax.Array:
+    """Truncated geometric prior over depths 1..depth (PonderNet's); p = 0 is uniform."""
+    k = jnp.arange(depth, dtype=jnp.float32)
+    prior = jnp.ones((depth,)) if p == 0 else p * (1 - p) ** k
+    return prior / prior.sum()
+
+
+def segment_prefix_mean(u: jax.Array, carry, segment_ids):
+    """Causal running mean of u (b, l, d) that restarts where segment_ids change.
+
+    ``carry`` = (sum (b, d), count (b,)) from earlier chunks (decoding); returns (means, new carry).
+    """
+    b, l, d = u.shape
+    total, count = carry
+    values = jnp.concatenate([u.astype(jnp.float32), jnp.ones((b, l, 1), jnp.float32)], axis=-1)
+    values = values.at[:, 0].add(jnp.concatenate([total, count[:, None]], axis=-1))
+    if segment_ids is None:
+        sums = jnp.cumsum(values, axis=1)
+    else:
+        starts = jnp.concatenate([jnp.zeros((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+
+        def combine(a, c):
+            (va, fa), (vc, fc) = a, c
+            return vc + jnp.where(fc[..., None], 0.0, va), fa | fc
+
+        sums, _ = jax.lax.associative_scan(combine, (values, starts), axis=1)
+    means = sums[..., :d] / sums[..., d:]
+    return means, (sums[:, -1, :d], sums[:, -1, d])
+
+
+class RecursiveProcessor(nnx.Module):
+    """One shared transform applied ``max_recursion_depth`` times, weighted by a learned depth gate.
+
+    ``state_0 = 0``; ``state_k = state_{k-1} + w_k · T(state_{k-1} + u)`` (the input ``u`` re-injected at
+    every depth); the output is ``u + state_D``. ``T`` = RMSNorm → MLP, one set of parameters for all
+    depths. The gate ``w = softmax(Linear(RMSNorm(g)))`` over depths reads ``g = u`` per token
+    (``gate_per_token``) or the causal running mean of ``u`` over the sequence so far (per sequence,
+    without looking ahead; decoding carries the running sum and count).
+
+    Anti-collapse: the depths are mixed, not halted, so PonderNet's "expected loss over depths" would
+    need an LM head per depth and layer. Its regulariser is kept instead: ``gate_reg_weight ·
+    KL(w ‖ prior)`` with a truncated geometric prior (``ponder_prior``; 0 = uniform, where the KL is
+    ``log D − H(w)``, i.e. Ouro's entropy bonus). A gate that puts all weight on one depth pays
+    ``log(1/prior_min)`` per token, so collapse is penalised, and the gate's mean weight per depth
+    (``gate_depth_<k>``) and entropy (``gate_entropy``) are sown as metrics, logged to metrics.jsonl and
+    tensorboard, so it cannot collapse silently. The KL is sown as ``aux_loss``.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dtype = jnp.dtype(cfg.dtype)
+        self.depth = cfg.max_recursion_depth
+        self.gate_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
+        self.gate = nnx.Linear(cfg.d_model, self.depth, dtype=jnp.float32, kernel_init=nnx.initializers.zeros,
+                               rngs=rngs)
+        self.transform = ResidualBlock(cfg, MLP(cfg, rngs=rngs), rngs=rngs)   # norm → MLP (residual unused)
+
+    def init_cache(self, batch: int):
+        return (jnp.zeros((batch, self.cfg.d_model), jnp.float32), jnp.zeros((batch,), jnp.float32))
+
+    def gate_weights(self, u, cache=None, segment_ids=None):
+        if self.cfg.gate_per_token:
+            g, cache = u, cache
+        else:
+            carry = cache if cache is not None else self.init_cache(u.shape[0])
+            g, new = segment_prefix_mean(u, carry, segment_ids)
+            cache = new if cache is not None else None
+        logits = self.gate(self.gate_norm(g.astype(self.gate_norm.dtype or jnp.float32)))
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), cache
+
+    def __call__(self, u, cache=None, segment_ids=None):
+        w, cache = self.gate_weights(u, cache, segment_ids)                    # (b, l, depth)
+        state = jnp.zeros(u.shape, jnp.float32)
+        transform = self.transform.mixer
+        for k in range(self.depth):
+            out, _ = transform(self.transform.norm(state.astype(u.dtype) + u))
+            state = state + w[..., k:k + 1] * out.astype(jnp.float32)
+        if cache is None:   # a full forward (training, evaluation); decoding steps record nothing
+            self._record_gate(w)
+        return (u.astype(jnp.float32) + state).astype(u.dtype), cache
+
+    def _record_gate(self, w):
+        prior = depth_prior(self.depth, self.cfg.ponder_prior)
+        log_w = jnp.log(jnp.maximum(w, 1e-9))
+        entropy = -jnp.sum(w * log_w, axis=-1)
+        kl = jnp.sum(w * (log_w - jnp.log(prior)), axis=-1)
+        if self.cfg.gate_reg_weight:
+            self.sow(nnx.Intermediate, "aux_loss", self.cfg.gate_reg_weight * jnp.mean(kl))
+        self.sow(nnx.Intermediate, "metric_gate_entropy", jnp.mean(entropy))
+        mean_w = jnp.mean(w, axis=(0, 1))
+        for k in range(self.depth):
+            self.sow(nnx.Intermediate, f"metric_gate_depth_{k + 1}", mean_w[k])
+
+
+class DepthAdapters(nnx.Module):
+    """Per-depth scale/shift (and optional rank-r update) of the residual stream before each pass.
+
+    They start as the identity; they are the only parameters that grow with ``recurrent_depth``.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        depth, d, r = cfg.recurrent_depth, cfg.d_model, cfg.adapter_rank
+        self.scale = nnx.Param(jnp.zeros((depth, d), jnp.float32))
+        self.shift = nnx.Param(jnp.zeros((depth, d), jnp.float32))
+        if r:
+            self.lora_a = nnx.Param(jax.random.normal(rngs.params(), (depth, d, r)) * d ** -0.5)
+            self.lora_b = nnx.Param(jnp.zeros((depth, r, d), jnp.float32))
+
+    def per_depth(self) -> dict:
+        return {k: getattr(self, k)[...] for k in ("scale", "shift", "lora_a", "lora_b") if hasattr(self, k)}
+
+    @staticmethod
+    def apply(x, adapter: dict):
+        y = x * (1 + adapter["scale"]) + adapter["shift"]
+        if "lora_a" in adapter:
+            y = y + (x @ adapter["lora_a"]) @ adapter["lora_b"]
+        return y.astype(x.dtype)
+
+
+class RecursiveSSM(LanguageModel):
+    """``n_layers`` physical Mamba residual blocks applied ``recurrent_depth`` times (seed 001's
+    RecursiveStateSpace: 48 × 5 = 240 effective layers).
+
+    The depth loop is a ``jax.lax.scan`` whose body closes over the blocks' split state (one copy of their
+    parameters, broadcast to every depth) and scans the per-depth adapters; inside it the blocks run in
+    remat segments of ``checkpoint_segments`` blocks (``jax.checkpoint``: only segment boundaries are
+    stored for the backward pass; 0 = no remat). This is the functional form of ``nnx.scan`` /
+    ``nnx.remat`` with broadcast modules, chosen because nnx's transforms refuse modules created at an
+    outer trace level, which is exactly how the decode loop (``hrm.inference.Generator``: the model is
+    merged outside its ``lax.scan``) calls the model.
+    Each block keeps one decode cache per depth (it sees different inputs at each depth), stored
+    batch-first as (batch, depth, ...) so caches of several prompts concatenate along the batch.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        # Residual-branch init scaled for the effective depth, as a 240-layer stack would be.
+        block_cfg = dataclasses.replace(cfg, n_layers=cfg.n_layers * cfg.recurrent_depth)
+        super().__init__(cfg, lambda rngs: [ResidualBlock(block_cfg, Mamba(block_cfg, rngs=rngs), rngs=rngs)
+                                            for _ in range(cfg.n_layers)], rngs=rngs)
+        self.adapters = DepthAdapters(cfg, rngs=rngs)
+
+    def init_cache(self, batch: int):
+        depth = self.cfg.recurrent_depth
+        return tuple(jax.tree.map(lambda a: jnp.repeat(a[:, None], depth, axis=1), layer.init_cache(batch))
+                     for layer in self.layers)
+
+    def body(self, x, cache=None, segment_ids=None):
+        n = len(self.layers)
+        seg = self.cfg.checkpoint_segments or n
+        residual_dtype = jnp.float32 if self.cfg.residual_in_fp32 else jnp.dtype(self.cfg.dtype)
+        x = x.astype(residual_dtype)
+        caches = None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), tuple(cache))
+        graphdefs, states = zip(*(nnx.split(layer) for layer in self.layers))
+
+        def run_segment(lo, hi):
+            def run(segment_states, x, segment_caches):
+                new = []
+                for graphdef, state, block_cache in zip(graphdefs[lo:hi], segment_states, segment_caches):
+                    x, block_cache = nnx.merge(graphdef, state)(x, block_cache, segment_ids=segment_ids)
+                    new.append(block_cache)
+                return x, tuple(new)
+            return jax.checkpoint(run) if self.cfg.checkpoint_segments else run
+
+        segments = [(lo, min(lo + seg, n), run_segment(lo, min(lo + seg, n))) for lo in range(0, n, seg)]
+
+        def over_depth(x, per_depth):
+            adapter, depth_caches = per_depth
+            x = DepthAdapters.apply(x, adapter)
+            depth_caches = depth_caches if depth_caches is not None else (None,) * n
+            new = ()
+            for lo, hi, run in segments:
+                x, segment_caches = run(states[lo:hi], x, tuple(depth_caches[lo:hi]))
+                new = new + segment_caches
+            return x, new
+
+        x, new_caches = jax.lax.scan(over_depth, x, (self.adapters.per_depth(), caches),
+                                     length=self.cfg.recurrent_depth)
+        return x, jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), new_caches)

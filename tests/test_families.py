@@ -1,0 +1,290 @@
+"""The model families (hybrid_recursive, recursive_ssm, hybrid_pattern), their configs, hrm.info and the
+--model_size / --training_preset flags."""
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hrm.config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig, load_config_file, validate
+from hrm.inference import Generator
+from hrm.models import build_model, count_params
+from hrm.models.attention import MultiScaleAttention
+from hrm.models.recursive import segment_prefix_mean
+from hrm.training.loop import train
+from hrm.training.metrics import read_metrics
+from tests.helpers import ROOT, run_module
+
+# Forwards outside training (no nnx.capture) sow the gate's metrics into nothing; flax 0.12 warns about that.
+pytestmark = pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
+VOCAB = 48
+SMALL = {
+    "hybrid_recursive": ModelConfig(family="hybrid_recursive", d_model=32, n_layers=2, d_state=8, n_heads=4,
+                                    max_recursion_depth=3, max_cache_len=64, vocab_size=VOCAB),
+    "hybrid_recursive_per_token": ModelConfig(family="hybrid_recursive", d_model=32, n_layers=1, d_state=8,
+                                              n_heads=4, gate_per_token=True, max_cache_len=64, vocab_size=VOCAB),
+    "recursive_ssm": ModelConfig(family="recursive_ssm", d_model=32, n_layers=3, d_state=8, recurrent_depth=3,
+                                 adapter_rank=2, checkpoint_segments=2, vocab_size=VOCAB),
+    "hybrid_pattern": ModelConfig(family="hybrid_pattern", d_model=32, n_layers=3, layer_pattern="AMA", d_state=8,
+                                  n_heads=4, max_cache_len=64, vocab_size=VOCAB),
+}
+FAMILIES = list(SMALL)
+CONFIG_FILES = sorted((ROOT / "configs").glob("*.py"))
+_models = {}
+
+
+def model_and_forward(name):
+    """A small model of the family and a jitted forward (tokens, cache) → (logits, cache)."""
+    if name not in _models:
+        model = build_model(SMALL[name], seed=1)
+        graphdef, params = nnx.split(model)
+        forward = jax.jit(lambda p, tokens, cache=None: nnx.merge(graphdef, p)(tokens, cache))
+        _models[name] = (model, graphdef, params, forward)
+    return _models[name]
+
+
+def tokens(batch=2, length=24, seed=0):
+    return jax.random.randint(jax.random.key(seed), (batch, length), 0, VOCAB)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_family_builds_and_maps_tokens_to_float32_logits(name):
+    _, _, params, forward = model_and_forward(name)
+    logits, _ = forward(params, tokens())
+    assert logits.shape == (2, 24, VOCAB) and logits.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_changing_a_future_token_never_changes_earlier_logits(name):
+    """Covers the recursion (per-sequence gate) and every attention scale's window boundaries."""
+    _, _, params, forward = model_and_forward(name)
+    base = tokens()
+    logits, _ = forward(params, base)
+    for position in (1, 3, 4, 7, 8, 13, 22):
+        changed = base.at[:, position].set((base[:, position] + 5) % VOCAB)
+        new, _ = forward(params, changed)
+        np.testing.assert_array_equal(np.asarray(new[:, :position]), np.asarray(logits[:, :position]))
+        assert float(jnp.abs(new[:, position:] - logits[:, position:]).max()) > 0
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_each_attention_scale_only_reads_completed_past_windows(scale):
+    """One scale alone: output at t depends only on tokens of windows that end at or before t."""
+    cfg = dataclasses.replace(SMALL["hybrid_pattern"], max_cache_len=32)
+    attention = MultiScaleAttention(cfg, (scale,), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (1, 16, 32))
+    out, _ = attention(x)
+    for position in range(16):
+        y = x.at[:, position].add(1.0)
+        new, _ = attention(y)
+        changed = set(np.nonzero(np.abs(np.asarray(new - out)[0]).max(-1) > 0)[0].tolist())
+        # other queries see p only from the end of p's window on; p's own query matters once it has two
+        # complete windows to choose between
+        window_end = (position // scale + 1) * scale - 1
+        expected = set(range(window_end, 16)) | ({position} if position >= 2 * scale - 1 else set())
+        assert changed == expected, (scale, position, sorted(changed))
+    # before the first complete window, a pooled scale contributes nothing
+    np.testing.assert_array_equal(np.asarray(out[0, :scale - 1]), 0.0)
+
+
+def test_attention_treats_a_packed_document_as_if_alone():
+    """Every scale restarts its windows at a document start, also at offsets that are not multiples of 4."""
+    cfg = SMALL["hybrid_recursive"]
+    attention = MultiScaleAttention(cfg, (1, 2, 4), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(2), (1, 24, 32))
+    packed, _ = attention(x, segment_ids=jnp.asarray([[0] * 7 + [1] * 17]))
+    np.testing.assert_allclose(np.asarray(packed[:, :7]), np.asarray(attention(x[:, :7])[0]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(packed[:, 7:]), np.asarray(attention(x[:, 7:])[0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_packed_documents_give_the_same_logits_as_documents_alone(name):
+    """Segment ids reset the SSM and conv state, the gate's running mean and every attention scale."""
+    _, graphdef, params, _ = model_and_forward(name)
+    model = nnx.merge(graphdef, params)
+    documents = [np.asarray(tokens(1, n, seed=n))[0] for n in (5, 1, 11, 7)]
+    segment_ids = np.concatenate([np.full(len(d), i) for i, d in enumerate(documents)])
+    packed, _ = model(jnp.asarray(np.concatenate(documents))[None], segment_ids=jnp.asarray(segment_ids)[None])
+    start = 0
+    for document in documents:
+        alone, _ = model(jnp.asarray(document)[None])
+        np.testing.assert_allclose(packed[0, start:start + len(document)], alone[0], rtol=1e-4, atol=1e-4)
+        start += len(document)
+
+
+def test_per_sequence_gate_mean_restarts_at_segments_and_carries_across_chunks():
+    u = jax.random.normal(jax.random.key(3), (1, 10, 4))
+    zeros = (jnp.zeros((1, 4)), jnp.zeros((1,)))
+    means, _ = segment_prefix_mean(u, zeros, jnp.asarray([[0] * 4 + [1] * 6]))
+    np.testing.assert_allclose(means[0, 5], u[0, 4:6].mean(0), rtol=1e-5)
+    full, _ = segment_prefix_mean(u, zeros, None)
+    first, carry = segment_prefix_mean(u[:, :3], zeros, None)
+    rest, _ = segment_prefix_mean(u[:, 3:], carry, None)
+    np.testing.assert_allclose(np.concatenate([first, rest], 1), full, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_chunked_prefill_and_decode_steps_equal_the_full_forward(name):
+    model, _, params, forward = model_and_forward(name)
+    sequence = tokens(length=14)
+    full, _ = forward(params, sequence)
+    logits, cache = forward(params, sequence[:, :5], model.init_cache(2))
+    outputs = [logits]
+    logits, cache = forward(params, sequence[:, 5:9], cache)
+    outputs.append(logits)
+    for i in range(9, 14):
+        logits, cache = forward(params, sequence[:, i:i + 1], cache)
+        outputs.append(logits)
+    np.testing.assert_allclose(np.concatenate(outputs, 1), full, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["hybrid_recursive", "recursive_ssm", "hybrid_pattern"])
+def test_greedy_generation_of_prompts_of_different_lengths_matches_the_full_forward(name):
+    _, graphdef, params, forward = model_and_forward(name)
+    prompts = [[1, 2, 3, 4, 5], [7, 8]]
+    generated = Generator(graphdef).generate_ids(params, prompts, max_new_tokens=3, temperature=0)
+    for prompt, new in zip(prompts, generated):
+        sequence = list(prompt)
+        for _ in range(3):
+            logits, _ = forward(params, jnp.asarray([sequence]))
+            sequence.append(int(jnp.argmax(logits[0, -1])))
+        assert new == sequence[len(prompt):]
+
+
+def test_recursion_shares_parameters_across_depth():
+    def params(family, **kw):
+        return count_params(build_model(dataclasses.replace(SMALL[family], **kw)))
+    d, r = 32, 2
+    # recursive_ssm: only the per-depth adapters (scale, shift, rank-r A and B) grow with depth
+    assert params("recursive_ssm", recurrent_depth=7) - params("recursive_ssm", recurrent_depth=2) \
+        == 5 * (2 * d + 2 * d * r)
+    assert params("recursive_ssm", recurrent_depth=7, adapter_rank=0) \
+        - params("recursive_ssm", recurrent_depth=2, adapter_rank=0) == 5 * 2 * d
+    # hybrid_recursive: one shared transform; only the gate's output row per depth is added (per layer)
+    layers = SMALL["hybrid_recursive"].n_layers
+    assert params("hybrid_recursive", max_recursion_depth=5) - params("hybrid_recursive", max_recursion_depth=2) \
+        == 3 * (d + 1) * layers
+
+
+def tiny_run_config(path, **model):
+    config = load_config_file(ROOT / "configs" / path)
+    config.model = dataclasses.replace(config.model, d_model=32, d_state=8, **model)
+    config.data = dataclasses.replace(config.data, seq_len=32, num_threads=1)
+    config.train = TrainConfig(steps=16, batch_size=4, lr=5e-3, warmup_steps=2, save_every=16, log_every=1,
+                               eval_batches=1, seed=0)
+    return config
+
+
+@pytest.mark.parametrize("path,model", [
+    ("tiny_hybrid.py", {"n_layers": 1, "n_heads": 2}),
+    ("tiny_recursive.py", {"n_layers": 2, "recurrent_depth": 2, "adapter_rank": 2}),
+    ("tiny_pattern.py", {"n_layers": 2, "layer_pattern": "AM", "n_heads": 2}),
+])
+def test_tiny_variants_train_with_falling_loss(tmp_path, path, model):
+    records = train(tiny_run_config(path, **model), tmp_path, log=lambda *_: None)
+    losses = [r["loss"] for r in records]
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:2]), losses
+    written = [r for r in read_metrics(tmp_path) if "loss" in r]
+    if path == "tiny_hybrid.py":
+        depth = load_config_file(ROOT / "configs" / path).model.max_recursion_depth
+        keys = {f"gate_depth_{k}" for k in range(1, depth + 1)} | {"gate_entropy", "aux_loss"}
+        assert keys <= set(written[-1]), written[-1]
+        assert sum(written[-1][f"gate_depth_{k}"] for k in range(1, depth + 1)) == pytest.approx(1, abs=1e-4)
+        # the cross-entropy is reported on its own; the aux term is the KL of the gate to its prior
+        assert written[-1]["aux_loss"] >= 0 and written[-1]["loss"] > written[-1]["aux_loss"]
+        events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+        assert events and b"train/gate_depth_1" in events[0].read_bytes()
+
+
+def test_every_config_file_is_valid_and_hrm_info_describes_it():
+    from hrm.info import describe
+    assert {p.stem for p in CONFIG_FILES} >= {
+        "mamba_small", "mamba_medium_lite", "mamba_medium_plus", "mamba_medium_x", "mamba_medium",
+        "mamba_medium_extra", "mamba_large_lite", "mamba_large_plus", "mamba_large", "mamba_xlarge", "mamba_xxlarge",
+        "hybrid_small", "hybrid_small_mini", "hybrid_small_standard", "hybrid_small_plus", "hybrid_small_pro",
+        "hybrid_medium", "hybrid_large", "recursive_48x5", "hybrid_amam_1b", "hybrid_7030_small",
+        "tiny_hybrid", "tiny_recursive", "tiny_pattern"}
+    for path in CONFIG_FILES:
+        config = load_config_file(path)
+        text = describe(config, str(path))
+        assert "total" in text and "effective depth" in text and "FLOPs per token" in text, path
+        assert "documented size" in text, path
+        if config.data.tokenizer == "gpt2":
+            assert config.model.vocab_size == 50264, path       # 50257 padded to a multiple of 8
+
+
+def test_hrm_info_command_line():
+    result = run_module("hrm.info", "--config", ROOT / "configs/recursive_48x5.py")
+    assert "effective depth: 240 (48 physical blocks x 5 depths" in result.stdout
+    assert "depth adapters" in result.stdout
+    result = run_module("hrm.info", "--model_size", "hybrid-small")
+    assert "documented size: 75.00M" in result.stdout
+
+
+def test_model_size_and_training_preset_flags():
+    from hrm.train import MODEL_SIZES, parse_command_line
+    for name in MODEL_SIZES:
+        assert (ROOT / "configs" / f"{MODEL_SIZES[name]}.py").is_file(), name
+    config, _ = parse_command_line(["--model_size", "hybrid-small"])
+    assert config.model.family == "hybrid_recursive" and config.model.d_model == 512
+    assert parse_command_line(["--model_size", "medium"])[0].model.d_model == 768
+    config, _ = parse_command_line(["--model_size", "hybrid_large", "--training_preset", "careful",
+                                    "--config.train.lr=2e-4"])
+    assert (config.train.steps, config.train.lr, config.train.warmup_steps, config.train.save_every,
+            config.train.eval_every) == (200_000, 2e-4, 5000, 10_000, 10_000)   # the override wins over the preset
+    config, _ = parse_command_line(["--config", str(ROOT / "configs/tiny.py"), "--training_preset", "fast"])
+    assert (config.train.steps, config.train.lr, config.train.warmup_steps) == (50_000, 5e-4, 1000)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model_size", "gigantic"], "unknown --model_size 'gigantic'; choose one of small, medium-lite"),
+    (["--model_size", "small", "--training_preset", "slow"], "unknown --training_preset 'slow'"),
+    (["--model_size", "small", "--config", "configs/tiny.py"], "not allowed with argument"),
+])
+def test_bad_flags_give_one_line_errors(args, message):
+    result = run_module("hrm.train", *args, check=False)
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("layer_pattern", "AMX", "model.layer_pattern"),
+    ("n_heads", 5, "model.n_heads"),
+    ("attention_scales", "1,0", "model.attention_scales"),
+    ("ponder_prior", 1.0, "model.ponder_prior"),
+    ("recurrent_depth", 0, "model.recurrent_depth"),
+])
+def test_bad_family_settings_name_the_key(key, value, message):
+    model = dataclasses.replace(SMALL["hybrid_pattern"] if key == "layer_pattern" else SMALL["hybrid_recursive"],
+                                **{key: value})
+    with pytest.raises(ConfigError, match=message):
+        validate(Config(model=model, data=DataConfig(), train=TrainConfig()))
+
+
+def test_remat_segments_change_memory_not_results():
+    def grads(segments):
+        cfg = dataclasses.replace(SMALL["recursive_ssm"], checkpoint_segments=segments)
+        graphdef, params = nnx.split(build_model(cfg, seed=2))
+        loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(tokens(length=8))[0] ** 2)
+        jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
+        return jax.grad(loss)(params), jaxpr
+    plain, plain_jaxpr = grads(0)
+    remat, remat_jaxpr = grads(1)
+    assert "checkpoint" in remat_jaxpr or "remat" in remat_jaxpr
+    assert "checkpoint" not in plain_jaxpr and "remat" not in plain_jaxpr
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["hybrid_recursive", "recursive_ssm", "hybrid_pattern"])
+def test_bfloat16_compute_runs_with_float32_parameters(name):
+    model = build_model(dataclasses.replace(SMALL[name], dtype="bfloat16"))
+    graphdef, params = nnx.split(model)
+    logits, _ = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))(params, tokens(length=8))
+    assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
