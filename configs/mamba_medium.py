@@ -1,24 +1,16 @@
-"""mamba_medium: standard Mamba 'medium', d_model 768 / 12 layers (seed 002 model table).
+"""mamba_medium: standard Mamba 'medium': d_model 768, 12 layers (seed 002 model table).
 
-Documented size: 200M (seed 002 model table, 'medium'). Ours: run ``python -m hrm.info --config configs/mamba_medium.py``.
-The documents' sizes follow their rule of thumb ``d_model^2 x n_layers x 8 + vocab x d_model`` and
-then round up generously (for this size the rule itself gives 95.2M). A reference Mamba-1 block (expand 2,
-d_state 16, dt_rank d/16) has about 6 d^2 + d (3 d_state + 2 dt_rank + 12) parameters, and the head is tied to
-the 50257-token GPT-2 embedding (padded to 50264), so ours is the exact count of the real architecture;
-it is smaller than the table, not a different model.
-Training: the 'default' preset (100k steps, lr 3e-4, warmup 2k, save/eval every 5k) unless noted;
-``--training_preset fast|careful`` switches it.
+Documents: ~200M (seed 002 model table, 'medium'); ours: 83.9M (0.42x).
+The table rounds its rule of thumb d^2 x layers x 8 + vocab x d (95.2M here) up generously;
+ours is the exact count of reference Mamba-1 blocks (expand 2, d_state 16) with a tied GPT-2 embedding.
+docs/MODELS.md itemises every size; ``python -m hrm.info --config configs/mamba_medium.py`` counts per component.
 """
 
-from hrm.config import Config, DataConfig, ModelConfig, TrainConfig
+from hrm.config import ModelConfig, documented_size_config
 
 DOCUMENTED_PARAMS = 200_000_000
 DOCUMENTED_SOURCE = "seed 002 model table, 'medium'"
 
 
-def get_config() -> Config:
-    return Config(
-        model=ModelConfig(family="mamba", d_model=768, n_layers=12, d_state=16, expand=2, vocab_size=50264),
-        data=DataConfig(tokenizer="gpt2", seq_len=2048),
-        train=TrainConfig(steps=100_000, batch_size=8, lr=3e-4, warmup_steps=2000, save_every=5000, eval_every=5000),
-    )
+def get_config():
+    return documented_size_config(ModelConfig(family="mamba", d_model=768, n_layers=12))

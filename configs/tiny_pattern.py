@@ -1,20 +1,14 @@
 """tiny_pattern: a CPU-sized hybrid_pattern model 'AMAM' on bytes (tests and demos).
 
 Attention (RoPE, 4 heads) + MLP layers alternating with Mamba blocks, d 128.
-Byte tokenizer, sequence 128: 300 steps take a few minutes on a 2-core CPU. With no data_dir it trains on the
-embedded default corpus (the interpreter's stdlib sources).
 """
 
-from hrm.config import Config, DataConfig, ModelConfig, TrainConfig
+from hrm.config import ModelConfig, cpu_sized_config
 
 DOCUMENTED_PARAMS = None
 DOCUMENTED_SOURCE = "a test-sized variant, not in the documents"
 
 
-def get_config() -> Config:
-    return Config(
-        model=ModelConfig(family="hybrid_pattern", d_model=128, n_layers=4, layer_pattern="AMAM", d_state=16,
-                          expand=2, n_heads=4, max_cache_len=512),
-        data=DataConfig(tokenizer="byte", seq_len=128),
-        train=TrainConfig(steps=300, batch_size=8, lr=2e-3, warmup_steps=30, save_every=100, log_every=10, seed=0),
-    )
+def get_config():
+    return cpu_sized_config(ModelConfig(family="hybrid_pattern", d_model=128, n_layers=4, layer_pattern="AMAM",
+                                        n_heads=4, max_cache_len=512))

@@ -117,6 +117,31 @@ class Config:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+# Seed 002's --training_preset table: train.* values (``hrm.train --training_preset`` applies one).
+TRAINING_PRESETS = {
+    "fast": {"steps": 50_000, "lr": 5e-4, "warmup_steps": 1000, "save_every": 2500, "eval_every": 2500},
+    "default": {"steps": 100_000, "lr": 3e-4, "warmup_steps": 2000, "save_every": 5000, "eval_every": 5000},
+    "careful": {"steps": 200_000, "lr": 1e-4, "warmup_steps": 5000, "save_every": 10_000, "eval_every": 10_000},
+}
+GPT2_VOCAB = 50264  # GPT-2 BPE's 50257 tokens padded to a multiple of 8
+
+
+def documented_size_config(model: ModelConfig, *, seq_len: int = 2048, batch_size: int = 8, **train) -> Config:
+    """A model size from the user's documents: GPT-2 BPE, rows of ``seq_len`` tokens and the 'default'
+    training preset; ``train`` overrides single ``TrainConfig`` fields where a seed says otherwise."""
+    model.vocab_size = model.vocab_size or GPT2_VOCAB
+    return Config(model=model, data=DataConfig(tokenizer="gpt2", seq_len=seq_len),
+                  train=TrainConfig(batch_size=batch_size, **{**TRAINING_PRESETS["default"], **train}))
+
+
+def cpu_sized_config(model: ModelConfig) -> Config:
+    """A CPU-sized demo/test model: bytes, 128-token rows, 300 steps at lr 2e-3 (minutes on 2 cores); with no
+    data flag it trains on the embedded default corpus (the interpreter's stdlib sources)."""
+    return Config(model=model, data=DataConfig(tokenizer="byte", seq_len=128),
+                  train=TrainConfig(steps=300, batch_size=8, lr=2e-3, warmup_steps=30, save_every=100,
+                                    log_every=10, seed=0))
+
+
 def _build(cls, raw: dict, prefix: str):
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -205,6 +230,16 @@ def load_config_file(path: str | Path) -> Config:
     return config
 
 
+def resolve_config(config: Config) -> Config:
+    """A validated copy with what follows from other choices filled in (the vocab size from the tokenizer)."""
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model))
+    if config.model.vocab_size == 0:
+        from hrm.tokenizer import get_tokenizer, padded_vocab_size
+        config.model.vocab_size = padded_vocab_size(get_tokenizer(config.data.tokenizer))
+    validate(config)
+    return config
+
+
 def validate(config: Config) -> None:
     """Reject impossible sizes and settings before any work starts."""
     m, d, t = config.model, config.data, config.train
@@ -223,7 +258,7 @@ def validate(config: Config) -> None:
     if t.warmup_steps < 0:
         raise ConfigError(f"config key 'train.warmup_steps' must be >= 0, got {t.warmup_steps}")
     if not 0 < m.dt_min <= m.dt_max:
-        raise ConfigError(f"config keys 'model.dt_min'/'model.dt_max' need 0 < dt_min <= dt_max")
+        raise ConfigError("config keys 'model.dt_min'/'model.dt_max' need 0 < dt_min <= dt_max")
     if not 0 <= d.eval_fraction < 1:
         raise ConfigError(f"config key 'data.eval_fraction' must be in [0, 1), got {d.eval_fraction}")
     if t.eval_every < 0 or t.eval_batches < 0:

@@ -12,7 +12,7 @@ import runpy
 from collections import defaultdict
 
 from hrm.cli import ArgumentParser, run_main
-from hrm.config import Config, validate
+from hrm.config import Config, resolve_config
 
 LAYER_COMPONENTS = {"mixer": "mamba", "mamba": "mamba", "attn": "attention", "mlp": "mlp",
                     "recursive": "recursive processor", "attention": "hierarchical attention",
@@ -106,11 +106,8 @@ def human(n: float) -> str:
 
 
 def describe(config: Config, config_path: str | None = None) -> str:
+    config = resolve_config(config)
     cfg = config.model
-    if cfg.vocab_size == 0:
-        from hrm.tokenizer import get_tokenizer, padded_vocab_size
-        cfg.vocab_size = padded_vocab_size(get_tokenizer(config.data.tokenizer))
-    validate(config)
     counts = parameter_table(cfg)
     total = sum(counts.values())
     depth, depth_text = effective_depth(cfg)

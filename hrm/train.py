@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hrm.cli import ArgumentParser, UsageError, run_main
-from hrm.config import Config, apply_override, load_config_file
+from hrm.config import TRAINING_PRESETS, Config, apply_override, load_config_file
 
 OVERRIDE_PREFIX = "--config."
 DATA_FLAGS = {  # the user's documents' data flags, shorthands for --config.data.<flag>
@@ -49,12 +49,6 @@ MODEL_SIZES = {
         "hybrid-small", "hybrid-small-mini", "hybrid-small-standard", "hybrid-small-plus", "hybrid-small-pro",
         "hybrid-medium", "hybrid-large", "recursive-48x5", "hybrid-amam-1b", "hybrid-7030-small",
         "tiny", "tiny-hybrid", "tiny-recursive", "tiny-pattern")},
-}
-# Seed 002's --training_preset table: train.* values, applied before any --config.* override.
-TRAINING_PRESETS = {
-    "fast": {"steps": 50_000, "lr": 5e-4, "warmup_steps": 1000, "save_every": 2500, "eval_every": 2500},
-    "default": {"steps": 100_000, "lr": 3e-4, "warmup_steps": 2000, "save_every": 5000, "eval_every": 5000},
-    "careful": {"steps": 200_000, "lr": 1e-4, "warmup_steps": 5000, "save_every": 10_000, "eval_every": 10_000},
 }
 
 
@@ -104,9 +98,6 @@ def parse_command_line(argv: list[str]) -> tuple[Config, str | None]:
     shorthand = [(f"data.{flag}", getattr(args, flag)) for flag in DATA_FLAGS if getattr(args, flag) is not None]
     if args.seed is not None:
         shorthand.append(("train.seed", str(args.seed)))
-    if args.training_preset is not None and args.training_preset not in TRAINING_PRESETS:
-        raise UsageError(f"unknown --training_preset '{args.training_preset}'; "
-                         f"choose one of {', '.join(TRAINING_PRESETS)}")
     config_path = args.config or model_size_config(args.model_size)
     config = build_config(config_path, shorthand + parse_overrides(extra), args.training_preset)
     return config, args.output_dir

@@ -15,10 +15,9 @@ import time
 import jax
 import numpy as np
 
-from hrm.config import load_config_file
+from hrm.config import load_config_file, resolve_config
 from hrm.data import split_batch, tokenized_corpus, training_batches
 from hrm.tokenizer import get_tokenizer
-from hrm.training.loop import resolve_config
 from hrm.training.state import init_train_state, make_train_step
 
 

@@ -8,16 +8,13 @@ Shapes only (``nnx.eval_shape``): nothing is allocated, so the 1B-scale configs 
 import sys
 from pathlib import Path
 
-from hrm.config import load_config_file
+from hrm.config import load_config_file, resolve_config
 from hrm.info import documented, effective_depth, flops_per_token, human, parameter_table
 
 
 def row(path: Path) -> str:
-    config = load_config_file(str(path))
+    config = resolve_config(load_config_file(str(path)))
     cfg = config.model
-    if cfg.vocab_size == 0:
-        from hrm.tokenizer import get_tokenizer, padded_vocab_size
-        cfg.vocab_size = padded_vocab_size(get_tokenizer(config.data.tokenizer))
     counts = parameter_table(cfg)
     total = sum(counts.values())
     stated, source = documented(str(path))

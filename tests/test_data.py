@@ -11,7 +11,7 @@ from hrm.config import DataConfig
 from hrm.data import (DataError, eval_batches, split_batch, split_documents, tokenized_corpus,
                       training_batches)
 from hrm.tokenizer import TokenizerError, get_tokenizer, padded_vocab_size
-from tests.helpers import ROOT, run_module
+from tests.helpers import run_module
 
 UNICODE = ["naïve café ☕ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🌍", "<|endoftext|> in text", "\x00\x01 tabs\t\n", "日本語のテキスト", ""]
 

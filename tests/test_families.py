@@ -2,7 +2,6 @@
 --model_size / --training_preset flags."""
 
 import dataclasses
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

@@ -13,9 +13,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import kernels
-from hrm.config import Config, ConfigError, validate
+from hrm.config import Config, ConfigError, resolve_config
 from hrm.data import eval_batches, split_batch, tokenized_corpus, training_batches
-from hrm.tokenizer import get_tokenizer, padded_vocab_size
+from hrm.tokenizer import get_tokenizer
 from hrm.training import checkpoint
 from hrm.training.metrics import MetricsWriter
 from hrm.training.state import init_train_state, make_train_step, next_token_loss
@@ -23,15 +23,6 @@ from hrm.training.state import init_train_state, make_train_step, next_token_los
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss diverged); the message names the cause and the fix."""
-
-
-def resolve_config(config: Config) -> Config:
-    """Fill what follows from other choices (the vocab size from the tokenizer) and validate."""
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model))
-    if config.model.vocab_size == 0:
-        config.model.vocab_size = padded_vocab_size(get_tokenizer(config.data.tokenizer))
-    validate(config)
-    return config
 
 
 def check_same_run(run_dir: Path, config: Config) -> None:
