@@ -18,7 +18,7 @@ DATA_FLAGS = {  # the user's documents' data flags, shorthands for --config.data
     "dataset": "a local .jsonl/.json/.parquet/.csv file, a save_to_disk folder or a Hugging Face dataset name",
     "dataset_split": "the dataset split (default train)",
     "text_column": "comma-separated text columns, joined with a blank line (default text)",
-    "tokenizer": "byte, cl100k_base, gpt2, r50k_base, o200k_base or a .tiktoken file",
+    "tokenizer": "byte, cl100k_base, gpt2, r50k_base, o200k_base or a .tiktoken file (the model's vocab follows it)",
 }
 
 
@@ -96,6 +96,8 @@ def parse_command_line(argv: list[str]) -> tuple[Config, str | None]:
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
     args, extra = parser.parse_known_args(argv)
     shorthand = [(f"data.{flag}", getattr(args, flag)) for flag in DATA_FLAGS if getattr(args, flag) is not None]
+    if args.tokenizer is not None:
+        shorthand.append(("model.vocab_size", "0"))   # 0: the vocab follows the chosen tokenizer
     if args.seed is not None:
         shorthand.append(("train.seed", str(args.seed)))
     config_path = args.config or model_size_config(args.model_size)

@@ -8,8 +8,8 @@ import pytest
 
 from hrm import tokenizer as tokenizer_module
 from hrm.config import DataConfig
-from hrm.data import (DataError, eval_batches, split_batch, split_documents, tokenized_corpus,
-                      training_batches)
+from hrm.data import (DataError, document_pieces, eval_batches, packed_batches, piece_dataset, split_batch,
+                      split_documents, tokenized_corpus, training_batches)
 from hrm.tokenizer import TokenizerError, get_tokenizer, padded_vocab_size
 from tests.helpers import run_module
 
@@ -194,23 +194,57 @@ def test_token_cache_is_reused_until_the_data_changes(tmp_path):
 
 def many_documents(tmp_path, n=40):
     root = tmp_path / "many"
-    root.mkdir()
+    root.mkdir(exist_ok=True)
     for i in range(n):
         (root / f"{i:03}.txt").write_text(f"document {i} " + "word " * (i % 7))
     return root
 
 
-def test_packing_puts_eos_between_documents_with_segment_ids(tmp_path):
-    cfg, corpus, _ = corpus_for(tmp_path, data_dir=str(many_documents(tmp_path)), eval_fraction=0.0)
-    tok = get_tokenizer("byte")
-    batch = split_batch(next(iter(training_batches(cfg, corpus, 4, seed=0))))
-    assert batch["inputs"].shape == (4, 16)
-    for row, segments in zip(batch["inputs"], batch["segment_ids"]):
-        starts = np.flatnonzero(np.diff(segments)) + 1
-        for s in starts:      # every document boundary follows an EOS token
-            assert row[s - 1] == tok.eos_id
-        assert np.all(segments > 0)
+def long_and_short_documents(tmp_path):
+    root = many_documents(tmp_path)
+    (root / "long.txt").write_text("".join(f"{i:04}\n" for i in range(600)))   # any 10 bytes say where they are
+    return corpus_for(tmp_path, data_dir=str(root), eval_fraction=0.0)
+
+
+def test_packed_rows_never_target_across_a_segment_boundary(tmp_path):
+    cfg, corpus, _ = long_and_short_documents(tmp_path)
+    batch = split_batch(next(iter(training_batches(cfg, corpus, 64, seed=0))))
+    assert batch["inputs"].shape == (64, 16) and np.all(batch["segment_ids"] > 0)
+    for row, segments, mask in zip(batch["inputs"], batch["segment_ids"], batch["mask"]):
+        for s in np.flatnonzero(np.diff(segments)) + 1:   # no target is predicted from another piece
+            assert not mask[s - 1]
     np.testing.assert_array_equal(batch["targets"][:, :-1], batch["inputs"][:, 1:])
+
+
+def test_an_epoch_of_pieces_targets_every_token_once(tmp_path):
+    cfg, corpus, _ = long_and_short_documents(tmp_path)
+    targeted = np.zeros(len(corpus.tokens), int)
+    for start, end in document_pieces(corpus, np.arange(len(corpus)), cfg.seq_len):
+        assert 2 <= end - start <= cfg.seq_len + 1
+        targeted[start + 1:end] += 1             # a piece targets all but its first token
+    expected = np.ones(len(corpus.tokens), int)
+    expected[corpus.offsets[:-1]] = 0            # a document's first token has no context to predict it from
+    np.testing.assert_array_equal(targeted, expected)
+
+
+def test_shuffled_pieces_spread_a_long_document_over_the_epoch(tmp_path):
+    cfg, corpus, _ = long_and_short_documents(tmp_path)
+    long_text = (tmp_path / "many" / "long.txt").read_bytes()
+
+    def where(row, segments):     # offset in long.txt that row[0] stands for, -1 if elsewhere
+        start = max(np.flatnonzero(np.diff(segments, prepend=-1)), key=lambda i: np.sum(segments == segments[i]))
+        found = long_text.find(bytes(min(int(t), 255) for t in row[start:start + 10]))
+        return found - start if found >= 0 and np.sum(segments == segments[start]) >= 10 else -1
+
+    def continued_rows(batches):  # adjacent rows where the second continues the first inside long.txt
+        places = [where(row, seg) for b in batches for row, seg in zip(b["tokens"], b["tokens_segment_ids"])]
+        return sum(a >= 0 and b == a + cfg.seq_len for a, b in zip(places, places[1:]))
+
+    shuffled = iter(training_batches(cfg, corpus, 8, seed=0))
+    in_order = iter(packed_batches(piece_dataset(corpus, np.arange(len(corpus)), cfg.seq_len, None), cfg.seq_len,
+                                   8, 1, 2))
+    assert continued_rows([next(in_order) for _ in range(20)]) > 50   # unshuffled: long.txt row after row
+    assert continued_rows([next(shuffled) for _ in range(20)]) < 10
 
 
 def test_split_is_deterministic_and_disjoint(tmp_path):
@@ -226,15 +260,17 @@ def test_split_is_deterministic_and_disjoint(tmp_path):
 
 
 def test_iterator_state_resumes_at_the_exact_next_batch(tmp_path):
-    cfg, corpus, _ = corpus_for(tmp_path, data_dir=str(many_documents(tmp_path)))
-    iterator = iter(training_batches(cfg, corpus, 3, seed=7))
-    for _ in range(5):
-        next(iterator)
-    state = iterator.get_state()
-    expected = [next(iterator)["tokens"] for _ in range(4)]
-    restored = iter(training_batches(cfg, corpus, 3, seed=7))
-    restored.set_state(state)
-    for want in expected:
-        np.testing.assert_array_equal(next(restored)["tokens"], want)
+    from hrm.training.checkpoint import ExactIteratorState
+    cfg, corpus, _ = long_and_short_documents(tmp_path)
+    for consumed in range(1, 9):    # mid-piece and at piece boundaries, through the checkpoint's JSON form
+        iterator = iter(training_batches(cfg, corpus, 3, seed=7))
+        for _ in range(consumed):
+            next(iterator)
+        state = ExactIteratorState(iterator).get_state()
+        expected = [next(iterator)["tokens"] for _ in range(4)]
+        restored = iter(training_batches(cfg, corpus, 3, seed=7))
+        ExactIteratorState(restored).set_state(state)
+        for want in expected:
+            np.testing.assert_array_equal(next(restored)["tokens"], want)
     other_seed = iter(training_batches(cfg, corpus, 3, seed=8))
     assert not np.array_equal(next(other_seed)["tokens"], next(iter(training_batches(cfg, corpus, 3, seed=7)))["tokens"])

@@ -240,10 +240,22 @@ def test_model_size_and_training_preset_flags():
     assert (config.train.steps, config.train.lr, config.train.warmup_steps) == (50_000, 5e-4, 1000)
 
 
+def test_choosing_a_tokenizer_makes_the_model_vocab_follow_it():
+    from hrm.config import resolve_config
+    from hrm.train import parse_command_line
+    config, _ = parse_command_line(["--model_size", "hybrid-small", "--tokenizer", "byte"])
+    assert resolve_config(config).model.vocab_size == 264          # not the config's GPT-2 50264
+    config, _ = parse_command_line(["--model_size", "hybrid-small", "--tokenizer", "byte",
+                                    "--config.model.vocab_size=512"])
+    assert config.model.vocab_size == 512                           # an explicit override still wins
+
+
 @pytest.mark.parametrize("args,message", [
     (["--model_size", "gigantic"], "unknown --model_size 'gigantic'; choose one of small, medium-lite"),
     (["--model_size", "small", "--training_preset", "slow"], "unknown --training_preset 'slow'"),
     (["--model_size", "small", "--config", "configs/tiny.py"], "not allowed with argument"),
+    (["--config", "configs/tiny.py", "--config.model.vocab_size=128"],
+     "config key 'model.vocab_size' (128) is smaller than tokenizer 'byte' (258 tokens)"),
 ])
 def test_bad_flags_give_one_line_errors(args, message):
     result = run_module("hrm.train", *args, check=False)

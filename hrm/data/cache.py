@@ -35,7 +35,10 @@ class TokenizedCorpus:
         return len(self.offsets) - 1
 
     def document(self, index: int) -> dict:
-        start, end = self.offsets[index], self.offsets[index + 1]
+        return self.piece(int(self.offsets[index]), int(self.offsets[index + 1]))
+
+    def piece(self, start: int, end: int) -> dict:
+        """Tokens ``[start, end)`` of the corpus and their loss mask."""
         return {"tokens": np.asarray(self.tokens[start:end]), "loss_mask": np.asarray(self.loss_mask[start:end])}
 
     def summary(self) -> str:

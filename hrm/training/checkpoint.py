@@ -8,6 +8,7 @@ restorable half-written step.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -38,10 +39,39 @@ def manager(run_dir: Path, keep: int = 3, read_only: bool = False):
     return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINT_DIR, options=options)
 
 
+class ExactIteratorState:
+    """A grain iterator as grain's orbax handler sees it: its state as JSON bytes, restored with tuples.
+
+    grain's handler (0.2.x) JSON-encodes a DatasetIterator's state, which turns ConcatThenSplit's tuple
+    slices into lists; restored as lists, that iterator takes its empty marker ``(-1, -1)`` for a pending
+    remainder and resumes at the wrong batch. Handing the handler bytes makes it call us both ways.
+    """
+
+    def __init__(self, iterator):
+        self.iterator = iterator
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.iterator.get_state()).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.iterator.set_state(_lists_as_tuples(json.loads(state)))
+
+    def start_prefetch(self) -> None:
+        self.iterator.start_prefetch()
+
+
+def _lists_as_tuples(value):
+    if isinstance(value, dict):
+        return {k: _lists_as_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_lists_as_tuples(v) for v in value)
+    return value
+
+
 def save(mgr: ocp.CheckpointManager, step: int, state, data_iterator=None, force: bool = False) -> bool:
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
-        items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        items["data"] = grain.checkpoint.CheckpointSave(ExactIteratorState(data_iterator))
     return mgr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
@@ -49,7 +79,7 @@ def restore(mgr: ocp.CheckpointManager, step: int, abstract_state, data_iterator
     """The train state at ``step``; the data iterator (when given) is moved to its saved position."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        items["data"] = grain.checkpoint.CheckpointRestore(ExactIteratorState(data_iterator))
     return mgr.restore(step, args=ocp.args.Composite(**items))["state"]
 
 

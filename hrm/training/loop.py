@@ -59,6 +59,11 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     if t.batch_size % jax.device_count():
         raise ConfigError(f"config key 'train.batch_size' ({t.batch_size}) must be a multiple of the "
                           f"{jax.device_count()} devices")
+    tokenizer = get_tokenizer(config.data.tokenizer)
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise ConfigError(f"config key 'model.vocab_size' ({config.model.vocab_size}) is smaller than tokenizer "
+                          f"'{config.data.tokenizer}' ({tokenizer.vocab_size} tokens); set "
+                          f"--config.model.vocab_size=0 to follow the tokenizer")
     check_same_run(run_dir, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
@@ -71,7 +76,7 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     graphdef, state = init_train_state(config)
     state = jax.device_put(state, replicated)
-    corpus = tokenized_corpus(config.data, get_tokenizer(config.data.tokenizer), log)
+    corpus = tokenized_corpus(config.data, tokenizer, log)
     local_batch = t.batch_size // jax.process_count()
     data_iterator = iter(training_batches(config.data, corpus, local_batch, t.seed,
                                           shard=(jax.process_index(), jax.process_count())))
