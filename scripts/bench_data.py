@@ -1,10 +1,14 @@
 """Input-pipeline throughput vs training throughput, side by side in one run.
 
     python scripts/bench_data.py --config configs/hybrid_small.py [--seconds 10] [--train_steps 3]
+        [--tokenizer cl100k_base] [--batch_size 2]
 
 Prints the grain pipeline's tokens/s (packed batches of the config's batch size and sequence length
 from the cached, tokenized corpus; token-cache build time reported separately) and the training
 step's tokens/s for the same config on this machine, and their ratio (it should be >= 10).
+``--tokenizer`` changes only the data side (offline, gpt2 can be swapped for the bundled cl100k_base
+BPE; once cached, the pipeline only slices token arrays, whatever the tokenizer); the model keeps the
+config's vocab. ``--batch_size`` sets both sides' batch (a CPU may not hold the config's batch).
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ import argparse
 import time
 
 import jax
-import numpy as np
 
 from hrm.config import load_config_file, resolve_config
 from hrm.data import split_batch, tokenized_corpus, training_batches
 from hrm.tokenizer import get_tokenizer
-from hrm.training.state import init_train_state, make_train_step
+
+from bench_train import train_tokens_per_sec  # scripts/ is on sys.path when run as a script
 
 
 def pipeline_tokens_per_sec(config, seconds: float) -> tuple[float, float]:
@@ -33,38 +37,24 @@ def pipeline_tokens_per_sec(config, seconds: float) -> tuple[float, float]:
     return tokens / (time.perf_counter() - start), build
 
 
-def train_tokens_per_sec(config, steps: int) -> float:
-    graphdef, state = init_train_state(config)
-    step = jax.jit(make_train_step(graphdef, config), donate_argnums=0)
-    shape = (config.train.batch_size, config.data.seq_len)
-    rng = np.random.default_rng(0)
-    batch = {"inputs": rng.integers(0, 256, shape).astype(np.int32), "targets": rng.integers(0, 256, shape).astype(np.int32),
-             "mask": np.ones(shape, bool), "segment_ids": np.ones(shape, np.int32)}
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)                                # compile outside the timing
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    return steps * batch["inputs"].size / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/hybrid_small.py")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to drain the pipeline")
     parser.add_argument("--train_steps", type=int, default=3)
-    parser.add_argument("--tokenizer", default=None, help="override data.tokenizer (e.g. byte offline)")
+    parser.add_argument("--tokenizer", default=None, help="data.tokenizer for the pipeline (e.g. cl100k_base offline)")
+    parser.add_argument("--batch_size", type=int, default=None, help="train.batch_size for both sides")
     args = parser.parse_args()
     config = load_config_file(args.config)
     if args.tokenizer:
         config.data.tokenizer = args.tokenizer
-        config.model.vocab_size = 0
+    if args.batch_size:
+        config.train.batch_size = args.batch_size
     config = resolve_config(config)
     data_rate, build = pipeline_tokens_per_sec(config, args.seconds)
     train_rate = train_tokens_per_sec(config, args.train_steps)
-    print(f"config {config.name} (tokenizer {config.data.tokenizer}, batch {config.train.batch_size} x "
-          f"{config.data.seq_len}) on {jax.devices()[0].platform}:")
+    print(f"config {config.name} (data tokenizer {config.data.tokenizer}, model vocab {config.model.vocab_size}, "
+          f"batch {config.train.batch_size} x {config.data.seq_len}) on {jax.devices()[0].platform}:")
     print(f"  token cache build/load  {build:8.1f} s")
     print(f"  data pipeline  {data_rate:14,.0f} tokens/s")
     print(f"  training step  {train_rate:14,.0f} tokens/s")
