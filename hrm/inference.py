@@ -59,12 +59,14 @@ class Generator:
         return logits[:, -1], cache
 
     def _decode_fn(self, params, logits, cache, steps, temperature, top_k, top_p, key):
-        """Sample ``steps`` tokens (batch, steps), feeding each back through the recurrent cache."""
-        model = nnx.merge(self.graphdef, params)
+        """Sample ``steps`` tokens (batch, steps), feeding each back through the recurrent cache.
 
+        The model is merged (copied) inside the loop body: nnx transforms in the model (recursive_ssm's
+        ``nnx.scan``) reject modules whose variables belong to an outer trace."""
         def step(carry, step_key):
             logits, cache = carry
             token = sample_logits(logits, step_key, temperature, top_k, top_p)
+            model = nnx.merge(self.graphdef, params, copy=True)
             next_logits, cache = model(token[:, None], cache)
             return (next_logits[:, -1], cache), token
 

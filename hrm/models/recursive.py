@@ -145,13 +145,10 @@ class RecursiveSSM(LanguageModel):
     """``n_layers`` physical Mamba residual blocks applied ``recurrent_depth`` times (seed 001's
     RecursiveStateSpace: 48 × 5 = 240 effective layers).
 
-    The depth loop is a ``jax.lax.scan`` whose body closes over the blocks' split state (one copy of their
-    parameters, broadcast to every depth) and scans the per-depth adapters; inside it the blocks run in
-    remat segments of ``checkpoint_segments`` blocks (``jax.checkpoint``: only segment boundaries are
-    stored for the backward pass; 0 = no remat). This is the functional form of ``nnx.scan`` /
-    ``nnx.remat`` with broadcast modules, chosen because nnx's transforms refuse modules created at an
-    outer trace level, which is exactly how the decode loop (``hrm.inference.Generator``: the model is
-    merged outside its ``lax.scan``) calls the model.
+    The depth loop is ``nnx.scan`` over ``recurrent_depth`` with the blocks broadcast (one copy of their
+    parameters for every depth) and the per-depth adapters scanned; inside it the blocks run in
+    ``nnx.remat`` segments of ``checkpoint_segments`` blocks (only segment boundaries are stored for the
+    backward pass; 0 = no remat).
     Each block keeps one decode cache per depth (it sees different inputs at each depth), stored
     batch-first as (batch, depth, ...) so caches of several prompts concatenate along the batch.
     """
@@ -169,34 +166,30 @@ class RecursiveSSM(LanguageModel):
                      for layer in self.layers)
 
     def body(self, x, cache=None, segment_ids=None):
-        n = len(self.layers)
-        seg = self.cfg.checkpoint_segments or n
+        n, seg = len(self.layers), self.cfg.checkpoint_segments or len(self.layers)
         residual_dtype = jnp.float32 if self.cfg.residual_in_fp32 else jnp.dtype(self.cfg.dtype)
-        x = x.astype(residual_dtype)
         caches = None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), tuple(cache))
-        graphdefs, states = zip(*(nnx.split(layer) for layer in self.layers))
+        segments = tuple(tuple(self.layers[lo:lo + seg]) for lo in range(0, n, seg))
 
-        def run_segment(lo, hi):
-            def run(segment_states, x, segment_caches):
-                new = []
-                for graphdef, state, block_cache in zip(graphdefs[lo:hi], segment_states, segment_caches):
-                    x, block_cache = nnx.merge(graphdef, state)(x, block_cache, segment_ids=segment_ids)
-                    new.append(block_cache)
-                return x, tuple(new)
-            return jax.checkpoint(run) if self.cfg.checkpoint_segments else run
+        def run_segment(blocks, x, block_caches):
+            new = []
+            for block, block_cache in zip(blocks, block_caches):
+                x, block_cache = block(x, block_cache, segment_ids=segment_ids)
+                new.append(block_cache)
+            return x, tuple(new)
 
-        segments = [(lo, min(lo + seg, n), run_segment(lo, min(lo + seg, n))) for lo in range(0, n, seg)]
+        if self.cfg.checkpoint_segments:
+            run_segment = nnx.remat(run_segment)
 
-        def over_depth(x, per_depth):
-            adapter, depth_caches = per_depth
+        @nnx.scan(in_axes=(nnx.Carry, None, 0, 0), out_axes=(nnx.Carry, 0), length=self.cfg.recurrent_depth)
+        def over_depth(x, segments, adapter, depth_caches):
             x = DepthAdapters.apply(x, adapter)
             depth_caches = depth_caches if depth_caches is not None else (None,) * n
             new = ()
-            for lo, hi, run in segments:
-                x, segment_caches = run(states[lo:hi], x, tuple(depth_caches[lo:hi]))
-                new = new + segment_caches
+            for i, blocks in enumerate(segments):
+                x, block_caches = run_segment(blocks, x, tuple(depth_caches[i * seg:(i + 1) * seg]))
+                new = new + block_caches
             return x, new
 
-        x, new_caches = jax.lax.scan(over_depth, x, (self.adapters.per_depth(), caches),
-                                     length=self.cfg.recurrent_depth)
+        x, new_caches = over_depth(x.astype(residual_dtype), segments, self.adapters.per_depth(), caches)
         return x, jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), new_caches)
