@@ -1,5 +1,6 @@
 """python -m hrm.train --config configs/tiny.py | --model_size NAME [--training_preset fast|default|careful]
 [--output_dir DIR] [--config.section.key=value ...]
+[--coordinator_address HOST:PORT --num_processes N --process_id I]
 
 Re-running the same command on a directory with checkpoints resumes from the latest one.
 """
@@ -77,13 +78,15 @@ def build_config(config_path: str, overrides: list[tuple[str, str]], preset: str
 
 
 def main(argv: list[str]) -> None:
-    config, output_dir = parse_command_line(argv)
-    from hrm.training.loop import train  # heavy imports after the arguments are known to be good
-    train(config, Path(output_dir or Path("runs") / config.name))
+    config, args = parse_command_line(argv)
+    from hrm.training.loop import init_distributed, train  # heavy imports after the arguments are good
+    if args.coordinator_address:
+        init_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    train(config, Path(args.output_dir or Path("runs") / config.name))
 
 
-def parse_command_line(argv: list[str]) -> tuple[Config, str | None]:
-    """(config, --output_dir) from the command line: config file or model size, preset, then overrides."""
+def parse_command_line(argv: list[str]):
+    """(config, parsed flags) from the command line: config file or model size, preset, then overrides."""
     parser = ArgumentParser(prog="python -m hrm.train", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="a Python config file with get_config()")
@@ -94,7 +97,12 @@ def parse_command_line(argv: list[str]) -> tuple[Config, str | None]:
     for flag, help_text in DATA_FLAGS.items():
         parser.add_argument(f"--{flag}", help=help_text)
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
+    multi = parser.add_argument_group("multi-process (one process per host; run the same command on each)")
+    multi.add_argument("--coordinator_address", help="HOST:PORT of process 0, reachable from every host")
+    multi.add_argument("--num_processes", type=int, help="number of processes in the run")
+    multi.add_argument("--process_id", type=int, help="this process's index, 0 .. num_processes-1")
     args, extra = parser.parse_known_args(argv)
+    check_distributed_flags(args)
     shorthand = [(f"data.{flag}", getattr(args, flag)) for flag in DATA_FLAGS if getattr(args, flag) is not None]
     if args.tokenizer is not None:
         shorthand.append(("model.vocab_size", "0"))   # 0: the vocab follows the chosen tokenizer
@@ -102,7 +110,17 @@ def parse_command_line(argv: list[str]) -> tuple[Config, str | None]:
         shorthand.append(("train.seed", str(args.seed)))
     config_path = args.config or model_size_config(args.model_size)
     config = build_config(config_path, shorthand + parse_overrides(extra), args.training_preset)
-    return config, args.output_dir
+    return config, args
+
+
+def check_distributed_flags(args) -> None:
+    given = [args.coordinator_address is not None, args.num_processes is not None, args.process_id is not None]
+    if any(given) and not all(given):
+        raise UsageError("a multi-process run needs all of --coordinator_address HOST:PORT, --num_processes N "
+                         "and --process_id I")
+    if all(given) and not (args.num_processes >= 1 and 0 <= args.process_id < args.num_processes):
+        raise UsageError(f"--process_id must be in 0..{args.num_processes - 1} with --num_processes "
+                         f"{args.num_processes} >= 1, got --process_id {args.process_id}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
 """Training end to end: falling loss, metrics and event files, exact resume (also after SIGKILL)."""
 
 import json
+import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from hrm.cli import UsageError
+from hrm.train import parse_command_line
 from hrm.training.checkpoint import CHECKPOINT_DIR
 from hrm.training.loop import train
 from hrm.training.metrics import read_metrics
@@ -88,3 +93,40 @@ def test_pallas_backend_trains_like_the_reference(tmp_path):
         train(config, tmp_path / backend, log=lambda *_: None)
         runs[backend] = [loss for _, loss in losses(tmp_path / backend)]
     assert runs["pallas"] == pytest.approx(runs["reference"], rel=1e-5)
+
+
+def test_two_processes_train_like_one(tmp_path):
+    """jax.distributed with two CPU processes (gloo) gives the single-process losses, also after resuming."""
+    args = ["--config", TINY, "--config.model.d_model=32", "--config.model.n_layers=2", "--config.data.seq_len=32",
+            "--config.train.batch_size=4", "--config.train.log_every=1", "--config.train.save_every=3",
+            "--config.train.steps=6", "--config.data.num_threads=1"]
+    train(parse_command_line(list(map(str, args)))[0], tmp_path / "one", log=lambda *_: None)
+
+    def run_two_processes():
+        with socket.socket() as s:
+            s.bind(("localhost", 0))
+            port = s.getsockname()[1]
+        procs = [subprocess.Popen([sys.executable, "-m", "hrm.train", *map(str, args), "--output_dir",
+                                   str(tmp_path / "two"), "--coordinator_address", f"localhost:{port}",
+                                   "--num_processes", "2", "--process_id", str(i)],
+                                  cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+        outputs = [p.communicate(timeout=600)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        return outputs[0]
+
+    assert "2 device(s)" in run_two_processes()
+    one = losses(tmp_path / "one")
+    assert [s for s, _ in losses(tmp_path / "two")] == [s for s, _ in one] == list(range(1, 7))
+    assert [loss for _, loss in losses(tmp_path / "two")] == pytest.approx([loss for _, loss in one], rel=1e-5)
+    assert sorted(int(p.name) for p in (tmp_path / "two" / CHECKPOINT_DIR).iterdir()) == [3, 6]
+    shutil.rmtree(tmp_path / "two" / CHECKPOINT_DIR / "6")       # as if both were killed after step 3's save
+    assert "resumed from" in run_two_processes()
+    assert [loss for _, loss in losses(tmp_path / "two")] == pytest.approx([loss for _, loss in one], rel=1e-5)
+
+
+@pytest.mark.parametrize("flags", [["--coordinator_address", "localhost:1234"],
+                                   ["--coordinator_address", "h:1", "--num_processes", "2", "--process_id", "2"]])
+def test_incomplete_multi_process_flags_are_rejected(flags):
+    with pytest.raises(UsageError, match="--process_id"):
+        parse_command_line(["--config", str(TINY), *flags])

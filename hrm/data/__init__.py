@@ -8,11 +8,10 @@ __all__ = ["DataError", "TokenizedCorpus", "document_pieces", "packed_batches", 
            "split_documents", "tokenized_corpus", "training_batches", "eval_batches"]
 
 
-def training_batches(cfg_data, corpus: TokenizedCorpus, batch_size: int, seed: int, shard=(0, 1)):
-    """The endless, shuffled training IterDataset (this process's ``shard`` of the training documents)."""
+def training_batches(cfg_data, corpus: TokenizedCorpus, batch_size: int, seed: int):
+    """The endless, shuffled training IterDataset of global batches (the same on every process)."""
     train_docs, _ = split_documents(len(corpus), cfg_data.eval_fraction)
-    index, count = shard
-    pieces = piece_dataset(corpus, train_docs[index::count], cfg_data.seq_len, seed)
+    pieces = piece_dataset(corpus, train_docs, cfg_data.seq_len, seed)
     return packed_batches(pieces, cfg_data.seq_len, batch_size, cfg_data.num_threads, cfg_data.prefetch)
 
 

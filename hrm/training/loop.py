@@ -42,6 +42,13 @@ def check_same_run(run_dir: Path, config: Config) -> None:
                               f"pass a new --output_dir or the original settings")
 
 
+def init_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
+    """Join a multi-process run (one process per host, each driving its local devices) through
+    ``jax.distributed``; on CPU the processes' collectives go through gloo."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
 def data_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("data",))
 
@@ -77,10 +84,10 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     graphdef, state = init_train_state(config)
     state = jax.device_put(state, replicated)
     corpus = tokenized_corpus(config.data, tokenizer, log)
-    local_batch = t.batch_size // jax.process_count()
-    data_iterator = iter(training_batches(config.data, corpus, local_batch, t.seed,
-                                          shard=(jax.process_index(), jax.process_count())))
-    held_out = eval_batches(config.data, corpus, local_batch, t.eval_batches)
+    # Every process reads the same global batches and feeds its own rows, so losses, data order and
+    # checkpoints do not depend on the number of processes (the pipeline is far faster than training).
+    data_iterator = iter(training_batches(config.data, corpus, t.batch_size, t.seed))
+    held_out = eval_batches(config.data, corpus, t.batch_size, t.eval_batches)
 
     mgr = checkpoint.manager(run_dir, keep=t.keep_checkpoints)
     start = mgr.latest_step() or 0
@@ -94,8 +101,11 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
         f"{' (auto on ' + jax.default_backend() + ')' if config.model.scan_backend == 'auto' else ''}; "
         f"{jax.device_count()} device(s)")
 
+    local_batch = t.batch_size // jax.process_count()
+    rows = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
+
     def to_device(batch):
-        return {k: jax.make_array_from_process_local_data(sharded, v) for k, v in batch.items()}
+        return {k: jax.make_array_from_process_local_data(sharded, v[rows]) for k, v in batch.items()}
 
     eval_fn = jax.jit(partial(next_token_loss, graphdef), in_shardings=(replicated, sharded))
 
