@@ -25,6 +25,13 @@ def losses(run_dir):
     return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if "loss" in r]
 
 
+def small_run_args(steps: int, save_every: int) -> list:
+    """hrm.train arguments for a tiny model that runs ``steps`` quick steps, logging each one."""
+    return ["--config", TINY, "--config.model.d_model=32", "--config.model.n_layers=2", "--config.data.seq_len=32",
+            "--config.train.batch_size=4", "--config.train.log_every=1", f"--config.train.save_every={save_every}",
+            f"--config.train.steps={steps}", "--config.data.num_threads=1"]
+
+
 def test_tiny_config_loss_falls_in_30_steps(tmp_path):
     result = run_module("hrm.train", "--config", TINY, "--output_dir", tmp_path,
                         "--config.train.steps=30", "--config.train.log_every=5", "--config.train.warmup_steps=10",
@@ -59,9 +66,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
 
 def test_resume_after_sigkill(tmp_path):
     """Kill -9 mid-run (after a checkpoint, between saves): re-running the command continues exactly."""
-    args = ["--config", TINY, "--config.model.d_model=32", "--config.model.n_layers=2", "--config.data.seq_len=32",
-            "--config.train.batch_size=4", "--config.train.log_every=1", "--config.train.save_every=5",
-            "--config.train.steps=30", "--config.data.num_threads=1"]
+    args = small_run_args(steps=30, save_every=5)
     run_module("hrm.train", *args, "--output_dir", tmp_path / "straight")
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "hrm.train", *map(str, args), "--output_dir", str(killed)],
@@ -97,9 +102,7 @@ def test_pallas_backend_trains_like_the_reference(tmp_path):
 
 def test_two_processes_train_like_one(tmp_path):
     """jax.distributed with two CPU processes (gloo) gives the single-process losses, also after resuming."""
-    args = ["--config", TINY, "--config.model.d_model=32", "--config.model.n_layers=2", "--config.data.seq_len=32",
-            "--config.train.batch_size=4", "--config.train.log_every=1", "--config.train.save_every=3",
-            "--config.train.steps=6", "--config.data.num_threads=1"]
+    args = small_run_args(steps=6, save_every=3)
     train(parse_command_line(list(map(str, args)))[0], tmp_path / "one", log=lambda *_: None)
 
     def run_two_processes():

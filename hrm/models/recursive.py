@@ -166,7 +166,8 @@ class RecursiveSSM(LanguageModel):
                      for layer in self.layers)
 
     def body(self, x, cache=None, segment_ids=None):
-        n, seg = len(self.layers), self.cfg.checkpoint_segments or len(self.layers)
+        n = len(self.layers)
+        seg = self.cfg.checkpoint_segments or n
         residual_dtype = jnp.float32 if self.cfg.residual_in_fp32 else jnp.dtype(self.cfg.dtype)
         caches = None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), tuple(cache))
         segments = tuple(tuple(self.layers[lo:lo + seg]) for lo in range(0, n, seg))
