@@ -14,5 +14,5 @@ DOCUMENTED_SOURCE = "seed 001 gives no parameter count"
 
 def get_config():
     model = ModelConfig(family="recursive_ssm", d_model=384, n_layers=48, recurrent_depth=5, adapter_rank=8,
-                        checkpoint_segments=8)
+                        checkpoint_segments=8, remat="block")
     return documented_size_config(model, seq_len=256, batch_size=16)

@@ -57,7 +57,10 @@ class ModelConfig:
     # --- recursive_ssm (seed 001): n_layers physical blocks applied recurrent_depth times ---
     recurrent_depth: int = 1
     adapter_rank: int = 0          # per-depth low-rank adapter rank (per-depth scale/shift always present)
-    checkpoint_segments: int = 1   # blocks per remat segment (0: no rematerialisation)
+    checkpoint_segments: int = 1   # recursive_ssm: blocks per remat segment (when remat is not "none")
+    # --- memory ---
+    remat: str = "none"            # rematerialise each layer in the backward pass: "none", "block" (keep only
+                                   # its input) or a jax.checkpoint_policies name (dots_with_no_batch_dims_saveable)
 
 
 @dataclasses.dataclass
@@ -79,7 +82,9 @@ class DataConfig:
 @dataclasses.dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 8
+    batch_size: int = 8           # global batch per optimizer step (all devices, all micro-batches)
+    accumulation_steps: int = 1   # micro-batches per step, run in sequence: batch_size / this rows at a time
+    shard_params: bool = False    # FSDP: shard parameters and optimizer state over the devices
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -123,7 +128,10 @@ TRAINING_PRESETS = {
     "default": {"steps": 100_000, "lr": 3e-4, "warmup_steps": 2000, "save_every": 5000, "eval_every": 5000},
     "careful": {"steps": 200_000, "lr": 1e-4, "warmup_steps": 5000, "save_every": 10_000, "eval_every": 10_000},
 }
-GPT2_VOCAB = 50264  # GPT-2 BPE's 50257 tokens padded to a multiple of 8
+GPT2_VOCAB = 50264
+DEFAULT_SAFETY_MARGIN_MB = 2048   # --vram_safety_margin: device memory (MB) kept free when sizing the batch
+# model.remat: what each layer keeps for the backward pass (hrm.models.lm.REMAT_POLICIES maps them to jax's).
+REMAT_CHOICES = ("none", "block", "dots_saveable", "dots_with_no_batch_dims_saveable")  # GPT-2 BPE's 50257 tokens padded to a multiple of 8
 
 
 def documented_size_config(model: ModelConfig, *, seq_len: int = 2048, batch_size: int = 8, **train) -> Config:
@@ -247,10 +255,13 @@ def validate(config: Config) -> None:
                 "model.d_conv": m.d_conv, "model.expand": m.expand, "data.seq_len": d.seq_len,
                 "data.num_threads": d.num_threads, "train.steps": t.steps, "train.batch_size": t.batch_size,
                 "train.save_every": t.save_every, "train.log_every": t.log_every,
-                "train.keep_checkpoints": t.keep_checkpoints}
+                "train.keep_checkpoints": t.keep_checkpoints, "train.accumulation_steps": t.accumulation_steps}
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    if t.batch_size % t.accumulation_steps:
+        raise ConfigError(f"config key 'train.accumulation_steps' ({t.accumulation_steps}) must divide "
+                          f"train.batch_size ({t.batch_size}), the global batch per optimizer step")
     if not 0 < t.lr < 1:
         raise ConfigError(f"config key 'train.lr' must be in (0, 1), got {t.lr}")
     if not 0 <= t.min_lr_ratio <= 1:
@@ -276,10 +287,13 @@ def validate(config: Config) -> None:
 
 def _validate_families(m: ModelConfig) -> None:
     """The family-specific model fields (attention, recursion, pattern)."""
-    for key in ("n_heads", "max_cache_len", "mlp_ratio", "max_recursion_depth", "recurrent_depth"):
+    for key in ("n_heads", "max_cache_len", "mlp_ratio", "max_recursion_depth", "recurrent_depth",
+                "checkpoint_segments"):
         if getattr(m, key) <= 0:
             raise ConfigError(f"config key 'model.{key}' must be positive, got {getattr(m, key)}")
-    for key in ("adapter_rank", "checkpoint_segments", "gate_reg_weight"):
+    if m.remat not in REMAT_CHOICES:
+        raise ConfigError(f"config key 'model.remat' must be one of {', '.join(REMAT_CHOICES)}, got {m.remat!r}")
+    for key in ("adapter_rank", "gate_reg_weight"):
         if getattr(m, key) < 0:
             raise ConfigError(f"config key 'model.{key}' must be >= 0, got {getattr(m, key)}")
     if m.rope_theta <= 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import runpy
 from collections import defaultdict
 
-from hrm.cli import ArgumentParser, run_main
+from hrm.cli import ArgumentParser, add_config_source, run_main
 from hrm.config import Config, resolve_config
 
 LAYER_COMPONENTS = {"mixer": "mamba", "mamba": "mamba", "attn": "attention", "mlp": "mlp",
@@ -133,9 +133,7 @@ def describe(config: Config, config_path: str | None = None) -> str:
 
 def main(argv: list[str]) -> None:
     parser = ArgumentParser(prog="python -m hrm.info", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="a Python config file with get_config()")
-    source.add_argument("--model_size", help="a documented model size name, as hrm.train's")
+    add_config_source(parser)
     args, extra = parser.parse_known_args(argv)
     from hrm.train import build_config, model_size_config, parse_overrides
     config_path = str(args.config or model_size_config(args.model_size))

@@ -1,5 +1,6 @@
 """python -m hrm.train --config configs/tiny.py | --model_size NAME [--training_preset fast|default|careful]
 [--output_dir DIR] [--config.section.key=value ...]
+[--batch_size B] [--accumulation_steps N] [--vram_auto | --vram 24gb] [--vram_safety_margin MB]
 [--coordinator_address HOST:PORT --num_processes N --process_id I]
 
 Re-running the same command on a directory with checkpoints resumes from the latest one.
@@ -9,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hrm.cli import ArgumentParser, UsageError, run_main
-from hrm.config import TRAINING_PRESETS, Config, apply_override, load_config_file
+from hrm.cli import ArgumentParser, UsageError, add_config_source, run_main
+from hrm.config import DEFAULT_SAFETY_MARGIN_MB, TRAINING_PRESETS, Config, apply_override, load_config_file
 
 OVERRIDE_PREFIX = "--config."
 DATA_FLAGS = {  # the user's documents' data flags, shorthands for --config.data.<flag>
@@ -79,24 +80,36 @@ def build_config(config_path: str, overrides: list[tuple[str, str]], preset: str
 
 def main(argv: list[str]) -> None:
     config, args = parse_command_line(argv)
-    from hrm.training.loop import init_distributed, train  # heavy imports after the arguments are good
+    from hrm.training.loop import VramRequest, init_distributed, train  # heavy imports after the arguments
     if args.coordinator_address:
         init_distributed(args.coordinator_address, args.num_processes, args.process_id)
-    train(config, Path(args.output_dir or Path("runs") / config.name))
+    vram = None
+    if args.vram_auto or args.vram:
+        from hrm.training.memory import parse_vram
+        vram = VramRequest(parse_vram(args.vram) if args.vram else None, args.vram_safety_margin)
+    train(config, Path(args.output_dir or Path("runs") / config.name), vram=vram)
 
 
 def parse_command_line(argv: list[str]):
     """(config, parsed flags) from the command line: config file or model size, preset, then overrides."""
     parser = ArgumentParser(prog="python -m hrm.train", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="a Python config file with get_config()")
-    source.add_argument("--model_size", help=f"a documented model size: {', '.join(MODEL_SIZES)}")
+    add_config_source(parser)
     parser.add_argument("--training_preset", help="fast, default or careful (steps, lr, warmup, save/eval "
                                                   "interval; before --config.* overrides)")
     parser.add_argument("--output_dir", help="run directory (default runs/<config name>)")
     for flag, help_text in DATA_FLAGS.items():
         parser.add_argument(f"--{flag}", help=help_text)
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
+    parser.add_argument("--batch_size", type=int, help="global batch per optimizer step (train.batch_size)")
+    parser.add_argument("--accumulation_steps", type=int,
+                        help="micro-batches per optimizer step (train.accumulation_steps)")
+    memory = parser.add_argument_group("GPU memory (python -m hrm.memtest shows the same analysis)")
+    vram = memory.add_mutually_exclusive_group()
+    vram.add_argument("--vram_auto", action="store_true",
+                      help="choose the largest micro-batch that fits the device's memory, keeping the global batch")
+    vram.add_argument("--vram", help="as --vram_auto for this much memory: 24gb, 24 or 20.5 (GB = GiB)")
+    memory.add_argument("--vram_safety_margin", type=float, default=DEFAULT_SAFETY_MARGIN_MB,
+                        help=f"MB kept free (default {DEFAULT_SAFETY_MARGIN_MB})")
     multi = parser.add_argument_group("multi-process (one process per host; run the same command on each)")
     multi.add_argument("--coordinator_address", help="HOST:PORT of process 0, reachable from every host")
     multi.add_argument("--num_processes", type=int, help="number of processes in the run")
@@ -106,8 +119,12 @@ def parse_command_line(argv: list[str]):
     shorthand = [(f"data.{flag}", getattr(args, flag)) for flag in DATA_FLAGS if getattr(args, flag) is not None]
     if args.tokenizer is not None:
         shorthand.append(("model.vocab_size", "0"))   # 0: the vocab follows the chosen tokenizer
-    if args.seed is not None:
-        shorthand.append(("train.seed", str(args.seed)))
+    for flag, key in (("seed", "train.seed"), ("batch_size", "train.batch_size"),
+                      ("accumulation_steps", "train.accumulation_steps")):
+        if getattr(args, flag) is not None:
+            shorthand.append((key, str(getattr(args, flag))))
+    if args.vram_safety_margin < 0:
+        raise UsageError(f"--vram_safety_margin must be >= 0 MB, got {args.vram_safety_margin:g}")
     config_path = args.config or model_size_config(args.model_size)
     config = build_config(config_path, shorthand + parse_overrides(extra), args.training_preset)
     return config, args

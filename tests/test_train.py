@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from hrm.cli import UsageError
@@ -133,3 +134,69 @@ def test_two_processes_train_like_one(tmp_path):
 def test_incomplete_multi_process_flags_are_rejected(flags):
     with pytest.raises(UsageError, match="--process_id"):
         parse_command_line(["--config", str(TINY), *flags])
+
+
+@pytest.mark.parametrize("family", ["mamba", "hybrid_recursive"])
+def test_accumulation_gives_the_losses_of_the_whole_batch(tmp_path, family):
+    """4 micro-batches of 2 rows train exactly as one batch of 8 (the gate's auxiliary loss included)."""
+    runs = {}
+    for steps in (1, 4):
+        config = small_config(steps=4, save_every=4, batch_size=8, accumulation_steps=steps)
+        config.model.family, config.model.n_heads = family, 2
+        train(config, tmp_path / str(steps), log=lambda *_: None)
+        runs[steps] = [(r["loss"], r["grad_norm"], r.get("aux_loss", 0.0)) for r in read_metrics(tmp_path / str(steps))
+                       if "loss" in r]
+    assert len(runs[1]) == 4
+    assert np.array(runs[4]) == pytest.approx(np.array(runs[1]), rel=1e-4)
+
+
+def test_accumulation_that_does_not_split_the_batch_is_one_line(tmp_path):
+    result = run_module("hrm.train", "--config", TINY, "--batch_size", "8", "--accumulation_steps", "3",
+                        "--output_dir", tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("error: config key 'train.accumulation_steps' (3) must divide "
+                                     "train.batch_size (8), the global batch per optimizer step")
+
+
+def test_bfloat16_trains_within_2_percent_of_float32(tmp_path):
+    """bf16 compute (fp32 parameters, optimizer state, LM head and loss) tracks fp32 at init and after 30 steps."""
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        config = small_config(steps=30, save_every=30, log_every=1, lr=1e-2)
+        config.model.dtype = dtype
+        train(config, tmp_path / dtype, log=lambda *_: None)
+        runs[dtype] = [loss for _, loss in losses(tmp_path / dtype)]
+    assert runs["float32"][-1] < 0.8 * runs["float32"][0]           # it learned something
+    for step in (0, -1):
+        assert runs["bfloat16"][step] == pytest.approx(runs["float32"][step], rel=0.02)
+
+
+SHARDED_RUNS = """
+import json, sys
+import jax
+from hrm.config import resolve_config
+from hrm.training.loop import data_mesh, state_shardings, train
+from hrm.training.state import init_train_state
+from tests.helpers import small_config
+out = {}
+for shard in (False, True):
+    config = small_config(steps=3, save_every=3, batch_size=8, accumulation_steps=2, shard_params=shard)
+    config.model.d_model = 64
+    out[str(shard)] = train(config, sys.argv[1] + f"/{shard}", log=lambda *_: None)
+_, state = init_train_state(resolve_config(config))
+specs = {str(tuple(s.spec)) for s in jax.tree.leaves(state_shardings(state, data_mesh(), True))}
+print(json.dumps({"devices": jax.device_count(), "specs": sorted(specs),
+                  "losses": {k: [r["loss"] for r in v] for k, v in out.items()}}))
+"""
+
+
+def test_sharded_parameters_train_like_replicated_ones_on_4_devices(tmp_path):
+    """train.shard_params splits parameters and optimizer state over 4 (fake CPU) devices, same losses."""
+    result = subprocess.run([sys.executable, "-c", SHARDED_RUNS, str(tmp_path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu",
+                                                         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 4
+    assert {"('data', None)", "(None, 'data')", "()"} <= set(report["specs"])
+    assert report["losses"]["True"] == pytest.approx(report["losses"]["False"], rel=1e-5)

@@ -9,6 +9,19 @@ from flax import nnx
 from hrm.config import ModelConfig
 from hrm.models.mamba import Mamba
 
+# model.remat → what a rematerialised layer keeps for the backward pass (jax.checkpoint policies; "block" keeps
+# only the layer's input). https://docs.jax.dev/en/latest/gradient-checkpointing.html
+REMAT_POLICIES = {"block": jax.checkpoint_policies.nothing_saveable,
+                  "dots_saveable": jax.checkpoint_policies.dots_saveable,
+                  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def rematerialised(fn, cfg: ModelConfig):
+    """``fn`` under ``nnx.remat`` with the policy ``cfg.remat`` names; ``fn`` itself for "none"."""
+    if cfg.remat == "none":
+        return fn
+    return nnx.remat(fn, policy=REMAT_POLICIES[cfg.remat])
+
 
 class ResidualBlock(nnx.Module):
     """x + mixer(RMSNorm(x)); the residual stream stays float32 when ``residual_in_fp32``."""
@@ -39,26 +52,46 @@ class LanguageModel(nnx.Module):
         self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype,
                                embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
         self.layers = nnx.List(make_layers(rngs))
-        self.norm_f = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
+        self.norm_f = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.float32, rngs=rngs)
         if not cfg.tie_embeddings:
-            self.lm_head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=dtype, rngs=rngs)
+            self.lm_head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=jnp.float32, rngs=rngs)
 
     def init_cache(self, batch: int):
         return tuple(layer.init_cache(batch) for layer in self.layers)
 
     def __call__(self, tokens: jax.Array, cache=None, segment_ids=None):
-        """tokens (batch, length) int → (logits (batch, length, vocab) float32, cache per layer).
+        """tokens (batch, length) int → (logits (batch, length, vocab) float32, the updated decode cache).
 
+        ``cache`` (from ``init_cache``) makes the call a decode step/prefill; without one (training,
+        evaluation) the returned cache is None.
         ``segment_ids`` (batch, length), optional: ids of packed documents; no state crosses a change.
         """
+        x, cache = self.features(tokens, cache, segment_ids)
+        return x @ self.head_weight(), cache
+
+    def features(self, tokens: jax.Array, cache=None, segment_ids=None):
+        """The final-norm hidden states (batch, length, d_model) float32 that the LM head reads, and the cache.
+
+        The final norm, the head and everything after them run in float32 whatever ``cfg.dtype`` is: bf16
+        logits would be rounded by ~0.1 before the softmax."""
         x, cache = self.body(self.embed(tokens), cache, segment_ids)
-        x = self.norm_f(x.astype(self.norm_f.dtype or jnp.float32))
-        logits = self.embed.attend(x) if self.cfg.tie_embeddings else self.lm_head(x)
-        return logits.astype(jnp.float32), cache
+        return self.norm_f(x.astype(jnp.float32)), cache
+
+    def head_weight(self) -> jax.Array:
+        """The LM head (d_model, vocab) float32: the embedding's transpose when tied."""
+        if self.cfg.tie_embeddings:
+            return self.embed.embedding[...].T
+        return self.lm_head.kernel[...]
 
     def body(self, x, cache=None, segment_ids=None):
-        """The layers in order, each with its own cache; families with other wiring override this."""
-        cache = cache if cache is not None else (None,) * len(self.layers)
+        """The layers in order, each with its own cache; families with other wiring override this.
+
+        A full forward (no cache: training, evaluation) runs each layer under ``model.remat``."""
+        if cache is None:
+            run = rematerialised(lambda layer, x, segment_ids: layer(x, segment_ids=segment_ids)[0], self.cfg)
+            for layer in self.layers:
+                x = run(layer, x, segment_ids)
+            return x, None
         new_cache = []
         for layer, layer_cache in zip(self.layers, cache):
             x, layer_cache = layer(x, layer_cache, segment_ids=segment_ids)

@@ -13,7 +13,7 @@ from flax import nnx
 
 from hrm.config import ModelConfig
 from hrm.models.attention import MLP
-from hrm.models.lm import LanguageModel, ResidualBlock
+from hrm.models.lm import LanguageModel, ResidualBlock, rematerialised
 from hrm.models.mamba import Mamba
 
 # Training collects the gate's sown values with nnx.capture (hrm.training.state); other forwards
@@ -147,8 +147,8 @@ class RecursiveSSM(LanguageModel):
 
     The depth loop is ``nnx.scan`` over ``recurrent_depth`` with the blocks broadcast (one copy of their
     parameters for every depth) and the per-depth adapters scanned; inside it the blocks run in
-    ``nnx.remat`` segments of ``checkpoint_segments`` blocks (only segment boundaries are stored for the
-    backward pass; 0 = no remat).
+    segments of ``checkpoint_segments`` blocks, each rematerialised under ``model.remat`` in a full
+    forward (with "block", only segment boundaries are stored for the backward pass).
     Each block keeps one decode cache per depth (it sees different inputs at each depth), stored
     batch-first as (batch, depth, ...) so caches of several prompts concatenate along the batch.
     """
@@ -166,8 +166,7 @@ class RecursiveSSM(LanguageModel):
                      for layer in self.layers)
 
     def body(self, x, cache=None, segment_ids=None):
-        n = len(self.layers)
-        seg = self.cfg.checkpoint_segments or n
+        n, seg = len(self.layers), self.cfg.checkpoint_segments
         residual_dtype = jnp.float32 if self.cfg.residual_in_fp32 else jnp.dtype(self.cfg.dtype)
         caches = None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), tuple(cache))
         segments = tuple(tuple(self.layers[lo:lo + seg]) for lo in range(0, n, seg))
@@ -179,8 +178,8 @@ class RecursiveSSM(LanguageModel):
                 new.append(block_cache)
             return x, tuple(new)
 
-        if self.cfg.checkpoint_segments:
-            run_segment = nnx.remat(run_segment)
+        if cache is None:
+            run_segment = rematerialised(run_segment, self.cfg)
 
         @nnx.scan(in_axes=(nnx.Carry, None, 0, 0), out_axes=(nnx.Carry, 0), length=self.cfg.recurrent_depth)
         def over_depth(x, segments, adapter, depth_caches):
@@ -193,4 +192,4 @@ class RecursiveSSM(LanguageModel):
             return x, new
 
         x, new_caches = over_depth(x.astype(residual_dtype), segments, self.adapters.per_depth(), caches)
-        return x, jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), new_caches)
+        return x, None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), new_caches)

@@ -13,10 +13,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import kernels
-from hrm.config import Config, ConfigError, resolve_config
+from hrm.config import DEFAULT_SAFETY_MARGIN_MB, Config, ConfigError, resolve_config
 from hrm.data import eval_batches, split_batch, tokenized_corpus, training_batches
 from hrm.tokenizer import get_tokenizer
-from hrm.training import checkpoint
+from hrm.training import checkpoint, memory
 from hrm.training.metrics import MetricsWriter
 from hrm.training.state import init_train_state, make_train_step, next_token_loss
 
@@ -53,19 +53,60 @@ def data_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("data",))
 
 
-def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | None = None) -> list[dict]:
+def state_shardings(state, mesh: Mesh, shard_params: bool):
+    """Replicated state, or (``train.shard_params``, FSDP-style) every array split over the data axis along
+    its largest dimension that the device count divides (parameters and the optimizer's moments alike; XLA
+    gathers a parameter where a layer needs it). Arrays with no such dimension stay replicated."""
+    n = mesh.shape["data"]
+
+    def spec(x):
+        dims = [i for i in sorted(range(x.ndim), key=lambda i: -x.shape[i]) if x.shape[i] % n == 0]
+        if not shard_params or n == 1 or not dims:
+            return NamedSharding(mesh, P())
+        return NamedSharding(mesh, P(*(("data" if i == dims[0] else None) for i in range(x.ndim))))
+    return jax.tree.map(spec, state)
+
+
+@dataclasses.dataclass
+class VramRequest:
+    """``--vram_auto`` (read the device's memory limit) or ``--vram`` bytes, less a safety margin in MB."""
+    vram_bytes: int | None = None
+    safety_margin_mb: float = DEFAULT_SAFETY_MARGIN_MB
+
+
+def fit_batch_to_vram(config: Config, request: VramRequest, log) -> Config:
+    """The config with the largest micro-batch that fits the requested memory (the global batch kept)."""
+    vram = request.vram_bytes or memory.device_memory_limit()
+    if vram is None:
+        log(f"--vram_auto: the {jax.default_backend()} backend reports no memory limit; keeping micro-batch "
+            f"{config.train.batch_size // config.train.accumulation_steps} x {config.train.accumulation_steps} "
+            f"accumulation (pass --vram to size for a GPU)")
+        return config
+    budget = vram - int(request.safety_margin_mb * memory.MIB)
+    config, step = memory.fit_to_vram(config, budget, jax.device_count())
+    log(f"vram: micro-batch {step.micro_batch_size} x {step.accumulation_steps} accumulation = global batch "
+        f"{config.train.batch_size}; {step.total_bytes / memory.GIB:.2f} GB per device of "
+        f"{vram / memory.GIB:.2f} GB - {request.safety_margin_mb:g} MB margin (XLA estimate)")
+    return config
+
+
+def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | None = None,
+          vram: VramRequest | None = None) -> list[dict]:
     """Train (or resume) the run in ``run_dir``; returns the metrics records written this call.
 
     ``stop_at_step`` ends this call early with a checkpoint, as a preemption would (the schedule
-    still spans ``train.steps``); calling again resumes.
+    still spans ``train.steps``); calling again resumes. ``vram`` sizes the micro-batch to a memory budget.
     """
     checkpoint.quiet_orbax()
     config = resolve_config(config)
+    if vram is not None:
+        config = fit_batch_to_vram(config, vram, log)
     run_dir = Path(run_dir)
     t = config.train
-    if t.batch_size % jax.device_count():
-        raise ConfigError(f"config key 'train.batch_size' ({t.batch_size}) must be a multiple of the "
-                          f"{jax.device_count()} devices")
+    if (t.batch_size // t.accumulation_steps) % jax.device_count():
+        raise ConfigError(f"the micro-batch (train.batch_size {t.batch_size} / train.accumulation_steps "
+                          f"{t.accumulation_steps}) must be a multiple of the {jax.device_count()} devices; "
+                          f"change --config.train.batch_size or --config.train.accumulation_steps")
     tokenizer = get_tokenizer(config.data.tokenizer)
     if tokenizer.vocab_size > config.model.vocab_size:
         raise ConfigError(f"config key 'model.vocab_size' ({config.model.vocab_size}) is smaller than tokenizer "
@@ -82,7 +123,8 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     mesh = data_mesh()
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     graphdef, state = init_train_state(config)
-    state = jax.device_put(state, replicated)
+    state_sharding = state_shardings(state, mesh, t.shard_params)
+    state = jax.device_put(state, state_sharding)
     corpus = tokenized_corpus(config.data, tokenizer, log)
     # Every process reads the same global batches and feeds its own rows, so losses, data order and
     # checkpoints do not depend on the number of processes (the pipeline is far faster than training).
@@ -107,15 +149,15 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     def to_device(batch):
         return {k: jax.make_array_from_process_local_data(sharded, v[rows]) for k, v in batch.items()}
 
-    eval_fn = jax.jit(partial(next_token_loss, graphdef), in_shardings=(replicated, sharded))
+    eval_fn = jax.jit(partial(next_token_loss, graphdef), in_shardings=(state_sharding["params"], sharded))
 
     def evaluate(step):
         if held_out:
             loss = float(np.mean([eval_fn(state["params"], to_device(b)) for b in held_out]))
             writer.write_eval({"step": step, "eval_loss": loss})
 
-    step_fn = jax.jit(make_train_step(graphdef, config), in_shardings=(replicated, sharded),
-                      out_shardings=(replicated, replicated), donate_argnums=0)
+    step_fn = jax.jit(make_train_step(graphdef, config), in_shardings=(state_sharding, sharded),
+                      out_shardings=(state_sharding, replicated), donate_argnums=0)
     writer = MetricsWriter(run_dir, start, t.steps, enabled=is_main)
     records = []
     step, batch = start, None
@@ -131,6 +173,9 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
                 _check_finite(values, step, mgr)
                 elapsed = time.perf_counter() - timer
                 record = {"step": step, **values, "tokens_per_sec": tokens / elapsed}
+                peak = memory.peak_memory_in_use()
+                if peak is not None:
+                    record["peak_mem_gb"] = peak / memory.GIB
                 writer.write(record)
                 records.append(record)
                 timer, tokens = time.perf_counter(), 0

@@ -43,6 +43,8 @@ class MetricsWriter:
             if key != "step" and isinstance(value, (int, float)):
                 self.tb.add_scalar(f"train/{key}", value, step)
         summary = f"loss {record['loss']:.4f} lr {record['lr']:.2e} tok/s {record['tokens_per_sec']:,.0f}"
+        if "peak_mem_gb" in record:
+            summary += f" mem={record['peak_mem_gb']:.1f}GB"
         if self.bar is not None:
             self.bar.set_postfix_str(summary, refresh=False)
             self.bar.update(step - self.bar.n)

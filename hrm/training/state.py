@@ -31,33 +31,104 @@ def init_train_state(config: Config):
     return graphdef, state
 
 
-def loss_and_metrics(graphdef, params, batch) -> tuple[jax.Array, dict]:
-    """(objective, metrics): the objective is the mean cross-entropy over the unmasked targets plus
-    every ``aux_loss`` the model sowed (``nnx.Intermediate``, collected with ``nnx.capture``); metrics hold ``loss`` (the cross-entropy),
-    ``aux_loss`` (their sum, when any) and the mean of each sown ``metric_<name>`` scalar as ``<name>``."""
+def forward_terms(graphdef, params, batch) -> tuple[jax.Array, dict]:
+    """(cross-entropy summed over the unmasked targets, sown values) of one batch.
+
+    The sown values are ``aux_loss``, the sum of every ``aux_loss`` the model sowed (``nnx.Intermediate``,
+    collected with ``nnx.capture``), when it sowed any, and the mean of each sown ``metric_<name>`` scalar as
+    ``<name>``."""
     model = nnx.merge(graphdef, params)
-    (logits, _), sown_state = nnx.capture(model, nnx.Intermediate)(batch["inputs"],
-                                                                   segment_ids=batch.get("segment_ids"))
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    mask = batch["mask"].astype(jnp.float32)
-    loss = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    (features, _), sown_state = nnx.capture(model.features, nnx.Intermediate)(
+        batch["inputs"], segment_ids=batch.get("segment_ids"))
+    ce_sum = chunked_cross_entropy(features, model.head_weight(), batch["targets"], batch["mask"])
     sown = {}
     for path, value in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(sown_state)):
         name = next(str(k.key) for k in reversed(path) if isinstance(getattr(k, "key", None), str))
         sown.setdefault(name, []).append(jnp.asarray(value, jnp.float32))
-    metrics = {"loss": loss}
-    objective = loss
-    if "aux_loss" in sown:
-        metrics["aux_loss"] = sum(sown.pop("aux_loss"))
-        objective = loss + metrics["aux_loss"]
-    metrics.update({name[len("metric_"):]: jnp.mean(jnp.stack(values)) for name, values in sown.items()
-                    if name.startswith("metric_")})
-    return objective, metrics
+    values = {"aux_loss": sum(sown.pop("aux_loss"))} if "aux_loss" in sown else {}
+    values.update({name[len("metric_"):]: jnp.mean(jnp.stack(v)) for name, v in sown.items()
+                   if name.startswith("metric_")})
+    return ce_sum, values
+
+
+LOSS_CHUNK_TOKENS = 1024
+
+
+def chunked_cross_entropy(features, head, targets, mask, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> jax.Array:
+    """Cross-entropy of ``features @ head`` summed over the unmasked targets, a sequence chunk at a time.
+
+    The (batch, length, vocab) float32 logits are the largest activation of a small model with a GPT-2
+    vocabulary (3.3 GB at 8 x 2048 tokens, more again for the softmax and its gradient). Here the sequence
+    is cut into chunks of about ``chunk_tokens`` tokens over all rows (each chunk keeps every row, so data
+    parallelism is untouched), each chunk's logits are rematerialised in the backward pass, and only one
+    chunk's logits exist at a time (MaxText's vocabulary tiling does the same)."""
+    batch, length, _ = features.shape
+    n_chunks = next(n for n in range(1, length + 1) if length % n == 0 and batch * length // n <= chunk_tokens
+                    or n == length)
+
+    @jax.checkpoint
+    def chunk_loss(x, t, m):
+        losses = optax.softmax_cross_entropy_with_integer_labels(x @ head, t)
+        return jnp.sum(losses * m.astype(jnp.float32))
+
+    if n_chunks == 1:
+        return chunk_loss(features, targets, mask)
+    split = lambda a: jnp.moveaxis(a.reshape(batch, n_chunks, length // n_chunks, *a.shape[2:]), 1, 0)
+    sums = jax.lax.map(lambda c: chunk_loss(*c), (split(features), split(targets), split(mask)))
+    return jnp.sum(sums)
+
+
+def target_count(batch) -> jax.Array:
+    """The number of unmasked targets (at least 1, so an all-masked batch has loss 0, not NaN)."""
+    return jnp.maximum(jnp.sum(batch["mask"].astype(jnp.float32)), 1.0)
+
+
+def loss_and_metrics(graphdef, params, batch) -> tuple[jax.Array, dict]:
+    """(objective, metrics): the objective is the mean cross-entropy over the unmasked targets plus the
+    auxiliary loss; metrics hold ``loss`` (the cross-entropy) and the sown values (``forward_terms``)."""
+    ce_sum, sown = forward_terms(graphdef, params, batch)
+    loss = ce_sum / target_count(batch)
+    return loss + sown.get("aux_loss", 0.0), {"loss": loss, **sown}
 
 
 def next_token_loss(graphdef, params, batch) -> jax.Array:
     """Mean cross-entropy over the unmasked targets (auxiliary losses excluded)."""
     return loss_and_metrics(graphdef, params, batch)[1]["loss"]
+
+
+def micro_batches(batch: dict, steps: int) -> dict:
+    """(steps, rows / steps, ...) arrays: micro-batch ``i`` holds rows ``i, i + steps, i + 2·steps, …``, so with
+    the rows sharded in contiguous blocks over the devices every device keeps its share of every micro-batch."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def accumulated_gradients(graphdef, params, batch, steps: int) -> tuple[dict, dict]:
+    """(gradients, metrics) of the batch's objective, computed over ``steps`` micro-batches in sequence.
+
+    A ``lax.scan`` over the micro-batches sums their gradients inside one jitted step, so peak activation
+    memory is one micro-batch's while the optimizer, the schedule, the step count and the checkpoints see
+    the global batch (``optax.MultiSteps`` would instead make every micro-batch an optimizer call and carry
+    the accumulator in the checkpointed optimizer state). Each micro-batch's cross-entropy sum is divided by
+    the whole batch's target count and its (per-batch mean) auxiliary loss by ``steps``, so the result equals
+    the gradient over the whole batch at once."""
+    n_targets = target_count(batch)
+
+    def micro_objective(params, micro):
+        ce_sum, sown = forward_terms(graphdef, params, micro)
+        return ce_sum / n_targets + sown.get("aux_loss", 0.0) / steps, (ce_sum, sown)
+
+    grad_fn = jax.grad(micro_objective, has_aux=True)
+    if steps == 1:   # no accumulator: one params-sized buffer less
+        grads, (ce_sum, sown) = grad_fn(params, batch)
+        return grads, {"loss": ce_sum / n_targets, **sown}
+
+    def accumulate(total, micro):
+        grads, terms = grad_fn(params, micro)
+        return jax.tree.map(jnp.add, total, grads), terms
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    grads, (ce_sums, sown) = jax.lax.scan(accumulate, zeros, micro_batches(batch, steps))
+    return grads, {"loss": jnp.sum(ce_sums) / n_targets, **jax.tree.map(jnp.mean, sown)}
 
 
 def make_train_step(graphdef, config: Config):
@@ -66,8 +137,8 @@ def make_train_step(graphdef, config: Config):
     schedule = learning_rate_schedule(config.train)
 
     def train_step(state, batch):
-        (_, model_metrics), grads = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)(
-            graphdef, state["params"], batch)
+        grads, model_metrics = accumulated_gradients(graphdef, state["params"], batch,
+                                                     config.train.accumulation_steps)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                      "opt_state": opt_state}

@@ -1,0 +1,181 @@
+"""Device memory of a train step, from XLA's compiled memory analysis — no device memory is touched.
+
+``train_step_memory`` compiles (does not run) the real train step — optimizer, accumulation, remat, dtype —
+for abstract inputs (``jax.ShapeDtypeStruct``) and reads ``compiled.memory_analysis()``: the bytes of the
+arguments (train state + batch), the outputs and the temporaries, with the donated state counted once. On a
+CPU it is XLA's CPU estimate of the GPU figure (fusion differs); it sizes batches and catches O(L²)
+temporaries. ``largest_micro_batch`` binary-searches the micro-batch that fits a budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import kernels
+from hrm.config import Config, ConfigError
+from hrm.models import build_model
+from hrm.training.state import init_train_state, make_train_step
+
+GIB = 2 ** 30
+MIB = 2 ** 20
+
+
+@dataclasses.dataclass
+class StepMemory:
+    """Bytes one device needs for a train step at ``micro_batch_size`` rows of ``seq_len`` tokens."""
+    micro_batch_size: int
+    accumulation_steps: int
+    seq_len: int
+    param_bytes: int
+    optimizer_bytes: int
+    batch_bytes: int
+    temp_bytes: int           # activations, gradients and every other intermediate XLA keeps live
+    total_bytes: int          # arguments + outputs - aliased (donated) + temporaries
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_vram(text: str) -> int:
+    """Bytes from the documents' --vram forms: "24gb", "24", "20.5" (GB, i.e. GiB: GPU memory sizes are
+    powers of two), also "16GiB" and "16384MB"."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(gb|gib|g|mb|mib|m)?\s*", str(text).lower())
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"--vram expects a size such as 24gb, 24 or 20.5 (GB), got {text!r}")
+    unit = MIB if (match.group(2) or "gb").startswith("m") else GIB
+    return int(float(match.group(1)) * unit)
+
+
+def device_memory_limit() -> int | None:
+    """The first local device's memory limit in bytes (``memory_stats()["bytes_limit"]``), None where the
+    backend does not report one (CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("bytes_limit")
+
+
+def peak_memory_in_use() -> int | None:
+    """The peak bytes in use on the first local device so far, None where the backend does not say."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def _nbytes(tree) -> int:
+    return sum(int(x.size) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def _abstract_batch(rows: int, seq_len: int) -> dict:
+    tokens = jax.ShapeDtypeStruct((rows, seq_len), jnp.int32)
+    return {"inputs": tokens, "targets": tokens, "mask": jax.ShapeDtypeStruct((rows, seq_len), jnp.bool_),
+            "segment_ids": tokens}
+
+
+def gpu_config(config: Config) -> Config:
+    """The config as a GPU runs it: "auto" takes the fused Pallas scan there (the CPU takes other kernels,
+    whose memory differs), so the estimate is compiled for that kernel (interpreted on a CPU)."""
+    if config.model.scan_backend != "auto":
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, scan_backend="pallas"))
+
+
+def train_step_memory(config: Config, micro_batch_size: int | None = None, devices: int = 1) -> StepMemory:
+    """Compile the train step of a resolved ``config`` and report one device's memory when the global batch
+    runs in micro-batches of ``micro_batch_size`` rows (default: the config's) over ``devices`` data-parallel
+    devices (each compiles its share: ``micro_batch_size / devices`` rows per micro-batch)."""
+    t = config.train
+    micro = micro_batch_size or t.batch_size // t.accumulation_steps
+    steps = t.batch_size // micro
+    if t.batch_size % micro or micro % devices:
+        raise ConfigError(f"micro-batch {micro} must divide train.batch_size ({t.batch_size}) and be a multiple "
+                          f"of the {devices} devices")
+    share = dataclasses.replace(t, batch_size=t.batch_size // devices, accumulation_steps=steps)
+    config = dataclasses.replace(config, train=share)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config.model)))
+    state = jax.eval_shape(lambda: init_train_state(config)[1])
+    batch = _abstract_batch(share.batch_size, config.data.seq_len)
+    step = jax.jit(make_train_step(graphdef, config), donate_argnums=0)
+    analysis = step.lower(state, batch).compile().memory_analysis()
+    total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
+             + analysis.temp_size_in_bytes)
+    return StepMemory(micro_batch_size=micro, accumulation_steps=steps, seq_len=config.data.seq_len,
+                      param_bytes=_nbytes(state["params"]), optimizer_bytes=_nbytes(state["opt_state"]),
+                      batch_bytes=_nbytes(batch), temp_bytes=int(analysis.temp_size_in_bytes),
+                      total_bytes=int(total))
+
+
+@functools.cache
+def _code_fingerprint() -> str:
+    """A hash of hrm's and the kernels' sources: a cached estimate is only valid for the code that made it."""
+    digest = hashlib.sha256()
+    for package in (Path(__file__).parents[1], Path(kernels.__file__).parent):
+        for path in sorted(package.rglob("*.py")):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _cache_path(config: Config, micro_batch_size: int | None, devices: int) -> Path:
+    key = json.dumps([config.to_dict(), micro_batch_size, devices, jax.__version__, jax.default_backend(),
+                      _code_fingerprint()], sort_keys=True)
+    root = Path(os.environ.get("HRM_CACHE_DIR") or Path.home() / ".cache" / "hrm") / "memtest"
+    return root / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def cached_train_step_memory(config: Config, micro_batch_size: int | None = None, devices: int = 1) -> StepMemory:
+    """``train_step_memory``, remembered on disk per config, micro-batch and device count (a compile takes
+    seconds to a minute)."""
+    path = _cache_path(config, micro_batch_size, devices)
+    try:
+        return StepMemory(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    memory = train_step_memory(config, micro_batch_size, devices)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(memory.to_dict()))
+    except OSError:
+        pass   # a read-only cache only costs a recompile
+    return memory
+
+
+def micro_batch_candidates(global_batch: int, devices: int = 1) -> list[int]:
+    """Micro-batch sizes that split ``global_batch`` evenly and share evenly over ``devices``, ascending."""
+    return [m for m in range(devices, global_batch + 1, devices) if global_batch % m == 0]
+
+
+def largest_micro_batch(config: Config, budget_bytes: int, devices: int = 1) -> StepMemory | None:
+    """The step memory at the largest micro-batch that fits ``budget_bytes`` per device, keeping the global
+    batch (None when even the smallest does not fit); a binary search over ``micro_batch_candidates``
+    (memory grows with the micro-batch): about log2(#candidates) compiles."""
+    candidates = micro_batch_candidates(config.train.batch_size, devices)
+    best, lo, hi = None, 0, len(candidates) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        memory = cached_train_step_memory(config, candidates[mid], devices)
+        if memory.total_bytes <= budget_bytes:
+            best, lo = memory, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def fit_to_vram(config: Config, budget_bytes: int, devices: int = 1) -> tuple[Config, StepMemory]:
+    """``config`` with the largest micro-batch (and the accumulation that keeps its global batch) whose train
+    step fits ``budget_bytes`` per device; a ``ConfigError`` naming the need and the budget when none does."""
+    best = largest_micro_batch(gpu_config(config), budget_bytes, devices)
+    if best is None:
+        need = cached_train_step_memory(gpu_config(config), devices, devices)
+        raise ConfigError(f"{config.name} does not fit: its train step needs {need.total_bytes / GIB:.2f} GB per "
+                          f"device even at micro-batch {devices} (seq_len {config.data.seq_len}), the budget is "
+                          f"{budget_bytes / GIB:.2f} GB; lower data.seq_len, set model.remat=block, or use a "
+                          f"larger GPU")
+    train = dataclasses.replace(config.train, accumulation_steps=best.accumulation_steps)
+    return dataclasses.replace(config, train=train), best
