@@ -71,32 +71,33 @@ def test_kernels_write_every_element_of_their_raw_outputs():
     """Check the padded kernel outputs before any slicing: all finite although they started as NaN."""
     rng = np.random.default_rng()
     inputs = _jnp(random_inputs(rng, 2, 13, 12, 3, with_state=True))
-    cfg = ps._Config(length=13, chunk=4, block=8, softplus=True, gated=True, interpret=True, poison=True)
+    cfg = ps._Config(length=13, chunk=4, block=8, softplus=True, log1p=True, gated=True, interpret=True,
+                     poison=True)
     keep = jnp.asarray(rng.random((2, 13)) > 0.2, jnp.float32)
     x = ps._pad_inputs(cfg, *(inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")), keep)
-    y, last, ckpt = jax.jit(ps._forward, static_argnums=(0, 3))(
-        cfg, x, ps._pad_state(cfg, inputs["initial_state"]), True)
-    assert y.shape == (2, 16, 16) and ckpt.shape == (2, 4, 4, 16)  # length 13 -> 16, channels 12 -> 16
-    dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-    dlast = jnp.asarray(rng.standard_normal(last.shape), jnp.float32)
-    grads = jax.jit(ps._backward, static_argnums=0)(cfg, x, ckpt, dy, dlast)
-    for name, out in [("y", y), ("last", last), ("ckpt", ckpt)] + list(zip(
-            ["du", "ddelta", "dz", "dB", "dC", "dA", "dD", "dbias", "dh0"], grads)):
-        assert bool(jnp.all(jnp.isfinite(out))), f"{name} has unwritten (NaN) elements"
-    assert bool(jnp.all(ckpt[:, 0] == ps._pad_state(cfg, inputs["initial_state"])))  # chunk 0 starts at h0
+    out = jax.jit(ps._forward, static_argnums=(0, 3))(cfg, x, ps._pad_state(cfg, inputs["initial_state"]), True)
+    assert out["y"].shape == (2, 16, 16) and out["ckpt"].shape == (2, 4, 4, 16)  # 13 -> 16, 12 -> 16
+    dy = jnp.asarray(rng.standard_normal(out["y"].shape), jnp.float32)
+    dlast = jnp.asarray(rng.standard_normal(out["last"].shape), jnp.float32)
+    grads = jax.jit(ps._backward, static_argnums=0)(cfg, x, out["ckpt"], dy, dlast)
+    assert sorted(grads) == sorted(["du", "ddelta", "dz", "dB", "dC", "dA", "dD", "dbias", "dh0"])
+    for name, array in {**out, **grads}.items():
+        assert bool(jnp.all(jnp.isfinite(array))), f"{name} has unwritten (NaN) elements"
+    assert bool(jnp.all(out["ckpt"][:, 0] == ps._pad_state(cfg, inputs["initial_state"])))  # chunk 0: h0
 
 
 def test_poison_hook_catches_unwritten_elements():
     """The hook itself works: a kernel that writes half its output leaves NaN in the other half."""
-    cfg = ps._Config(length=4, chunk=4, block=8, softplus=False, gated=False, interpret=True, poison=True)
+    cfg = ps._Config(length=4, chunk=4, block=8, softplus=False, log1p=True, gated=False, interpret=True,
+                     poison=True)
 
-    def half(x_ref, o_ref):
-        o_ref[0:2, :] = x_ref[0:2, :]
+    def half(*, x, o):
+        o[0:2, :] = x[0:2, :]
 
     spec = ps.pl.BlockSpec((4, 8), lambda i: (0, 0))
-    (out,) = jax.jit(lambda x: ps._pallas_call(half, cfg, (1,), [x], [spec],
-                                                [jax.ShapeDtypeStruct((4, 8), jnp.float32)], [spec]))(
-        jnp.ones((4, 8), jnp.float32))
+    out = jax.jit(lambda x: ps._pallas_call(half, "half", cfg, (1,), {"x": (x, spec)},
+                                             {"o": (jax.ShapeDtypeStruct((4, 8), jnp.float32), spec)}))(
+        jnp.ones((4, 8), jnp.float32))["o"]
     assert bool(jnp.all(out[:2] == 1)) and bool(jnp.all(jnp.isnan(out[2:])))
     with pytest.raises(AssertionError, match="non-finite"):
         rel_err(out, np.ones((4, 8)))
