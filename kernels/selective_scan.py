@@ -33,9 +33,11 @@ def _pallas_problem(platform: str) -> str | None:
         return None
     try:
         from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415
-        pltriton.CompilerParams, pltriton.debug_barrier  # noqa: B018 (what the kernel uses)
-    except (ImportError, AttributeError) as error:
+    except ImportError as error:
         return f"jax {jax.__version__} has no Pallas Triton backend ({error})"
+    missing = [name for name in ("CompilerParams", "debug_barrier") if not hasattr(pltriton, name)]
+    if missing:
+        return f"jax {jax.__version__}'s Pallas Triton backend lacks {', '.join(missing)}"
     return None
 
 
