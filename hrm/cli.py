@@ -32,7 +32,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     from hrm.training.checkpoint import CheckpointError
     from hrm.tokenizer import TokenizerError
     from hrm.training.loop import TrainingError
-    return (ConfigError, UsageError, DataError, CheckpointError, TrainingError, TokenizerError)
+    from kernels import BackendUnavailable
+    return (ConfigError, UsageError, DataError, CheckpointError, TrainingError, TokenizerError, BackendUnavailable)
 
 
 def run_main(main, argv=None) -> None:

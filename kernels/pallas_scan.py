@@ -17,6 +17,15 @@ The math is the one written out in ``kernels/reference.py``; this file only chan
   Per-step gradients (u, delta, z) are written directly; dB and dC are per-channel-block partial sums
   written to an output with a channel-block axis; dA, dD and d delta_bias are per-sequence partial sums.
   Those axes are summed outside the kernel, so the result is deterministic (no atomics).
+* **Workspace synchronisation.**  The workspace lives in global memory and is written in one loop and
+  read in another by the threads of one program.  Triton maps an array's elements to threads by a
+  layout it picks per operation, and inserts no barrier between global-memory accesses, so the thread
+  that reads ``work[k]`` need not be the thread that wrote it.  Each chunk therefore brackets its
+  adjoint with ``_barrier``: once after the recompute (every write is visible before any read) and
+  once after the adjoint (every read is done before the next chunk's recompute overwrites the slots).
+  ``_barrier`` is Triton's ``debug_barrier`` (``gpu.barrier``, CUDA's ``__syncthreads``, which also
+  orders a block's global-memory accesses); interpret mode runs one program at a time and needs none.
+  Every other buffer is written only (y, checkpoints, gradients) or read only (inputs) by a kernel.
 
 Layout inside the kernels: the state is held as (state, channels) so that a time step's row of
 u / delta / z — shape (1, block) — broadcasts against it directly, and B, C are passed as
@@ -31,16 +40,16 @@ input 0), and their delta gradient is masked to 0 as well.
 
 Backends.  On CPU the kernels run with ``interpret=True`` (correctness only; slow).  On GPU they are
 compiled with ``interpret=False`` through the **Triton** backend, selected explicitly with
-``compiler_params=pallas.triton.CompilerParams``: this kernel streams rows straight from global memory
-inside the time loop, which is Triton's memory model.  jax >= 0.9 lowers a bare ``pl.pallas_call`` to
-Mosaic GPU by default on Hopper and deprecates ``pl.pallas_call`` for Mosaic GPU in favour of
-``plgpu.kernel``; Mosaic GPU would stage each whole-length block in shared memory, which does not fit
-long sequences, so a Mosaic GPU port needs explicit per-chunk GMEM->SMEM copies.  Triton is deprecated
-from jax 0.11: that port is the follow-up.  The code uses only ``pl.pallas_call`` + ``pl.BlockSpec`` +
-ref indexing + ``lax.fori_loop`` (no backend scratch memory), which exist on jax 0.10 and newer.
-The GPU path has not been run in the session that wrote it (no GPU was available; see
-docs/BENCHMARKS.md); tests/test_pallas_scan.py checks on CPU that both kernels pass Pallas's Triton
-lowering for CUDA, but PTX compilation and execution are untested.
+``compiler_params=pallas.triton.CompilerParams`` on jax 0.10 to 0.12: this kernel streams rows straight
+from global memory inside the time loop, which is Triton's memory model.  jax >= 0.9 lowers a bare
+``pl.pallas_call`` to Mosaic GPU by default on Hopper; Mosaic GPU would stage each whole-length block in
+shared memory, which does not fit long sequences, so a Mosaic GPU port needs explicit per-chunk
+GMEM->SMEM copies (jax 0.11 deprecates Triton: that port is the follow-up).  The code uses only
+``pl.pallas_call`` + ``pl.BlockSpec`` + ref indexing + ``lax.fori_loop`` and, compiled, Triton's
+``debug_barrier``, which exist unchanged on jax 0.10, 0.11 and 0.12.  Both kernels are named
+(``selective_scan_fwd``, ``selective_scan_bwd``: the names a GPU profile shows) and take their refs as
+named keyword arguments.  tests/test_pallas_scan.py checks on CPU that both kernels pass Pallas's
+Triton lowering for CUDA; the compiled kernels' parity tests are marked ``gpu``.
 """
 
 from __future__ import annotations
@@ -64,11 +73,44 @@ CPU_CHUNK, CPU_BLOCK = 64, 128
 
 
 # --------------------------------------------------------------------------------------------------
-# Elementwise helpers usable inside a kernel (no jax.nn: Mosaic GPU / Triton lack log1p and expm1).
+# Elementwise helpers usable inside a kernel.
 
-def softplus(x):
-    """softplus(x) = log(1 + exp(x)), linear above 20 as in the reference implementations."""
-    return jnp.where(x <= 20.0, jnp.log(1.0 + jnp.exp(x)), x)
+def log1p(x, native: bool):
+    """log(1 + x), accurate for small x.
+
+    ``native``: ``lax.log1p`` (interpret mode; Triton lowers it to ``__nv_log1pf``).  Otherwise Goldberg's
+    form, a few ulps from ``log`` alone (D. Goldberg, "What every computer scientist should know about
+    floating-point arithmetic", 1991, Theorem 4): with ``u = 1 + x``, ``log1p(x) = x`` where ``u == 1``,
+    else ``log(u) * x / (u - 1)`` — the rounding of ``1 + x`` cancels in the ratio.  It holds only where
+    ``(1 + x) - 1`` is evaluated as written: XLA's algebraic simplifier rewrites it to ``x`` (which is
+    why interpret mode, run by XLA, takes ``lax.log1p``); Triton and LLVM without fast-math do not.
+    """
+    if native:
+        return jnp.log1p(x)
+    u = 1.0 + x
+    return jnp.where(u == 1.0, x, jnp.log(u) * x / (u - 1.0))
+
+
+def softplus(x, native_log1p: bool):
+    """log1p(exp(x)), and x above 20, as mamba-ssm's CUDA kernel (``log1pf(expf(x))`` for x <= 20).
+
+    ``log(1 + exp(x))`` loses relative precision as softplus(x) falls: in float32 up to 6.6e-5 at
+    softplus ≈ 1e-3 and 6.6e-3 at 1e-5, against at most 2.4e-7 for both forms here
+    (tests/test_pallas_scan.py::test_softplus_is_accurate_for_small_steps).
+    """
+    return jnp.where(x <= 20.0, log1p(jnp.exp(x), native_log1p), x)
+
+
+def lowers_log1p(interpret: bool) -> bool:
+    """Whether the kernel's backend has ``lax.log1p``: interpret mode does; compiled, ask Triton's
+    lowering table (private; if it moves, the kernel takes Goldberg's ``log``-only form)."""
+    if interpret:
+        return True
+    try:
+        from jax._src.pallas.triton import lowering  # noqa: PLC0415
+        return jax.lax.log1p_p in lowering.triton_lowering_rules
+    except (ImportError, AttributeError):  # pragma: no cover
+        return False
 
 
 def sigmoid(x):
@@ -83,6 +125,7 @@ class _Config(NamedTuple):
     chunk: int           # time steps per chunk (checkpoint interval)
     block: int           # channels per program
     softplus: bool       # apply softplus to delta + delta_bias
+    log1p: bool          # the backend lowers lax.log1p (else softplus takes Goldberg's form)
     gated: bool          # multiply by SiLU(z)
     interpret: bool      # Pallas interpret mode (CPU)
     poison: bool         # test hook: every output buffer starts as NaN (see _pallas_call)
@@ -97,43 +140,47 @@ def _round_up(n: int, m: int) -> int:
 
 
 def _compiler_params(interpret: bool):
-    """Selects the Triton GPU backend (see the module docstring); None in interpret mode.
-
-    ``jax.experimental.pallas.triton.CompilerParams`` exists on jax 0.10; if a newer jax has removed it,
-    fall back to jax's default GPU lowering (Mosaic GPU), which this kernel has not been written for.
-    """
+    """Selects the Triton GPU backend (see the module docstring); None in interpret mode."""
     if interpret:
         return None
-    try:
+    from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415 (GPU only)
+    return pltriton.CompilerParams(num_warps=4, num_stages=1)
+
+
+def _barrier(cfg: _Config) -> None:
+    """Synchronise the threads of one program (see "Workspace synchronisation" above)."""
+    if not cfg.interpret:
         from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415 (GPU only)
-        return pltriton.CompilerParams(num_warps=4, num_stages=1)
-    except (ImportError, AttributeError):  # pragma: no cover
-        return None
+        pltriton.debug_barrier()
 
 
-def _pallas_call(kernel, cfg: _Config, grid, inputs, in_specs, out_shapes, out_specs):
-    """``pl.pallas_call`` with the test hook ``cfg.poison``.
+def _pallas_call(kernel, name: str, cfg: _Config, grid, inputs: dict, outputs: dict) -> dict:
+    """``pl.pallas_call`` with named refs: ``inputs`` maps ref names to (array, BlockSpec), ``outputs``
+    to (ShapeDtypeStruct, BlockSpec); ``kernel`` is called with one keyword argument per ref, and the
+    outputs come back as a dict by name.  ``name`` names the compiled kernel (what a profile shows).
 
-    With poison on, every output is aliased to a NaN-filled input buffer, so an element the kernel
-    never writes stays NaN in the returned array (instead of whatever the backend happens to allocate).
+    Test hook ``cfg.poison``: every output is aliased to a NaN-filled input buffer, so an element the
+    kernel never writes stays NaN in the returned array (instead of whatever the backend allocates).
     """
-    n_in = len(inputs)
-    name = getattr(kernel, "__name__", None)
-    aliases = {}
+    in_names, out_names = list(inputs), list(outputs)
+    arrays, in_specs = [a for a, _ in inputs.values()], [s for _, s in inputs.values()]
+    out_shapes, out_specs = [s for s, _ in outputs.values()], [s for _, s in outputs.values()]
+    aliases, n_aliased = {}, 0
     if cfg.poison:
-        nan_buffers = [jnp.full(s.shape, jnp.nan, s.dtype) for s in out_shapes]
-        aliases = {n_in + k: k for k in range(len(out_shapes))}
-        inputs = list(inputs) + nan_buffers
-        in_specs = list(in_specs) + list(out_specs)
-        inner = kernel
+        arrays += [jnp.full(s.shape, jnp.nan, s.dtype) for s in out_shapes]
+        in_specs += out_specs
+        aliases = {len(in_names) + k: k for k in range(len(out_names))}
+        n_aliased = len(out_names)
 
-        def kernel(*refs):  # drop the aliased input refs: the kernel sees only its outputs
-            return inner(*refs[:n_in], *refs[n_in + len(out_shapes):])
+    def named_refs(*refs):  # the aliased NaN inputs are not passed on: the kernel sees only its outputs
+        ins, outs = refs[:len(in_names)], refs[len(in_names) + n_aliased:]
+        kernel(**dict(zip(in_names, ins)), **dict(zip(out_names, outs)))
 
-    return pl.pallas_call(kernel, out_shape=tuple(out_shapes), grid=grid, in_specs=list(in_specs),
-                          out_specs=tuple(out_specs), input_output_aliases=aliases,
-                          interpret=cfg.interpret, compiler_params=_compiler_params(cfg.interpret),
-                          name=name)(*inputs)
+    results = pl.pallas_call(named_refs, out_shape=tuple(out_shapes), grid=grid, in_specs=in_specs,
+                             out_specs=tuple(out_specs), input_output_aliases=aliases,
+                             interpret=cfg.interpret, compiler_params=_compiler_params(cfg.interpret),
+                             name=name)(*arrays)
+    return dict(zip(out_names, results))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,80 +262,79 @@ class _Step(NamedTuple):
         return self.keep * jnp.exp(self.dt * A)
 
 
-def _read_step(cfg: _Config, refs, bias, t) -> _Step:
-    u_ref, delta_ref, z_ref, b_ref, c_ref, keep_ref = refs
+def _read_step(cfg: _Config, seq: dict, bias, t) -> _Step:
+    """Step ``t`` from the sequence refs ``seq`` (u, delta, z or None, B, C, keep)."""
     row = lambda ref: ref[pl.ds(t, 1), :].astype(F32)
-    pre = row(delta_ref) + bias
-    dt = softplus(pre) if cfg.softplus else pre
+    pre = row(seq["delta"]) + bias
+    dt = softplus(pre, cfg.log1p) if cfg.softplus else pre
     dt = jnp.where(t < cfg.length, dt, 0.0)  # padded time steps: decay 1, input 0
-    return _Step(u=row(u_ref), pre=pre, dt=dt, B=b_ref[t].astype(F32), C=c_ref[t].astype(F32),
-                 z=row(z_ref) if cfg.gated else None, keep=keep_ref[t])
+    return _Step(u=row(seq["u"]), pre=pre, dt=dt, B=seq["B"][t].astype(F32), C=seq["C"][t].astype(F32),
+                 z=row(seq["z"]) if cfg.gated else None, keep=seq["keep"][t])
+
+
+def _sequence_inputs(x: _Padded, specs: _Specs) -> dict:
+    """The per-step inputs both kernels read, by ref name."""
+    return {"u": (x.u, specs.seq), "delta": (x.delta, specs.seq),
+            **({"z": (x.z, specs.seq)} if x.z is not None else {}),
+            "B": (x.B, specs.bc), "C": (x.C, specs.bc), "keep": (x.keep, specs.keep),
+            "A": (x.A, specs.param), "D": (x.D, specs.vec), "bias": (x.bias, specs.vec)}
 
 
 # --------------------------------------------------------------------------------------------------
 # Forward kernel.
 
-def _forward_kernel(cfg: _Config, n_chunks: int, save_checkpoints: bool, *refs):
-    it = iter(refs)
-    u_ref, delta_ref = next(it), next(it)
-    z_ref = next(it) if cfg.gated else None
-    b_ref, c_ref, keep_ref, a_ref, d_ref, bias_ref, h0_ref = (next(it) for _ in range(7))
-    y_ref, last_ref = next(it), next(it)
-    ckpt_ref = next(it) if save_checkpoints else None
-    step_refs = (u_ref, delta_ref, z_ref, b_ref, c_ref, keep_ref)
-    A, D, bias = a_ref[...], d_ref[...], bias_ref[...]       # (S, blk), (1, blk), (1, blk)
+def _forward_kernel(cfg: _Config, n_chunks: int, *, u, delta, B, C, keep, A, D, bias, h0, y, last,
+                    z=None, ckpt=None):
+    """Refs: inputs u, delta, z (b, L, P) · B, C (b, L, S, 1) · keep (b, L, 1, 1) · A (S, P) ·
+    D, bias (1, P) · h0 (b, S, P); outputs y (b, L, P) · last (b, S, P) · ckpt (b, n_chunks, S, P),
+    the state entering each chunk (training only).  Each ref is this program's block."""
+    seq = {"u": u, "delta": delta, "z": z, "B": B, "C": C, "keep": keep}
+    A_, D_, bias_ = A[...], D[...], bias[...]                 # (S, blk), (1, blk), (1, blk)
 
     def chunk_body(c, h):
-        if save_checkpoints:
-            ckpt_ref[c] = h                                   # state entering chunk c
+        if ckpt is not None:
+            ckpt[c] = h                                       # state entering chunk c
 
         def time_step(k, h):
             t = c * cfg.chunk + k
-            x = _read_step(cfg, step_refs, bias, t)
-            h = x.decay(A) * h + (x.dt * x.u) * x.B           # (S, blk)
-            y = jnp.sum(h * x.C, axis=0, keepdims=True) + D * x.u
+            x = _read_step(cfg, seq, bias_, t)
+            h = x.decay(A_) * h + (x.dt * x.u) * x.B          # (S, blk)
+            out = jnp.sum(h * x.C, axis=0, keepdims=True) + D_ * x.u
             if cfg.gated:
-                y = y * (x.z * sigmoid(x.z))
-            y_ref[pl.ds(t, 1), :] = y.astype(y_ref.dtype)
+                out = out * (x.z * sigmoid(x.z))
+            y[pl.ds(t, 1), :] = out.astype(y.dtype)
             return h
 
         return jax.lax.fori_loop(0, cfg.chunk, time_step, h)
 
-    last_ref[...] = jax.lax.fori_loop(0, n_chunks, chunk_body, h0_ref[...])
+    last[...] = jax.lax.fori_loop(0, n_chunks, chunk_body, h0[...])
 
 
-def _forward(cfg: _Config, x: _Padded, h0, save_checkpoints: bool):
-    """Returns the padded (y, last_state[, checkpoints]) in kernel layout."""
+def _forward(cfg: _Config, x: _Padded, h0, save_checkpoints: bool) -> dict:
+    """The padded outputs in kernel layout: {"y", "last"} and, if ``save_checkpoints``, "ckpt"."""
     batch, L, P = x.u.shape
     S = x.A.shape[0]
     n_chunks = L // cfg.chunk
     specs = _Specs(L, P, S, cfg.block, n_chunks, cfg.chunk)
-    inputs = [x.u, x.delta] + ([x.z] if cfg.gated else []) + [x.B, x.C, x.keep, x.A, x.D, x.bias, h0]
-    in_specs = ([specs.seq, specs.seq] + ([specs.seq] if cfg.gated else [])
-                + [specs.bc, specs.bc, specs.keep, specs.param, specs.vec, specs.vec, specs.state])
-    out_shapes = [jax.ShapeDtypeStruct((batch, L, P), x.u.dtype), jax.ShapeDtypeStruct((batch, S, P), F32)]
-    out_specs = [specs.seq, specs.state]
+    sds = jax.ShapeDtypeStruct
+    outputs = {"y": (sds((batch, L, P), x.u.dtype), specs.seq), "last": (sds((batch, S, P), F32), specs.state)}
     if save_checkpoints:
-        out_shapes.append(jax.ShapeDtypeStruct((batch, n_chunks, S, P), F32))
-        out_specs.append(specs.ckpt)
-    kernel = functools.partial(_forward_kernel, cfg, n_chunks, save_checkpoints)
-    kernel.__name__ = "selective_scan_fwd"
-    return _pallas_call(kernel, cfg, (batch, P // cfg.block), inputs, in_specs, out_shapes, out_specs)
+        outputs["ckpt"] = (sds((batch, n_chunks, S, P), F32), specs.ckpt)
+    return _pallas_call(functools.partial(_forward_kernel, cfg, n_chunks), "selective_scan_fwd", cfg,
+                        (batch, P // cfg.block), {**_sequence_inputs(x, specs), "h0": (h0, specs.state)},
+                        outputs)
 
 
 # --------------------------------------------------------------------------------------------------
 # Backward kernel.
 
-def _backward_kernel(cfg: _Config, n_chunks: int, *refs):
-    it = iter(refs)
-    u_ref, delta_ref = next(it), next(it)
-    z_ref = next(it) if cfg.gated else None
-    b_ref, c_ref, keep_ref, a_ref, d_ref, bias_ref, ckpt_ref, dy_ref, dlast_ref = (next(it) for _ in range(9))
-    du_ref, ddelta_ref = next(it), next(it)
-    dz_ref = next(it) if cfg.gated else None
-    db_ref, dc_ref, da_ref, dd_ref, dbias_ref, dh0_ref, work_ref = (next(it) for _ in range(7))
-    step_refs = (u_ref, delta_ref, z_ref, b_ref, c_ref, keep_ref)
-    A, D, bias = a_ref[...], d_ref[...], bias_ref[...]
+def _backward_kernel(cfg: _Config, n_chunks: int, *, u, delta, B, C, keep, A, D, bias, ckpt, dy, dlast,
+                     du, ddelta, dB, dC, dA, dD, dbias, dh0, work, z=None, dz=None):
+    """Refs: the forward's inputs, ckpt (b, n_chunks, S, P), dy (b, L, P), dlast (b, S, P); outputs
+    du, ddelta, dz (b, L, P) · dB, dC (b, blocks, L, S, 1) · dA, dh0 (b, S, P) · dD, dbias (b, 1, P) ·
+    work (b, blocks, chunk, S, blk), the recompute workspace."""
+    seq = {"u": u, "delta": delta, "z": z, "B": B, "C": C, "keep": keep}
+    A_, D_, bias_ = A[...], D[...], bias[...]
 
     def chunk_body(r, carry):
         c = n_chunks - 1 - r
@@ -296,81 +342,80 @@ def _backward_kernel(cfg: _Config, n_chunks: int, *refs):
 
         # 1. Recompute this chunk's states from its boundary state; work[k] = state entering step k.
         def recompute(k, h):
-            work_ref[k] = h
-            x = _read_step(cfg, step_refs, bias, start + k)
-            return x.decay(A) * h + (x.dt * x.u) * x.B
+            work[k] = h
+            x = _read_step(cfg, seq, bias_, start + k)
+            return x.decay(A_) * h + (x.dt * x.u) * x.B
 
-        jax.lax.fori_loop(0, cfg.chunk, recompute, ckpt_ref[c])
+        jax.lax.fori_loop(0, cfg.chunk, recompute, ckpt[c])
+        _barrier(cfg)                                                  # work written -> read
 
         # 2. Reverse-time adjoint over the chunk.  dh is dL/dh_t including every later step.
         def adjoint(r2, carry):
-            dh, dA, dD, dbias = carry
+            dh, dA_, dD_, dbias_ = carry
             k = cfg.chunk - 1 - r2
             t = start + k
-            x = _read_step(cfg, step_refs, bias, t)
-            h_prev = work_ref[k]
-            decay = x.decay(A)
+            x = _read_step(cfg, seq, bias_, t)
+            h_prev = work[k]
+            decay = x.decay(A_)
             h = decay * h_prev + (x.dt * x.u) * x.B
-            dy = dy_ref[pl.ds(t, 1), :].astype(F32)                    # (1, blk)
+            g = dy[pl.ds(t, 1), :].astype(F32)                         # (1, blk)
             if cfg.gated:                                              # y = y_skip * silu(z)
-                y_skip = jnp.sum(h * x.C, axis=0, keepdims=True) + D * x.u
+                y_skip = jnp.sum(h * x.C, axis=0, keepdims=True) + D_ * x.u
                 sig = sigmoid(x.z)
-                dz_ref[pl.ds(t, 1), :] = (dy * y_skip * sig * (1.0 + x.z * (1.0 - sig))
-                                          ).astype(dz_ref.dtype)
-                dy = dy * x.z * sig
-            dD = dD + dy * x.u                                         # y_skip = sum_n h C + D u
-            du = dy * D
-            dh = dh + dy * x.C                                         # (S, blk)
-            dc_ref[t] = jnp.sum(dy * h, axis=1, keepdims=True)         # (S, 1), partial over block
+                dz[pl.ds(t, 1), :] = (g * y_skip * sig * (1.0 + x.z * (1.0 - sig))).astype(dz.dtype)
+                g = g * x.z * sig
+            dD_ = dD_ + g * x.u                                        # y_skip = sum_n h C + D u
+            du_t = g * D_
+            dh = dh + g * x.C                                          # (S, blk)
+            dC[t] = jnp.sum(g * h, axis=1, keepdims=True)              # (S, 1), partial over block
             d_arg = dh * h_prev * decay                                # dL/d(dt * A), keep included
-            dA = dA + d_arg * x.dt
+            dA_ = dA_ + d_arg * x.dt
             dh_b = jnp.sum(dh * x.B, axis=0, keepdims=True)            # (1, blk)
-            ddt = jnp.sum(d_arg * A, axis=0, keepdims=True) + dh_b * x.u
-            du = du + dh_b * x.dt
-            db_ref[t] = jnp.sum(dh * (x.dt * x.u), axis=1, keepdims=True)
+            ddt = jnp.sum(d_arg * A_, axis=0, keepdims=True) + dh_b * x.u
+            du_t = du_t + dh_b * x.dt
+            dB[t] = jnp.sum(dh * (x.dt * x.u), axis=1, keepdims=True)
             dpre = ddt * sigmoid(x.pre) if cfg.softplus else ddt
             dpre = jnp.where(t < cfg.length, dpre, 0.0)                # dt was masked there
-            du_ref[pl.ds(t, 1), :] = du.astype(du_ref.dtype)
-            ddelta_ref[pl.ds(t, 1), :] = dpre.astype(ddelta_ref.dtype)
-            return dh * decay, dA, dD, dbias + dpre
+            du[pl.ds(t, 1), :] = du_t.astype(du.dtype)
+            ddelta[pl.ds(t, 1), :] = dpre.astype(ddelta.dtype)
+            return dh * decay, dA_, dD_, dbias_ + dpre
 
-        return jax.lax.fori_loop(0, cfg.chunk, adjoint, carry)
+        carry = jax.lax.fori_loop(0, cfg.chunk, adjoint, carry)
+        _barrier(cfg)                                                  # work read -> next chunk's writes
+        return carry
 
-    zeros_row = jnp.zeros(D.shape, F32)
-    carry = (dlast_ref[...], jnp.zeros(A.shape, F32), zeros_row, zeros_row)
-    dh0, dA, dD, dbias = jax.lax.fori_loop(0, n_chunks, chunk_body, carry)
-    dh0_ref[...] = dh0
-    da_ref[...] = dA
-    dd_ref[...] = dD
-    dbias_ref[...] = dbias
+    zeros_row = jnp.zeros(D_.shape, F32)
+    carry = (dlast[...], jnp.zeros(A_.shape, F32), zeros_row, zeros_row)
+    dh0_, dA_, dD_, dbias_ = jax.lax.fori_loop(0, n_chunks, chunk_body, carry)
+    dh0[...] = dh0_
+    dA[...] = dA_
+    dD[...] = dD_
+    dbias[...] = dbias_
 
 
-def _backward(cfg: _Config, x: _Padded, ckpt, dy, dlast):
-    """Padded gradients: (du, ddelta, dz, dB_part, dC_part, dA_part, dD_part, dbias_part, dh0)."""
+def _backward(cfg: _Config, x: _Padded, ckpt, dy, dlast) -> dict:
+    """Padded gradients by name: du, ddelta, dz (gated only), dB and dC per channel block, dA, dD and
+    dbias per sequence, dh0."""
     batch, L, P = x.u.shape
     S = x.A.shape[0]
     n_chunks, n_blocks = L // cfg.chunk, P // cfg.block
     specs = _Specs(L, P, S, cfg.block, n_chunks, cfg.chunk)
-    seq_in = [x.u, x.delta] + ([x.z] if cfg.gated else [])
-    inputs = seq_in + [x.B, x.C, x.keep, x.A, x.D, x.bias, ckpt, dy, dlast]
-    in_specs = ([specs.seq] * len(seq_in) + [specs.bc, specs.bc, specs.keep, specs.param, specs.vec,
-                                             specs.vec, specs.ckpt, specs.seq, specs.state])
     sds = jax.ShapeDtypeStruct
-    out_shapes = ([sds(a.shape, a.dtype) for a in seq_in]
-                  + [sds((batch, n_blocks, L, S, 1), F32)] * 2          # dB, dC per channel block
-                  + [sds((batch, S, P), F32)]                           # dA per sequence
-                  + [sds((batch, 1, P), F32)] * 2                       # dD, d delta_bias per sequence
-                  + [sds((batch, S, P), F32)]                           # d initial_state
-                  + [sds((batch, n_blocks, cfg.chunk, S, cfg.block), F32)])  # recompute workspace
-    out_specs = ([specs.seq] * len(seq_in) + [specs.bc_partial] * 2 + [specs.state]
-                 + [specs.batch_vec] * 2 + [specs.state, specs.work])
-    kernel = functools.partial(_backward_kernel, cfg, n_chunks)
-    kernel.__name__ = "selective_scan_bwd"
-    outs = _pallas_call(kernel, cfg, (batch, n_blocks), inputs, in_specs, out_shapes, out_specs)
-    outs = list(outs[:-1])                                             # drop the workspace
-    if not cfg.gated:
-        outs.insert(2, None)
-    return tuple(outs)
+    inputs = {**_sequence_inputs(x, specs), "ckpt": (ckpt, specs.ckpt), "dy": (dy, specs.seq),
+              "dlast": (dlast, specs.state)}
+    seq_grads = {"du": x.u, "ddelta": x.delta, **({"dz": x.z} if cfg.gated else {})}
+    outputs = {**{k: (sds(a.shape, a.dtype), specs.seq) for k, a in seq_grads.items()},
+               "dB": (sds((batch, n_blocks, L, S, 1), F32), specs.bc_partial),
+               "dC": (sds((batch, n_blocks, L, S, 1), F32), specs.bc_partial),
+               "dA": (sds((batch, S, P), F32), specs.state),
+               "dD": (sds((batch, 1, P), F32), specs.batch_vec),
+               "dbias": (sds((batch, 1, P), F32), specs.batch_vec),
+               "dh0": (sds((batch, S, P), F32), specs.state),
+               "work": (sds((batch, n_blocks, cfg.chunk, S, cfg.block), F32), specs.work)}
+    grads = _pallas_call(functools.partial(_backward_kernel, cfg, n_chunks), "selective_scan_bwd", cfg,
+                         (batch, n_blocks), inputs, outputs)
+    del grads["work"]
+    return grads
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,16 +423,16 @@ def _backward(cfg: _Config, x: _Padded, ckpt, dy, dlast):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _scan(cfg, u, delta, A, B, C, D, z, bias, h0, keep):
-    y, last = _forward(cfg, _pad_inputs(cfg, u, delta, A, B, C, D, z, bias, keep), _pad_state(cfg, h0),
-                       save_checkpoints=False)
-    return y[:, :cfg.length, :u.shape[2]], _unpad_state(last, u.shape[2], A.shape[1])
+    out = _forward(cfg, _pad_inputs(cfg, u, delta, A, B, C, D, z, bias, keep), _pad_state(cfg, h0),
+                   save_checkpoints=False)
+    return out["y"][:, :cfg.length, :u.shape[2]], _unpad_state(out["last"], u.shape[2], A.shape[1])
 
 
 def _scan_fwd(cfg, u, delta, A, B, C, D, z, bias, h0, keep):
-    y, last, ckpt = _forward(cfg, _pad_inputs(cfg, u, delta, A, B, C, D, z, bias, keep),
-                             _pad_state(cfg, h0), save_checkpoints=True)
-    out = (y[:, :cfg.length, :u.shape[2]], _unpad_state(last, u.shape[2], A.shape[1]))
-    return out, (u, delta, A, B, C, D, z, bias, h0, keep, ckpt)
+    out = _forward(cfg, _pad_inputs(cfg, u, delta, A, B, C, D, z, bias, keep), _pad_state(cfg, h0),
+                   save_checkpoints=True)
+    y_last = (out["y"][:, :cfg.length, :u.shape[2]], _unpad_state(out["last"], u.shape[2], A.shape[1]))
+    return y_last, (u, delta, A, B, C, D, z, bias, h0, keep, out["ckpt"])
 
 
 def _scan_bwd(cfg, residuals, cotangents):
@@ -398,13 +443,14 @@ def _scan_bwd(cfg, residuals, cotangents):
     state = A.shape[1]
     L, P, _ = _pad_sizes(cfg, channels, state)
     dy = jnp.pad(dy.astype(u.dtype), ((0, 0), (0, L - length), (0, P - channels)))
-    du, ddelta, dz, dB, dC, dA, dD, dbias, dh0 = _backward(cfg, x, ckpt, dy, _pad_state(cfg, dlast))
+    g = _backward(cfg, x, ckpt, dy, _pad_state(cfg, dlast))
     seq = lambda g: g[:, :length, :channels]
     bc = lambda g, like: jnp.sum(g, axis=1)[:, :length, :state, 0].astype(like.dtype)
     vec = lambda g, like: jnp.sum(g, axis=(0, 1))[:channels].astype(like.dtype)
-    return (seq(du), seq(ddelta), jnp.sum(dA, axis=0).T[:channels, :state].astype(A.dtype),
-            bc(dB, B), bc(dC, C), vec(dD, D), None if z is None else seq(dz), vec(dbias, bias),
-            _unpad_state(dh0, channels, state).astype(h0.dtype), jnp.zeros_like(keep))
+    return (seq(g["du"]), seq(g["ddelta"]), jnp.sum(g["dA"], axis=0).T[:channels, :state].astype(A.dtype),
+            bc(g["dB"], B), bc(g["dC"], C), vec(g["dD"], D), None if z is None else seq(g["dz"]),
+            vec(g["dbias"], bias), _unpad_state(g["dh0"], channels, state).astype(h0.dtype),
+            jnp.zeros_like(keep))
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
@@ -439,7 +485,8 @@ def pallas_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softpl
     chunk = min(_next_pow2(chunk or default_chunk), _next_pow2(length))
     block = min(_next_pow2(block_channels or default_block), _next_pow2(channels))
     cfg = _Config(length=length, chunk=chunk, block=block, softplus=bool(delta_softplus),
-                  gated=z is not None, interpret=bool(interpret), poison=bool(poison))
+                  log1p=lowers_log1p(bool(interpret)), gated=z is not None, interpret=bool(interpret),
+                  poison=bool(poison))
     D = jnp.zeros((channels,), F32) if D is None else D
     delta_bias = jnp.zeros((channels,), F32) if delta_bias is None else delta_bias
     h0 = jnp.zeros((batch, channels, state), F32) if initial_state is None else initial_state

@@ -10,6 +10,11 @@ import jax.numpy as jnp
 from kernels import reference
 
 BACKENDS = ("auto", "reference", "sequential", "pallas")
+GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested scan backend cannot run here; the message names the reason and the fix."""
 
 
 def _implementation(name: str):
@@ -21,25 +26,72 @@ def _implementation(name: str):
 
 
 @functools.cache
-def resolve_backend(backend: str = "auto", platform: str | None = None, dtype="float32") -> str:
-    """The concrete backend ``backend`` stands for on ``platform`` (default: jax's default backend)
-    for inputs of ``dtype``.
+def _pallas_problem(platform: str) -> str | None:
+    """Why the Pallas kernel cannot run on ``platform``, or None.  Off GPU it runs in interpret mode,
+    which every jax has; on GPU it needs Pallas's Triton backend (kernels/pallas_scan.py)."""
+    if platform not in GPU_PLATFORMS:
+        return None
+    try:
+        from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415
+    except ImportError as error:
+        return f"jax {jax.__version__} has no Pallas Triton backend ({error})"
+    missing = [name for name in ("CompilerParams", "debug_barrier") if not hasattr(pltriton, name)]
+    if missing:
+        return f"jax {jax.__version__}'s Pallas Triton backend lacks {', '.join(missing)}"
+    return None
 
-    On GPU "auto" takes the fused Pallas kernel ("pallas", kernels/pallas_scan.py). On CPU it takes
-    whichever measured faster on a 2-core CPU (docs/BENCHMARKS.md): the interpreted Pallas kernel for
-    float32 (1.8x the training speed of ``lax.scan`` on configs/tiny.py, its custom backward avoids
-    autodiff through a scan) and the sequential ``lax.scan`` for bfloat16 (interpret mode is ~3x
-    slower there). The associative scan materialises (batch, length, channels, state) and is the
-    slowest on CPU; other platforms take it as the portable parallel definition.
+
+@functools.cache
+def choose_backend(backend: str = "auto", platform: str | None = None, dtype="float32") -> tuple[str, str]:
+    """(the concrete backend ``backend`` stands for on ``platform`` for inputs of ``dtype``, why).
+
+    ``platform`` defaults to jax's default backend.  "auto": on GPU the fused Pallas kernel compiled
+    through Triton (kernels/pallas_scan.py).  On CPU whichever measured faster on a 2-core CPU
+    (docs/BENCHMARKS.md): the interpreted Pallas kernel for float32 (1.70x the training speed of
+    ``lax.scan`` on configs/tiny.py: its custom backward avoids autodiff through a scan) and the
+    sequential ``lax.scan`` for bfloat16 (interpret mode is ~3x slower there).  The associative scan
+    materialises (batch, length, channels, state) and is the slowest on CPU; other platforms take it as
+    the portable parallel definition.  An explicitly named backend that cannot run raises
+    ``BackendUnavailable``; "auto" never picks one.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
     platform = platform or jax.default_backend()
+    problem = _pallas_problem(platform)
+    if backend == "pallas" and problem:
+        raise BackendUnavailable(f"scan backend 'pallas' cannot run on {platform}: {problem}; "
+                                 "use scan_backend 'auto' or 'reference'")
+    if backend != "auto":
+        return backend, {"reference": "associative scan (requested)", "sequential": "lax.scan (requested)",
+                         "pallas": ("Pallas kernel compiled through Triton (requested)"
+                                    if platform in GPU_PLATFORMS else
+                                    "Pallas kernel in interpret mode: no GPU (requested)")}[backend]
+    if platform in GPU_PLATFORMS:
+        if problem:
+            return "reference", f"associative scan: the Pallas kernel cannot run ({problem})"
+        return "pallas", "fused Pallas kernel compiled through Triton"
     if platform == "cpu":
-        return "pallas" if jnp.dtype(dtype) == jnp.float32 else "sequential"
-    return "pallas" if platform in ("gpu", "cuda", "rocm") else "reference"
+        if jnp.dtype(dtype) == jnp.float32:
+            return "pallas", ("Pallas kernel in interpret mode, 1.70x lax.scan's training speed for float32 "
+                              "on CPU (docs/BENCHMARKS.md)")
+        return "sequential", (f"lax.scan: interpret mode is ~3x slower than lax.scan for {jnp.dtype(dtype).name} "
+                              "on CPU (docs/BENCHMARKS.md)")
+    return "reference", f"associative scan: the portable parallel definition (no kernel for {platform})"
+
+
+def resolve_backend(backend: str = "auto", platform: str | None = None, dtype="float32") -> str:
+    """The concrete backend of ``choose_backend``."""
+    return choose_backend(backend, platform, jnp.dtype(dtype).name)[0]
+
+
+def banner(backend: str = "auto", dtype="float32") -> str:
+    """One line: the scan backend in use, why, and the jax version and devices (``python -m hrm.doctor``
+    and the start of training print it)."""
+    platform = jax.default_backend()
+    name, why = choose_backend(backend, platform, jnp.dtype(dtype).name)
+    auto = f" (auto on {platform})" if backend == "auto" else ""
+    return (f"selective scan backend: {name}{auto}: {why}; jax {jax.__version__}, "
+            f"{jax.device_count()} device(s): {jax.devices()[0].device_kind}")
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -52,13 +104,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
       reset: optional (batch, length) bool; where true the state is zeroed before that step (a new
         packed document starts there), so nothing flows across the boundary.
       backend: "auto", "reference" (associative_scan), "sequential" (lax.scan) or "pallas"
-        (fused Pallas kernels, kernels/pallas_scan.py).
+        (fused Pallas kernels, kernels/pallas_scan.py); see ``choose_backend``.  A named backend that
+        cannot run here raises ``BackendUnavailable``.
     Returns:
       y (batch, length, channels) in u's dtype, or (y, last_state) with last_state
       (batch, channels, state) float32 when ``return_last_state``.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state, reset)
-    impl = _implementation(resolve_backend(backend, dtype=jnp.dtype(u.dtype).name))
+    impl = _implementation(resolve_backend(backend, dtype=u.dtype))
     y, last_state = impl(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                          delta_softplus=delta_softplus, initial_state=initial_state, reset=reset)
     return (y, last_state) if return_last_state else y

@@ -157,6 +157,8 @@ def test_auto_backend_per_platform():
     assert kernels.resolve_backend("auto", "gpu") == "pallas"
     assert kernels.resolve_backend("auto", "tpu") == "reference"
     assert kernels.resolve_backend("pallas", "cpu") == "pallas"
+    assert "interpret mode" in kernels.choose_backend("auto", "cpu")[1]          # the reason comes along
+    assert "compiled through Triton" in kernels.choose_backend("auto", "gpu")[1]
     with pytest.raises(ValueError, match="unknown scan backend"):
         kernels.resolve_backend("cuda")
 

@@ -138,10 +138,8 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
         state = checkpoint.restore(mgr, start, abstract, data_iterator)
         log(f"resumed from {run_dir / checkpoint.CHECKPOINT_DIR / str(start)}")
     n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-    backend = kernels.resolve_backend(config.model.scan_backend, dtype=config.model.dtype)
-    log(f"model {config.model.family}: {n_params:,} parameters; selective scan backend: {backend}"
-        f"{' (auto on ' + jax.default_backend() + ')' if config.model.scan_backend == 'auto' else ''}; "
-        f"{jax.device_count()} device(s)")
+    log(f"model {config.model.family}: {n_params:,} parameters; "
+        f"{kernels.banner(config.model.scan_backend, config.model.dtype)}")
 
     local_batch = t.batch_size // jax.process_count()
     rows = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
