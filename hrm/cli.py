@@ -23,7 +23,8 @@ def add_config_source(parser: argparse.ArgumentParser):
     """The required choice of a config: ``--config FILE`` or ``--model_size NAME``; returns the group."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="a Python config file with get_config()")
-    source.add_argument("--model_size", help="a documented model size such as hybrid-small (an unknown name lists them all)")
+    source.add_argument("--model_size",
+                        help="a documented model size such as hybrid-small (an unknown name lists them all)")
     return source
 
 

@@ -128,10 +128,10 @@ TRAINING_PRESETS = {
     "default": {"steps": 100_000, "lr": 3e-4, "warmup_steps": 2000, "save_every": 5000, "eval_every": 5000},
     "careful": {"steps": 200_000, "lr": 1e-4, "warmup_steps": 5000, "save_every": 10_000, "eval_every": 10_000},
 }
-GPT2_VOCAB = 50264
+GPT2_VOCAB = 50264  # GPT-2 BPE's 50257 tokens padded to a multiple of 8
 DEFAULT_SAFETY_MARGIN_MB = 2048   # --vram_safety_margin: device memory (MB) kept free when sizing the batch
 # model.remat: what each layer keeps for the backward pass (hrm.models.lm.REMAT_POLICIES maps them to jax's).
-REMAT_CHOICES = ("none", "block", "dots_saveable", "dots_with_no_batch_dims_saveable")  # GPT-2 BPE's 50257 tokens padded to a multiple of 8
+REMAT_CHOICES = ("none", "block", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 
 def documented_size_config(model: ModelConfig, *, seq_len: int = 2048, batch_size: int = 8, **train) -> Config:

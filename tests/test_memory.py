@@ -47,7 +47,8 @@ def test_memtest_reports_fit_and_the_largest_micro_batch_as_json(tmp_path, monke
     monkeypatch.setenv("HRM_CACHE_DIR", str(tmp_path))
     args = ["--config", TINY, "--config.model.d_model=32", "--config.model.n_layers=1", "--seq_len", "64",
             "--json"]
-    fits = json.loads(run_module("hrm.memtest", *args, "--vram", "1gb", "--vram_safety_margin", "0").stdout.splitlines()[-1])
+    fits = run_module("hrm.memtest", *args, "--vram", "1gb", "--vram_safety_margin", "0").stdout
+    fits = json.loads(fits.splitlines()[-1])
     assert fits["fits"] is True and fits["global_batch_size"] == 8 and fits["seq_len"] == 64
     assert {"fits", "total_bytes", "vram_bytes", "micro_batch_size", "accumulation_steps", "global_batch_size",
             "seq_len", "param_bytes", "optimizer_bytes", "temp_bytes"} <= set(fits)
