@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 from hrm.config import ModelConfig
-from hrm.models.attention import BLOCK_SIZE, MultiScaleAttention, positions_in_segment, rope
+from hrm.models.attention import (BLOCK_SIZE, NEVER, MultiScaleAttention, pool_windows,
+                                  positions_in_segment, rope)
 
 CFG = ModelConfig(family="hybrid_recursive", d_model=32, n_layers=1, d_state=8, n_heads=4, max_cache_len=48)
 
@@ -47,6 +48,17 @@ def dense_attention(attention, x, segment_ids=None):
         outs.append(jnp.einsum("bhqk,bkhd->bqhd", probs.astype(pooled_v.dtype), pooled_v))
     weights = jax.nn.softmax(attention.scale_logits[...]) if len(outs) > 1 else [1.0]
     return attention.out_proj(sum(w * o for w, o in zip(weights, outs)).reshape(b, l, d))
+
+
+def test_pooled_keys_are_each_documents_complete_windows_compacted():
+    """Documents of 7 and 9 positions at scale 4: windows end at 3, then (restarting at 7) at 10 and 14;
+    the fourth slot is unused, and its position is one no query sees."""
+    keys = jnp.arange(16, dtype=jnp.float32)[None, :, None, None] * jnp.ones((1, 16, 1, 2))
+    segment_ids = jnp.asarray([[0] * 7 + [1] * 9])
+    pooled, _, positions, segments = pool_windows(keys, keys, segment_ids, 4)
+    np.testing.assert_array_equal(positions, [[3, 10, 14, NEVER]])
+    np.testing.assert_array_equal(segments[:, :3], [[0, 1, 1]])
+    np.testing.assert_allclose(pooled[0, :3, 0, 0], [1.5, 8.5, 12.5])      # means of 0..3, 7..10, 11..14
 
 
 def output_and_grads(attention, x, segment_ids, forward):
