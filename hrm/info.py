@@ -69,8 +69,10 @@ def effective_depth(cfg) -> tuple[int, str]:
 
 def flops_per_token(cfg, counts: dict[str, int], context: int) -> int:
     """Forward FLOPs per token: 2 x weights applied (shared weights once per application), the tied head,
-    attention scores/values over an average causal context of ``context / 2`` (per scale ``/ s``), and
-    the selective scan (~9 x d_inner x d_state per Mamba application)."""
+    attention scores/values over an average causal context of ``context / 2`` (scale ``s`` attends only
+    its ``1/s`` pooled keys, hrm/models/attention.py: 1.75x one attention at scales 1,2,4), and the
+    selective scan (~9 x d_inner x d_state per Mamba application). Model FLOPs: the blocked kernel also
+    computes the masked half of each diagonal block, about ``BLOCK_SIZE / 2`` more keys per query."""
     from hrm.models.attention import parse_scales
     d, di, n = cfg.d_model, cfg.expand * cfg.d_model, cfg.d_state
     applied = dict(counts)
