@@ -114,11 +114,14 @@ def train_step_memory(config: Config, micro_batch_size: int | None = None, devic
 
 @functools.cache
 def _code_fingerprint() -> str:
-    """A hash of hrm's and the kernels' sources: a cached estimate is only valid for the code that made it."""
+    """A hash of the sources a train step is built from (models, training, config, kernels): a cached
+    estimate is only valid for the code that made it."""
+    hrm_dir, kernels_dir = Path(__file__).parents[1], Path(kernels.__file__).parent
+    paths = [*(hrm_dir / "models").rglob("*.py"), *(hrm_dir / "training").rglob("*.py"), hrm_dir / "config.py",
+             *kernels_dir.rglob("*.py")]
     digest = hashlib.sha256()
-    for package in (Path(__file__).parents[1], Path(kernels.__file__).parent):
-        for path in sorted(package.rglob("*.py")):
-            digest.update(path.read_bytes())
+    for path in sorted(paths):
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -132,12 +135,15 @@ def _cache_path(config: Config, micro_batch_size: int | None, devices: int) -> P
 def cached_train_step_memory(config: Config, micro_batch_size: int | None = None, devices: int = 1) -> StepMemory:
     """``train_step_memory``, remembered on disk per config, micro-batch and device count (a compile takes
     seconds to a minute)."""
-    path = _cache_path(config, micro_batch_size, devices)
+    micro = micro_batch_size or config.train.batch_size // config.train.accumulation_steps
+    config = dataclasses.replace(config, train=dataclasses.replace(
+        config.train, accumulation_steps=max(1, config.train.batch_size // micro)))   # one key per micro-batch
+    path = _cache_path(config, micro, devices)
     try:
         return StepMemory(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         pass
-    memory = train_step_memory(config, micro_batch_size, devices)
+    memory = train_step_memory(config, micro, devices)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(memory.to_dict()))
