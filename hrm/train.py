@@ -1,5 +1,5 @@
 """python -m hrm.train --config configs/tiny.py | --model_size NAME [--training_preset fast|default|careful]
-[--output_dir DIR] [--config.section.key=value ...]
+[--output_dir DIR] [--allow_data_change] [--config.section.key=value ...]
 [--coordinator_address HOST:PORT --num_processes N --process_id I]
 
 Re-running the same command on a directory with checkpoints resumes from the latest one.
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> None:
     from hrm.training.loop import init_distributed, train  # heavy imports after the arguments are good
     if args.coordinator_address:
         init_distributed(args.coordinator_address, args.num_processes, args.process_id)
-    train(config, Path(args.output_dir or Path("runs") / config.name))
+    train(config, Path(args.output_dir or Path("runs") / config.name), allow_data_change=args.allow_data_change)
 
 
 def parse_command_line(argv: list[str]):
@@ -97,6 +97,8 @@ def parse_command_line(argv: list[str]):
     for flag, help_text in DATA_FLAGS.items():
         parser.add_argument(f"--{flag}", help=help_text)
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
+    parser.add_argument("--allow_data_change", action="store_true",
+                        help="resume although the data changed (the exact resume of the data order is lost)")
     multi = parser.add_argument_group("multi-process (one process per host; run the same command on each)")
     multi.add_argument("--coordinator_address", help="HOST:PORT of process 0, reachable from every host")
     multi.add_argument("--num_processes", type=int, help="number of processes in the run")
