@@ -18,7 +18,7 @@ import numpy as np
 from hrm.data.cache import TokenizedCorpus
 from hrm.data.pieces import document_pieces
 
-PACKING_BINS = 64        # rows packed together: more bins leave less padding (see docs/BENCHMARKS.md)
+PACKING_BINS = 64        # rows filled together (at least a batch): more bins leave less padding
 
 
 def split_documents(n_documents: int, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
