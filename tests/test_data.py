@@ -265,7 +265,7 @@ def test_split_is_deterministic_and_disjoint(tmp_path):
 def test_iterator_state_resumes_at_the_exact_next_batch(tmp_path):
     from hrm.training.checkpoint import ExactIteratorState
     cfg, corpus, _ = long_and_short_documents(tmp_path)
-    for consumed in range(1, 9):    # mid-piece and at piece boundaries, through the checkpoint's JSON form
+    for consumed in (1, 2, 3, 21, 22, 43):   # inside and after a group of 64 packed rows, through JSON
         iterator = iter(training_batches(cfg, corpus, 3, seed=7))
         for _ in range(consumed):
             next(iterator)
