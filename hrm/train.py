@@ -1,5 +1,5 @@
 """python -m hrm.train --config configs/tiny.py | --model_size NAME [--training_preset fast|default|careful]
-[--output_dir DIR] [--config.section.key=value ...]
+[--output_dir DIR] [--allow_data_change] [--config.section.key=value ...]
 [--batch_size B] [--accumulation_steps N] [--vram_auto | --vram 24gb] [--vram_safety_margin MB]
 [--coordinator_address HOST:PORT --num_processes N --process_id I]
 
@@ -87,7 +87,8 @@ def main(argv: list[str]) -> None:
     if args.vram_auto or args.vram:
         from hrm.training.memory import parse_vram
         vram = VramRequest(parse_vram(args.vram) if args.vram else None, args.vram_safety_margin)
-    train(config, Path(args.output_dir or Path("runs") / config.name), vram=vram)
+    train(config, Path(args.output_dir or Path("runs") / config.name), vram=vram,
+          allow_data_change=args.allow_data_change)
 
 
 def parse_command_line(argv: list[str]):
@@ -110,6 +111,8 @@ def parse_command_line(argv: list[str]):
     vram.add_argument("--vram", help="as --vram_auto for this much memory: 24gb, 24 or 20.5 (GB = GiB)")
     memory.add_argument("--vram_safety_margin", type=float, default=DEFAULT_SAFETY_MARGIN_MB,
                         help=f"MB kept free (default {DEFAULT_SAFETY_MARGIN_MB})")
+    parser.add_argument("--allow_data_change", action="store_true",
+                        help="resume although the data changed (the exact resume of the data order is lost)")
     multi = parser.add_argument_group("multi-process (one process per host; run the same command on each)")
     multi.add_argument("--coordinator_address", help="HOST:PORT of process 0, reachable from every host")
     multi.add_argument("--num_processes", type=int, help="number of processes in the run")

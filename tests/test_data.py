@@ -8,7 +8,8 @@ import pytest
 
 from hrm import tokenizer as tokenizer_module
 from hrm.config import DataConfig
-from hrm.data import (DataError, document_pieces, eval_batches, packed_batches, piece_dataset, split_batch,
+from hrm.data import (DataError, check_data_fingerprint, data_fingerprint, document_pieces, eval_batches,
+                      packed_batches, packing_efficiency, packing_summary, piece_dataset, split_batch,
                       split_documents, tokenized_corpus, training_batches)
 from hrm.tokenizer import TokenizerError, get_tokenizer, padded_vocab_size
 from tests.helpers import run_module
@@ -209,7 +210,8 @@ def long_and_short_documents(tmp_path):
 def test_packed_rows_never_target_across_a_segment_boundary(tmp_path):
     cfg, corpus, _ = long_and_short_documents(tmp_path)
     batch = split_batch(next(iter(training_batches(cfg, corpus, 64, seed=0))))
-    assert batch["inputs"].shape == (64, 16) and np.all(batch["segment_ids"] > 0)
+    assert batch["inputs"].shape == (64, 16)
+    assert not np.any(batch["mask"] & (batch["segment_ids"] == 0))       # padding is never trained
     for row, segments, mask in zip(batch["inputs"], batch["segment_ids"], batch["mask"]):
         for s in np.flatnonzero(np.diff(segments)) + 1:   # no target is predicted from another piece
             assert not mask[s - 1]
@@ -219,9 +221,10 @@ def test_packed_rows_never_target_across_a_segment_boundary(tmp_path):
 def test_an_epoch_of_pieces_targets_every_token_once(tmp_path):
     cfg, corpus, _ = long_and_short_documents(tmp_path)
     targeted = np.zeros(len(corpus.tokens), int)
-    for start, end in document_pieces(corpus, np.arange(len(corpus)), cfg.seq_len):
-        assert 2 <= end - start <= cfg.seq_len + 1
-        targeted[start + 1:end] += 1             # a piece targets all but its first token
+    for start, end, first_target in document_pieces(corpus, np.arange(len(corpus)), cfg.seq_len):
+        assert start < first_target < end and end - start <= cfg.seq_len + 1
+        assert end - start == cfg.seq_len + 1 or start in corpus.offsets     # a short piece is a whole document
+        targeted[first_target:end] += 1          # the tokens before first_target are context only
     expected = np.ones(len(corpus.tokens), int)
     expected[corpus.offsets[:-1]] = 0            # a document's first token has no context to predict it from
     np.testing.assert_array_equal(targeted, expected)
@@ -241,10 +244,10 @@ def test_shuffled_pieces_spread_a_long_document_over_the_epoch(tmp_path):
         return sum(a >= 0 and b == a + cfg.seq_len for a, b in zip(places, places[1:]))
 
     shuffled = iter(training_batches(cfg, corpus, 8, seed=0))
-    in_order = iter(packed_batches(piece_dataset(corpus, np.arange(len(corpus)), cfg.seq_len, None), cfg.seq_len,
-                                   8, 1, 2))
-    assert continued_rows([next(in_order) for _ in range(20)]) > 50   # unshuffled: long.txt row after row
-    assert continued_rows([next(shuffled) for _ in range(20)]) < 10
+    batches = [next(shuffled) for _ in range(20)]
+    in_long = [where(row, seg) >= 0 for b in batches for row, seg in zip(b["tokens"], b["tokens_segment_ids"])]
+    assert sum(in_long) > 50                  # most rows read long.txt (188 of the 228 pieces) ...
+    assert continued_rows(batches) < 10       # ... but rarely a row that continues the row before
 
 
 def test_split_is_deterministic_and_disjoint(tmp_path):
@@ -262,7 +265,7 @@ def test_split_is_deterministic_and_disjoint(tmp_path):
 def test_iterator_state_resumes_at_the_exact_next_batch(tmp_path):
     from hrm.training.checkpoint import ExactIteratorState
     cfg, corpus, _ = long_and_short_documents(tmp_path)
-    for consumed in range(1, 9):    # mid-piece and at piece boundaries, through the checkpoint's JSON form
+    for consumed in (1, 2, 3, 21, 22, 43):   # inside and after a group of 64 packed rows, through JSON
         iterator = iter(training_batches(cfg, corpus, 3, seed=7))
         for _ in range(consumed):
             next(iterator)
@@ -274,3 +277,231 @@ def test_iterator_state_resumes_at_the_exact_next_batch(tmp_path):
             np.testing.assert_array_equal(next(restored)["tokens"], want)
     other_seed = iter(training_batches(cfg, corpus, 3, seed=8))
     assert not np.array_equal(next(other_seed)["tokens"], next(iter(training_batches(cfg, corpus, 3, seed=7)))["tokens"])
+
+
+# --- whole documents, prompts kept with their answers, honest eval ------------------------------
+
+def text_corpus(tmp_path, documents, seq_len, **data):
+    """A byte-level corpus of ``documents`` (one file each, in this order): document i is its text and EOS."""
+    root = tmp_path / "texts"
+    root.mkdir()
+    for i, text in enumerate(documents):
+        (root / f"{i:03}.txt").write_text(text)
+    cfg = DataConfig(cache_dir=str(tmp_path / "cache"), num_threads=1, seq_len=seq_len, eval_fraction=0.0,
+                     data_dir=str(root), **data)
+    return cfg, tokenized_corpus(cfg, get_tokenizer("byte"), lambda _: None)
+
+
+def row_segments(batch):
+    """(row, segment tokens, trained target flags) of every segment of a split batch, with the row's last target."""
+    for row in range(len(batch["inputs"])):
+        segments = np.append(batch["segment_ids"][row], 0)
+        tokens = np.append(batch["inputs"][row], batch["targets"][row, -1])
+        mask = np.append(False, batch["mask"][row])                      # mask[t]: token t is a trained target
+        last = batch["segment_ids"][row, -1]
+        if last and batch["mask"][row, -1]:
+            segments[-1] = last                                          # the row's last target joins its segment
+        for s in np.unique(segments[segments > 0]):
+            where = segments == s
+            yield row, tokens[where], mask[where]
+
+
+# lengths 5, 9 and 5 at seq_len 8 (rows of 9 tokens): cutting at row boundaries would split the second one
+CUT_DOCUMENTS = ["abcd", "efghijkl", "mnop", "qr", "stuvwx", "ABCDEFGH", "IJK"]
+
+
+def test_a_document_that_fits_a_row_is_never_split(tmp_path):
+    cfg, corpus = text_corpus(tmp_path, CUT_DOCUMENTS, seq_len=8)
+    documents = {tuple(corpus.document(i)["tokens"]) for i in range(len(corpus))}
+    iterator = iter(training_batches(cfg, corpus, 4, seed=0))
+    for _ in range(6):
+        for _, tokens, trained in row_segments(split_batch(next(iterator))):
+            assert tuple(tokens) in documents                            # whole, in one row, its own segment
+            assert trained[1:].all() and not trained[0]                  # every target present
+    one_epoch = packed_batches(piece_dataset(corpus, np.arange(len(corpus)), cfg.seq_len, seed=0, epochs=1),
+                               cfg.seq_len, 1, 1, 2)
+    seen = [tuple(tokens) for batch in one_epoch for _, tokens, _ in row_segments(split_batch(batch))]
+    assert sorted(seen) == sorted(documents)                             # each in exactly one row
+
+
+def locate(tokens, documents):
+    """(document, offset) where ``tokens`` occur in one of ``documents`` (byte tokens; EOS never inside)."""
+    key = bytes(np.minimum(tokens, 255).astype(np.uint8))
+    for doc in documents:
+        offset = bytes(np.minimum(doc, 255).astype(np.uint8)).find(key)
+        if offset >= 0:
+            return doc, offset
+    raise AssertionError(f"{key} is in no document")
+
+
+def tiny_family_forward(path):
+    """A jitted (tokens, segment_ids) → logits of a configs/<path> model, narrowed to test size."""
+    import dataclasses
+    import jax
+    from flax import nnx
+    from hrm.config import load_config_file, resolve_config
+    from hrm.models import build_model
+    from tests.helpers import ROOT
+    config = load_config_file(ROOT / "configs" / path)
+    config.model = dataclasses.replace(config.model, d_model=32, d_state=8, n_layers=2, vocab_size=0,
+                                       **({"layer_pattern": "AM"} if config.model.family == "hybrid_pattern" else {}))
+    graphdef, params = nnx.split(build_model(resolve_config(config).model, seed=0))
+    forward = jax.jit(lambda p, tokens, segment_ids: nnx.merge(graphdef, p)(tokens, segment_ids=segment_ids)[0])
+    return lambda tokens, segment_ids=None: np.asarray(forward(params, np.asarray(tokens), segment_ids))
+
+
+@pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
+@pytest.mark.parametrize("path", ["tiny.py", "tiny_hybrid.py", "tiny_recursive.py", "tiny_pattern.py"])
+def test_packed_rows_give_each_document_the_logits_it_gets_alone(tmp_path, path):
+    """Every family, on lengths that a cut at the row boundary would split: a row's segment is a document's
+    start and its logits are that document's logits alone."""
+    cfg, corpus = text_corpus(tmp_path, CUT_DOCUMENTS, seq_len=8)
+    forward = tiny_family_forward(path)
+    documents = [corpus.document(i)["tokens"] for i in range(len(corpus))]
+    alone = forward(np.stack([np.pad(d, (0, cfg.seq_len + 1 - len(d))) for d in documents]))  # causal: padding after
+    batch = split_batch(next(iter(training_batches(cfg, corpus, 6, seed=0))))
+    packed = forward(batch["inputs"], batch["segment_ids"])
+    checked = 0
+    for row, (inputs, segment_ids) in enumerate(zip(batch["inputs"], batch["segment_ids"])):
+        for s in np.unique(segment_ids[segment_ids > 0]):
+            where = np.flatnonzero(segment_ids == s)
+            doc, offset = locate(inputs[where], documents)
+            i = next(i for i, d in enumerate(documents) if d is doc)
+            np.testing.assert_allclose(packed[row, where], alone[i, offset:offset + len(where)], rtol=1e-4, atol=1e-4)
+            checked += 1
+    assert checked >= len(documents)
+
+
+def qa_corpus(tmp_path, rows, seq_len):
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows))
+    cfg = DataConfig(cache_dir=str(tmp_path / "cache"), num_threads=1, seq_len=seq_len, eval_fraction=0.0,
+                     dataset=str(path), text_column="question,answer", completion_only=True)
+    return cfg, tokenized_corpus(cfg, get_tokenizer("byte"), lambda _: None)
+
+
+def test_completion_only_keeps_the_end_of_the_prompt_with_its_answer(tmp_path):
+    """A prompt longer than a row: the answer's row holds the prompt's end (left truncation), and no row
+    trains an answer token without the prompt before it, nor carries only prompt."""
+    rows = [("question %d: " % i + "why " * (5 + 4 * i), "ok %d" % i) for i in range(6)]   # prompts 17..42 tokens
+    cfg, corpus = qa_corpus(tmp_path, rows, seq_len=16)
+    row_len = cfg.seq_len + 1
+    documents = [corpus.document(i) for i in range(len(corpus))]
+    expected = {tuple(d["tokens"][-row_len:]) for d in documents}        # the prompt's end, the answer, EOS
+    iterator = iter(training_batches(cfg, corpus, 4, seed=0))
+    seen = set()
+    for _ in range(16):
+        for _, tokens, trained in row_segments(split_batch(next(iterator))):
+            assert trained.any(), "a row segment holds only prompt tokens"
+            assert tuple(tokens) in expected, bytes(tokens.astype(np.uint8))
+            doc = next(d for d in documents if tuple(d["tokens"][-row_len:]) == tuple(tokens))
+            np.testing.assert_array_equal(trained, doc["loss_mask"][-row_len:] == 1)
+            seen.add(tuple(tokens))
+    assert seen == expected
+
+
+def test_a_long_answer_is_split_with_every_token_trained_once(tmp_path):
+    cfg, corpus = qa_corpus(tmp_path, [("a long question " * 3, "answer: " + " ".join(map(str, range(20))))], seq_len=16)
+    doc = corpus.document(0)
+    answer_start = int(np.argmax(doc["loss_mask"]))
+    trained = np.zeros(len(doc["tokens"]), int)
+    one_epoch = packed_batches(piece_dataset(corpus, np.arange(1), cfg.seq_len, seed=0, epochs=1), cfg.seq_len, 1, 1, 2)
+    first = []
+    for batch in one_epoch:
+        for _, tokens, mask in row_segments(split_batch(batch)):
+            _, offset = locate(tokens, [doc["tokens"]])
+            assert len(tokens) == cfg.seq_len + 1
+            trained[offset + np.flatnonzero(mask)] += 1
+            first.append(offset + np.flatnonzero(mask)[0])
+    np.testing.assert_array_equal(trained, doc["loss_mask"])              # each answer token once, no prompt
+    # the first answer piece starts with the prompt's end, as much of it as fits
+    assert min(first) == answer_start
+
+
+def test_eval_batches_sample_every_source(tmp_path):
+    """Held-out documents come from every source, and the eval batches from a fixed shuffle of them."""
+    root = tmp_path / "folder"
+    root.mkdir()
+    for i in range(100):
+        (root / f"{i:03}.txt").write_text(f"folder text {i}")
+    table = tmp_path / "table.jsonl"
+    table.write_text("".join(json.dumps({"text": f"TABLE ROW {i}"}) + "\n" for i in range(100)))
+    cfg = DataConfig(cache_dir=str(tmp_path / "cache"), num_threads=1, seq_len=32, eval_fraction=0.2,
+                     data_dir=str(root), dataset=str(table))
+    corpus = tokenized_corpus(cfg, get_tokenizer("byte"), lambda _: None)
+    batches = eval_batches(cfg, corpus, 2, 2)
+    text = b"".join(bytes(b["inputs"][b["segment_ids"] > 0].astype(np.uint8)) for b in batches)
+    assert b"folder text" in text and b"TABLE ROW" in text
+    again = eval_batches(cfg, corpus, 2, 2)
+    assert all(np.array_equal(a["inputs"], b["inputs"]) for a, b in zip(batches, again))
+
+
+def test_eval_loss_is_a_mean_over_tokens():
+    from hrm.training.evaluation import held_out_loss
+    batches = [{"mask": np.ones((1, 6), bool)}, {"mask": np.array([[True, False, False, False, False, False]])}]
+    losses = iter([1.0, 4.0])          # batch means: 6 tokens at 1.0, 1 token at 4.0
+    assert held_out_loss(lambda batch: next(losses), batches) == pytest.approx((6 * 1.0 + 4.0) / 7)
+
+
+@pytest.mark.parametrize("source", ["stdlib", "short examples"])
+def test_packing_fills_at_least_90_percent_of_the_rows(tmp_path, source):
+    """The default corpus and examples of a few hundred tokens, at seq_len 2048."""
+    if source == "stdlib":
+        cfg = DataConfig(seq_len=2048, num_threads=1)
+    else:
+        rng = np.random.default_rng(0)
+        path = tmp_path / "examples.jsonl"
+        path.write_text("".join(json.dumps({"text": "x" * int(n)}) + "\n" for n in rng.integers(100, 600, 2000)))
+        cfg = DataConfig(seq_len=2048, num_threads=1, dataset=str(path), cache_dir=str(tmp_path / "cache"))
+    corpus = tokenized_corpus(cfg, get_tokenizer("byte"), lambda _: None)
+    iterator = iter(training_batches(cfg, corpus, 8, seed=0))
+    assert np.mean([packing_efficiency(split_batch(next(iterator))) for _ in range(16)]) >= 0.9
+    summary = packing_summary(cfg, corpus, 8, seed=0)
+    assert float(summary[0].split("packing efficiency ")[1].split("%")[0]) >= 90
+
+
+def test_summary_counts_long_documents_and_warns_naming_seq_len(tmp_path):
+    rows = [("short question", "yes")] * 18 + [("a much longer question " * 3, "no")] * 2
+    cfg, corpus = qa_corpus(tmp_path, rows, seq_len=32)
+    lines = packing_summary(cfg, corpus, 4, seed=0)
+    assert "20 documents, rows of 33 tokens (data.seq_len 32 + 1): 18 fit a row and stay whole, 2 are longer" in lines[0]
+    assert "2 prompts truncated on the left to fit their answer" in lines[0]
+    assert lines[1].startswith("warning: 10% of the training documents are longer than a row")
+    assert "raise data.seq_len (now 32)" in lines[1]
+    (tmp_path / "fits").mkdir()
+    cfg, corpus = qa_corpus(tmp_path / "fits", rows[:18], seq_len=32)
+    assert len(packing_summary(cfg, corpus, 4, seed=0)) == 1
+
+
+def test_resuming_on_changed_data_is_refused_unless_allowed(tmp_path):
+    from hrm.train import parse_command_line
+    from hrm.training.loop import train
+    root = many_documents(tmp_path)
+    args = list(map(str, ["--config", "configs/tiny.py", "--config.model.d_model=32", "--config.model.n_layers=2",
+                          "--config.data.seq_len=32", "--config.train.batch_size=4", "--config.train.steps=2",
+                          "--config.train.save_every=2", "--config.train.eval_batches=0", "--data_dir", root,
+                          "--config.data.cache_dir", tmp_path / "cache", "--output_dir", tmp_path / "run"]))
+    train(parse_command_line(args)[0], tmp_path / "run", log=lambda *_: None)
+    (root / "new.txt").write_text("a document added after the run started")
+    result = run_module("hrm.train", *args, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: the data of the run in '{tmp_path / 'run'}' changed (documents 40 -> 41;")
+    assert line.endswith("pass --allow_data_change to resume on it anyway, or a new --output_dir")
+    assert parse_command_line(args + ["--allow_data_change"])[1].allow_data_change
+
+
+def test_allow_data_change_resumes_on_the_new_data_and_records_it(tmp_path):
+    root = many_documents(tmp_path)
+    cfg = DataConfig(seq_len=32, num_threads=1, data_dir=str(root), cache_dir=str(tmp_path / "cache"))
+    before = data_fingerprint(cfg, tokenized_corpus(cfg, get_tokenizer("byte"), lambda _: None))
+    check_data_fingerprint(tmp_path, before, resuming=False, allow_change=False)
+    (root / "000.txt").write_text("the same number of documents, one of them edited")
+    after = data_fingerprint(cfg, tokenized_corpus(cfg, get_tokenizer("byte"), lambda _: None))
+    with pytest.raises(DataError, match=r"changed \(tokens 1,?\d+ -> \d+; document sizes \w+ -> \w+\)"):
+        check_data_fingerprint(tmp_path, after, resuming=True, allow_change=False)
+    check_data_fingerprint(tmp_path, before, resuming=True, allow_change=False)        # unchanged: resumes
+    messages = []
+    check_data_fingerprint(tmp_path, after, resuming=True, allow_change=True, log=messages.append)
+    assert messages and messages[0].endswith("the exact resume of the data order is lost")
+    check_data_fingerprint(tmp_path, after, resuming=True, allow_change=False)         # now the run's data

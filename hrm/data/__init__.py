@@ -1,25 +1,51 @@
 """Data sources, the tokenized cache and the grain pipeline that turns them into batches."""
 
+import math
+
 from hrm.data.cache import TokenizedCorpus, tokenized_corpus
-from hrm.data.pipeline import document_pieces, packed_batches, piece_dataset, split_batch, split_documents
+from hrm.data.fingerprint import check_data_fingerprint, data_fingerprint
+from hrm.data.pieces import document_pieces, piece_summary
+from hrm.data.pipeline import packed_batches, packing_efficiency, piece_dataset, split_batch, split_documents
 from hrm.data.sources import DataError
 
-__all__ = ["DataError", "TokenizedCorpus", "document_pieces", "packed_batches", "piece_dataset", "split_batch",
-           "split_documents", "tokenized_corpus", "training_batches", "eval_batches"]
+__all__ = ["DataError", "TokenizedCorpus", "check_data_fingerprint", "data_fingerprint", "document_pieces",
+           "eval_batches", "packed_batches", "packing_efficiency", "packing_summary", "piece_dataset",
+           "split_batch", "split_documents", "tokenized_corpus", "training_batches"]
+
+EVAL_SEED = 0            # the held-out pieces' fixed shuffle
+TRUNCATION_WARNING = 0.05
+SUMMARY_ROWS = 256       # rows packed at start-up to report the packing efficiency
 
 
 def training_batches(cfg_data, corpus: TokenizedCorpus, batch_size: int, seed: int):
     """The endless, shuffled training IterDataset of global batches (the same on every process)."""
     train_docs, _ = split_documents(len(corpus), cfg_data.eval_fraction)
     pieces = piece_dataset(corpus, train_docs, cfg_data.seq_len, seed)
-    return packed_batches(pieces, cfg_data.seq_len, batch_size, cfg_data.num_threads, cfg_data.prefetch)
+    return packed_batches(pieces, cfg_data.seq_len, batch_size, cfg_data.num_threads, cfg_data.prefetch, seed)
 
 
 def eval_batches(cfg_data, corpus: TokenizedCorpus, batch_size: int, n_batches: int) -> list[dict]:
-    """The same ``n_batches`` held-out batches every time (empty when nothing is held out)."""
+    """The same ``n_batches`` held-out batches every time, from a fixed shuffle of the held-out documents'
+    pieces (empty when nothing is held out)."""
     _, eval_docs = split_documents(len(corpus), cfg_data.eval_fraction)
     if len(eval_docs) == 0 or n_batches == 0:
         return []
-    iterator = iter(packed_batches(piece_dataset(corpus, eval_docs, cfg_data.seq_len, seed=None), cfg_data.seq_len,
-                                   batch_size, 1, 2))
+    pieces = piece_dataset(corpus, eval_docs, cfg_data.seq_len, EVAL_SEED)
+    iterator = iter(packed_batches(pieces, cfg_data.seq_len, batch_size, 1, 2, EVAL_SEED))
     return [split_batch(next(iterator)) for _ in range(n_batches)]
+
+
+def packing_summary(cfg_data, corpus: TokenizedCorpus, batch_size: int, seed: int) -> list[str]:
+    """Start-up lines: what became of the training documents, the packing efficiency of the first rows, and
+    a warning when more than 5% of the documents do not fit a row."""
+    train_docs, _ = split_documents(len(corpus), cfg_data.eval_fraction)
+    text, long = piece_summary(corpus, train_docs, cfg_data.seq_len)
+    iterator = iter(training_batches(cfg_data, corpus, batch_size, seed))
+    batches = [split_batch(next(iterator)) for _ in range(math.ceil(SUMMARY_ROWS / batch_size))]
+    efficiency = sum(packing_efficiency(b) for b in batches) / len(batches)
+    lines = [f"packing: {text}; packing efficiency {efficiency:.1%} (document tokens / row tokens, first "
+             f"{len(batches) * batch_size} rows)"]
+    if long > TRUNCATION_WARNING:
+        lines.append(f"warning: {long:.0%} of the training documents are longer than a row and are cut or "
+                     f"truncated; raise data.seq_len (now {cfg_data.seq_len}) to keep more of them whole")
+    return lines

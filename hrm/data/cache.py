@@ -37,9 +37,11 @@ class TokenizedCorpus:
     def document(self, index: int) -> dict:
         return self.piece(int(self.offsets[index]), int(self.offsets[index + 1]))
 
-    def piece(self, start: int, end: int) -> dict:
-        """Tokens ``[start, end)`` of the corpus and their loss mask."""
-        return {"tokens": np.asarray(self.tokens[start:end]), "loss_mask": np.asarray(self.loss_mask[start:end])}
+    def piece(self, start: int, end: int, first_target: int = 0) -> dict:
+        """Tokens ``[start, end)`` of the corpus and their loss mask, 0 before ``first_target`` (context only)."""
+        loss_mask = np.array(self.loss_mask[start:end])
+        loss_mask[:max(0, first_target - start)] = 0
+        return {"tokens": np.asarray(self.tokens[start:end]), "loss_mask": loss_mask}
 
     def summary(self) -> str:
         m = self.meta

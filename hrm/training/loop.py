@@ -14,9 +14,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import kernels
 from hrm.config import DEFAULT_SAFETY_MARGIN_MB, Config, ConfigError, resolve_config
-from hrm.data import eval_batches, split_batch, tokenized_corpus, training_batches
+from hrm.data import (check_data_fingerprint, data_fingerprint, eval_batches, packing_efficiency, packing_summary,
+                      split_batch, tokenized_corpus, training_batches)
 from hrm.tokenizer import get_tokenizer
 from hrm.training import checkpoint, memory
+from hrm.training.evaluation import held_out_loss
 from hrm.training.metrics import MetricsWriter
 from hrm.training.state import init_train_state, make_train_step, next_token_loss
 
@@ -91,11 +93,13 @@ def fit_batch_to_vram(config: Config, request: VramRequest, log) -> Config:
 
 
 def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | None = None,
-          vram: VramRequest | None = None) -> list[dict]:
+          vram: VramRequest | None = None, allow_data_change: bool = False) -> list[dict]:
     """Train (or resume) the run in ``run_dir``; returns the metrics records written this call.
 
     ``stop_at_step`` ends this call early with a checkpoint, as a preemption would (the schedule
     still spans ``train.steps``); calling again resumes. ``vram`` sizes the micro-batch to a memory budget.
+    A resumed run refuses data other than it started with unless ``allow_data_change``
+    (``--allow_data_change``).
     """
     checkpoint.quiet_orbax()
     config = resolve_config(config)
@@ -126,6 +130,8 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     state_sharding = state_shardings(state, mesh, t.shard_params)
     state = jax.device_put(state, state_sharding)
     corpus = tokenized_corpus(config.data, tokenizer, log)
+    for line in packing_summary(config.data, corpus, t.batch_size, t.seed):
+        log(line)
     # Every process reads the same global batches and feeds its own rows, so losses, data order and
     # checkpoints do not depend on the number of processes (the pipeline is far faster than training).
     data_iterator = iter(training_batches(config.data, corpus, t.batch_size, t.seed))
@@ -133,6 +139,8 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
 
     mgr = checkpoint.manager(run_dir, keep=t.keep_checkpoints)
     start = mgr.latest_step() or 0
+    check_data_fingerprint(run_dir, data_fingerprint(config.data, corpus), bool(start), allow_data_change, log,
+                           write=is_main)
     if start:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         state = checkpoint.restore(mgr, start, abstract, data_iterator)
@@ -151,7 +159,7 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
 
     def evaluate(step):
         if held_out:
-            loss = float(np.mean([eval_fn(state["params"], to_device(b)) for b in held_out]))
+            loss = held_out_loss(lambda b: eval_fn(state["params"], to_device(b)), held_out)
             writer.write_eval({"step": step, "eval_loss": loss})
 
     step_fn = jax.jit(make_train_step(graphdef, config), in_shardings=(state_sharding, sharded),
@@ -160,9 +168,11 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     records = []
     step, batch = start, None
     try:
-        timer, tokens = time.perf_counter(), 0
+        timer, tokens, packed = time.perf_counter(), 0, []
         while step < min(t.steps, stop_at_step or t.steps):
-            batch = to_device(split_batch(next(data_iterator)))
+            batch = split_batch(next(data_iterator))
+            packed.append(packing_efficiency(batch))
+            batch = to_device(batch)
             state, metrics = step_fn(state, batch)
             step += 1
             tokens += batch["mask"].size
@@ -170,13 +180,14 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 _check_finite(values, step, mgr)
                 elapsed = time.perf_counter() - timer
-                record = {"step": step, **values, "tokens_per_sec": tokens / elapsed}
+                record = {"step": step, **values, "tokens_per_sec": tokens / elapsed,
+                          "packing_efficiency": float(np.mean(packed))}
                 peak = memory.peak_memory_in_use()
                 if peak is not None:
                     record["peak_mem_gb"] = peak / memory.GIB
                 writer.write(record)
                 records.append(record)
-                timer, tokens = time.perf_counter(), 0
+                timer, tokens, packed = time.perf_counter(), 0, []
             if step % t.save_every == 0 and step != t.steps:
                 _check_finite({"loss": float(metrics["loss"])}, step, mgr)
                 checkpoint.save(mgr, step, state, data_iterator, force=True)
