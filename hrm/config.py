@@ -134,10 +134,14 @@ DEFAULT_SAFETY_MARGIN_MB = 2048   # --vram_safety_margin: device memory (MB) kep
 REMAT_CHOICES = ("none", "block", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 
-def documented_size_config(model: ModelConfig, *, seq_len: int = 2048, batch_size: int = 8, **train) -> Config:
-    """A model size from the user's documents: GPT-2 BPE, rows of ``seq_len`` tokens and the 'default'
-    training preset; ``train`` overrides single ``TrainConfig`` fields where a seed says otherwise."""
+def documented_size_config(model: ModelConfig, *, seq_len: int = 2048, batch_size: int = 32,
+                           dtype: str = "bfloat16", **train) -> Config:
+    """A model size from the user's documents: GPT-2 BPE, rows of ``seq_len`` tokens, a global batch of 32 rows
+    (seed 002's effective batch, 4 x 8 accumulation), bf16 compute (the documents train in mixed precision)
+    and the 'default' training preset; ``train`` overrides single ``TrainConfig`` fields (each config sets the
+    ``accumulation_steps`` that fits its documented VRAM, measured with ``python -m hrm.memtest``)."""
     model.vocab_size = model.vocab_size or GPT2_VOCAB
+    model.dtype = dtype
     return Config(model=model, data=DataConfig(tokenizer="gpt2", seq_len=seq_len),
                   train=TrainConfig(batch_size=batch_size, **{**TRAINING_PRESETS["default"], **train}))
 

@@ -79,3 +79,12 @@ def test_chunked_cross_entropy_equals_the_whole_and_never_holds_all_logits():
     logits_bytes = 4 * 512 * 1024 * 4
     temp = lambda f: jax.jit(jax.grad(f, (0, 1))).lower(x, head).compile().memory_analysis().temp_size_in_bytes
     assert temp(whole) >= logits_bytes and temp(chunked) < logits_bytes / 2
+
+
+def test_vram_auto_on_a_cpu_keeps_the_batch_and_says_why():
+    from hrm.training.loop import VramRequest, fit_batch_to_vram
+    messages = []
+    c = config(accumulation_steps=2)
+    assert fit_batch_to_vram(c, VramRequest(), messages.append) is c
+    assert messages == ["--vram_auto: the cpu backend reports no memory limit; keeping micro-batch 4 x 2 "
+                        "accumulation (pass --vram to size for a GPU)"]
