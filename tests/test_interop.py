@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import hrm
+import hrm.tokenizer
 from hrm.config import Config, ModelConfig
 from hrm.training.state import init_model
 
@@ -74,3 +75,30 @@ def test_state_spaces_folder_matches_pytorch(tmp_path):
     loaded = hrm.load(tmp_path)
     assert (loaded.config.model.vocab_size, loaded.config.model.tie_embeddings) == (100, True)
     assert_close(loaded.logits(TOKENS), torch_logits(model))
+
+
+def write_tokenizer(folder) -> "tokenizers.Tokenizer":
+    """A small BPE tokenizer.json (fewer than 100 tokens, <|endoftext|> special) as a reference folder has."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    text = ["the quick brown fox jumps over the lazy dog", "hello world, hello mamba"] * 20
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=90, special_tokens=["<|endoftext|>"],
+                                                      initial_alphabet=sorted(set("".join(text))),
+                                                      show_progress=False))
+    tok.save(str(folder / "tokenizer.json"))
+    return tok
+
+
+def test_folder_tokenizer_is_used(tmp_path):
+    reference_model(tie=True).save_pretrained(tmp_path)
+    with pytest.raises(hrm.tokenizer.TokenizerError, match="tokenizer.json"):
+        hrm.load(tmp_path).tokenizer
+    tok = write_tokenizer(tmp_path)
+    model = hrm.load(tmp_path)
+    assert model.tokenizer.encode("hello world") == tok.encode("hello world").ids
+    assert model.tokenizer.eos_id == tok.token_to_id("<|endoftext|>") == 0
+    assert model.tokenizer.encode("<|endoftext|>") != [0], "special-token text is encoded as text"
+    assert model.tokenizer.decode(model.tokenizer.encode("the lazy fox")) == "the lazy fox"
+    [text] = model.generate("hello", max_new_tokens=5, temperature=0, stop_at_eos=False)
+    assert isinstance(text, str) and text
