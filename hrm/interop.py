@@ -17,6 +17,7 @@ PyTorch (``torch.load(weights_only=True)``: a pickle has no maintained torch-fre
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -195,8 +196,13 @@ def transformers_config(cfg: ModelConfig, eos_id: int = 0) -> dict:
 
 
 def save_transformers(cfg: ModelConfig, params: dict, out: str | Path, eos_id: int = 0) -> None:
-    """Write ``out/config.json`` and ``out/model.safetensors`` (float32) that ``MambaForCausalLM`` loads."""
+    """Write ``out/config.json`` and ``out/model.safetensors`` (float32) that ``MambaForCausalLM`` loads.
+
+    hrm keeps a conv bias parameter even with ``conv_bias=False`` (zeros at init); one that training moved off
+    zero is written, with ``use_conv_bias`` on, so the exported model computes what the run does."""
     from safetensors.numpy import save_file
+    moved = any(np.any(np.asarray(layer["mixer"]["conv_bias"])) for layer in params["layers"].values())
+    cfg = dataclasses.replace(cfg, conv_bias=cfg.conv_bias or moved)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {name: np.ascontiguousarray(to_torch(np.asarray(_get(params, hrm_path), np.float32)))

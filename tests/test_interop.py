@@ -102,3 +102,69 @@ def test_folder_tokenizer_is_used(tmp_path):
     assert model.tokenizer.decode(model.tokenizer.encode("the lazy fox")) == "the lazy fox"
     [text] = model.generate("hello", max_new_tokens=5, temperature=0, stop_at_eos=False)
     assert isinstance(text, str) and text
+
+
+def params_equal(a, b) -> bool:
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_convert_fine_tune_export_round_trip(tmp_path):
+    """reference folder → hrm.convert → hrm.train --init_from → hrm.export --format hf → transformers and hrm."""
+    from hrm import convert, export, train
+    reference = reference_model(tie=False, use_conv_bias=False)
+    reference.save_pretrained(tmp_path / "ref")
+    write_tokenizer(tmp_path / "ref")
+    convert.main([str(tmp_path / "ref"), str(tmp_path / "run")])
+    converted = hrm.load(tmp_path / "run")
+    assert converted.config.data.tokenizer == str((tmp_path / "run" / "tokenizer.json").resolve())
+    assert_close(converted.logits(TOKENS), torch_logits(reference))
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("the quick brown fox jumps over the lazy dog. hello mamba! " * 40)
+    train.main(["--init_from", str(tmp_path / "run"), "--data_dir", str(tmp_path / "data"), "--output_dir",
+                str(tmp_path / "ft"), "--config.data.seq_len=16", "--config.data.num_threads=1", "--batch_size=2",
+                "--config.train.steps=2", "--config.train.warmup_steps=0", "--config.train.lr=1e-4",
+                "--config.train.save_every=2"])
+    tuned = hrm.load(tmp_path / "ft")
+    moved = [np.max(np.abs(np.asarray(x) - np.asarray(y)))
+             for x, y in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(converted.params))]
+    assert 0 < max(moved) < 1e-3, "fine-tuning starts from the converted weights and moves them a little"
+
+    export.main(["--checkpoint", str(tmp_path / "ft"), "--format", "hf", str(tmp_path / "hf")])
+    exported = hrm.load(tmp_path / "hf")
+    assert params_equal(exported.params, tuned.params), "hrm → transformers → hrm is lossless"
+    assert exported.config.model.conv_bias, "the conv bias fine-tuning moved off zero is exported"
+    assert exported.tokenizer.encode("hello mamba") == tuned.tokenizer.encode("hello mamba")
+    back = transformers.MambaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert_close(tuned.logits(TOKENS), torch_logits(back))
+
+
+def test_bad_folders_are_one_line(tmp_path):
+    from hrm import export
+    from hrm.cli import UsageError
+    from hrm.training.checkpoint import CheckpointError, manager, save
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(CheckpointError, match="'llama' model; hrm loads model_type 'mamba'"):
+        hrm.load(tmp_path / "llama")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(CheckpointError, match="has no model.safetensors or pytorch_model.bin"):
+        hrm.load(tmp_path / "empty")
+
+    config = Config(model=ModelConfig(family="recursive_ssm", d_model=32, n_layers=1, d_state=8, vocab_size=64))
+    (tmp_path / "rec").mkdir()
+    config.save_json(tmp_path / "rec" / "config.json")
+    mgr = manager(tmp_path / "rec")
+    save(mgr, 0, {"step": 0, "params": init_model(config)[1]}, force=True)
+    mgr.wait_until_finished()
+    with pytest.raises(UsageError, match="recursive_ssm model; --format hf exports the mamba family only"):
+        export.main(["--checkpoint", str(tmp_path / "rec"), "--format", "hf", str(tmp_path / "out")])
+
+    from helpers import run_module
+    result = run_module("hrm.convert", tmp_path / "missing", tmp_path / "out", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: '{tmp_path / 'missing'}' is not a reference Mamba folder: it needs a config.json with model_type "
+        "'mamba' (transformers) or d_model and n_layer (state-spaces) next to its weights"]
