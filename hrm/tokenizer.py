@@ -135,8 +135,8 @@ def get_tokenizer(name: str) -> Tokenizer:
             raise TokenizerError(f"tokenizer file '{name}' does not exist")
         return Tokenizer(name, TokenizersEncoding(name))
     if not name:
-        raise TokenizerError("this model has no tokenizer (a reference folder without tokenizer.json); copy the "
-                             "model's tokenizer.json beside its config.json")
+        raise TokenizerError("this model has no tokenizer (its reference folder had no tokenizer.json); copy the "
+                             "model's tokenizer.json into that folder and load or convert it again")
     if name.endswith(".tiktoken") or "/" in name:
         if not os.path.isfile(name):
             raise TokenizerError(f"tokenizer file '{name}' does not exist")
