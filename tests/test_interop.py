@@ -10,6 +10,7 @@ import pytest
 import hrm
 import hrm.tokenizer
 from hrm.config import Config, ModelConfig
+from hrm.interop import save_transformers
 from hrm.training.state import init_model
 
 torch = pytest.importorskip("torch", reason="needs PyTorch: pip install -e '.[test]' (CPU torch)")
@@ -56,6 +57,11 @@ def test_transformers_folder_matches_pytorch(tmp_path, tie, extra):
     assert (m.family, m.d_model, m.n_layers, m.d_state, m.d_conv, m.expand, m.dt_rank, m.vocab_size, m.norm_eps,
             m.tie_embeddings, m.bias, m.conv_bias) == ("mamba", 32, 2, 8, 3, 2, 3, 100, 1e-4, tie, not tie, tie)
     assert_close(loaded.logits(TOKENS), torch_logits(model))
+
+    save_transformers(m, loaded.params, tmp_path / "exported")
+    assert params_equal(hrm.load(tmp_path / "exported").params, loaded.params)
+    exported = transformers.MambaForCausalLM.from_pretrained(tmp_path / "exported")
+    assert_close(loaded.logits(TOKENS), torch_logits(exported))
 
 
 def test_state_spaces_folder_matches_pytorch(tmp_path):
