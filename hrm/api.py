@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -21,11 +22,14 @@ class LoadedModel:
     def __init__(self, config, params, step: int):
         self.config = config
         self.step = step
-        self.tokenizer = get_tokenizer(config.data.tokenizer)
         self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config.model)))
         self.params = params
         self.generator = Generator(self.graphdef)
         self._forward = jax.jit(lambda params, tokens: nnx.merge(self.graphdef, params)(tokens)[0])
+
+    @functools.cached_property
+    def tokenizer(self):
+        return get_tokenizer(self.config.data.tokenizer)
 
     def logits(self, token_ids) -> np.ndarray:
         """Logits (batch, length, vocab) for token ids (length,) or (batch, length)."""
@@ -46,7 +50,12 @@ class LoadedModel:
 
 
 def load(path: str | Path, step: int | None = None) -> LoadedModel:
-    """Load the latest (or given) checkpoint of an ``hrm.train`` run directory."""
+    """Load the latest (or given) checkpoint of an ``hrm.train`` run directory, or a reference Mamba folder
+    (transformers or state-spaces layout, ``hrm.interop``) with its ``tokenizer.json`` when it has one."""
+    from hrm import interop
+    if interop.reference_layout(path):
+        config, params = interop.load_reference(path)
+        return LoadedModel(config, jax.tree.map(jnp.asarray, params), step=0)
     checkpoint.quiet_orbax()
     config = checkpoint.read_run_config(path)
     from hrm.training.state import abstract_params

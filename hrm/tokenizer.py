@@ -5,14 +5,18 @@
 - ``gpt2`` / ``r50k_base`` / ``o200k_base``: tiktoken's own loader (online, or offline with
   ``TIKTOKEN_CACHE_DIR`` filled).
 - a path to a ``.tiktoken`` file (base64 token + rank per line, as tiktoken's own files).
+- a path to a Hugging Face ``tokenizer.json`` (a reference model's own, read by the ``tokenizers`` library);
+  its EOS is ``tokenizer_config.json``'s ``eos_token`` beside it, else ``<|endoftext|>``.
 
-Every tokenizer has ``<|endoftext|>`` (EOS, also the document separator) and ``<|pad|>``.
+Every tiktoken tokenizer has ``<|endoftext|>`` (EOS, also the document separator) and ``<|pad|>``.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+from pathlib import Path
 
 import tiktoken
 
@@ -78,6 +82,41 @@ def _tiktoken_file(path: str) -> tiktoken.Encoding:
     return tiktoken.Encoding(name=path, pat_str=gpt2_pattern, mergeable_ranks=ranks, special_tokens={})
 
 
+class TokenizersEncoding:
+    """A ``tokenizer.json`` with the ``tiktoken.Encoding`` members hrm uses; special-token text stays text."""
+
+    def __init__(self, path: str):
+        try:
+            import tokenizers
+        except ImportError:
+            raise TokenizerError(f"tokenizer '{path}' needs the tokenizers package: pip install 'hrm[hf]'") from None
+        try:
+            self.tokenizer = tokenizers.Tokenizer.from_file(path)
+        except Exception as error:
+            raise TokenizerError(f"'{path}' is not a readable tokenizer.json ({type(error).__name__}); "
+                                 "use the model's own tokenizer.json") from None
+        self.tokenizer.encode_special_tokens = True
+        self.name = path
+        self.n_vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        settings = Path(path).with_name("tokenizer_config.json")
+        eos = json.loads(settings.read_text()).get("eos_token") if settings.is_file() else None
+        eos = (eos or {}).get("content") if isinstance(eos, dict) else eos
+        self.eot_token = self.tokenizer.token_to_id(eos or EOS)
+        if self.eot_token is None:
+            raise TokenizerError(f"tokenizer '{path}' has no {eos or EOS} token; put its end-of-text token as "
+                                 "eos_token in a tokenizer_config.json beside it")
+        self._special_tokens = {}
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_ordinary_batch(self, texts: list[str], num_threads: int = 0) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int], errors: str = "replace") -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+
 @functools.cache
 def get_tokenizer(name: str) -> Tokenizer:
     if name == "byte":
@@ -91,12 +130,19 @@ def get_tokenizer(name: str) -> Tokenizer:
             raise TokenizerError(f"tokenizer '{name}' needs tiktoken's downloaded files and they could not be "
                                  f"fetched ({type(error).__name__}); offline, use one of: {', '.join(OFFLINE)}, "
                                  f"or fill TIKTOKEN_CACHE_DIR") from None
+    if name.endswith(".json"):
+        if not os.path.isfile(name):
+            raise TokenizerError(f"tokenizer file '{name}' does not exist")
+        return Tokenizer(name, TokenizersEncoding(name))
+    if not name:
+        raise TokenizerError("this model has no tokenizer (its reference folder had no tokenizer.json); copy the "
+                             "model's tokenizer.json into that folder and load or convert it again")
     if name.endswith(".tiktoken") or "/" in name:
         if not os.path.isfile(name):
             raise TokenizerError(f"tokenizer file '{name}' does not exist")
         return Tokenizer(name, _with_pad(_tiktoken_file(name), name))
     raise TokenizerError(f"unknown tokenizer {name!r}; choose byte, cl100k_base, {', '.join(DOWNLOADED)} "
-                         "or a .tiktoken file path")
+                         "or a .tiktoken / tokenizer.json file path")
 
 
 def padded_vocab_size(tokenizer: Tokenizer, multiple: int = 8) -> int:

@@ -1,9 +1,11 @@
-"""python -m hrm.train --config configs/tiny.py | --model_size NAME [--training_preset fast|default|careful]
-[--output_dir DIR] [--allow_data_change] [--config.section.key=value ...]
+"""python -m hrm.train --config configs/tiny.py | --model_size NAME | --init_from RUN_DIR
+[--training_preset fast|default|careful] [--output_dir DIR] [--allow_data_change] [--config.section.key=value ...]
 [--batch_size B] [--accumulation_steps N] [--vram_auto | --vram 24gb] [--vram_safety_margin MB]
 [--coordinator_address HOST:PORT --num_processes N --process_id I]
 
-Re-running the same command on a directory with checkpoints resumes from the latest one.
+Re-running the same command on a directory with checkpoints resumes from the latest one. ``--init_from``
+fine-tunes: the run starts from RUN_DIR's weights (e.g. ``python -m hrm.convert`` output) with RUN_DIR's model
+and tokenizer; the data and training settings come from --config when given, else from RUN_DIR.
 """
 
 from __future__ import annotations
@@ -69,8 +71,16 @@ def apply_preset(config: Config, preset: str) -> None:
         setattr(config.train, key, value)
 
 
-def build_config(config_path: str, overrides: list[tuple[str, str]], preset: str | None = None) -> Config:
-    config = load_config_file(config_path)
+def build_config(config_path: str | None, overrides: list[tuple[str, str]], preset: str | None = None,
+                 init_from: str | None = None) -> Config:
+    """The config file's (or, with none, ``init_from``'s) config; ``init_from``'s model and tokenizer; the preset;
+    then the overrides."""
+    config = load_config_file(config_path) if config_path else None
+    if init_from:
+        from hrm.training.checkpoint import read_run_config
+        start = read_run_config(Path(init_from))
+        config = config or start
+        config.model, config.data.tokenizer = start.model, start.data.tokenizer
     if preset is not None:
         apply_preset(config, preset)
     for key, value in overrides:
@@ -88,13 +98,16 @@ def main(argv: list[str]) -> None:
         from hrm.training.memory import parse_vram
         vram = VramRequest(parse_vram(args.vram) if args.vram else None, args.vram_safety_margin)
     train(config, Path(args.output_dir or Path("runs") / config.name), vram=vram,
-          allow_data_change=args.allow_data_change)
+          allow_data_change=args.allow_data_change, init_from=args.init_from)
 
 
 def parse_command_line(argv: list[str]):
     """(config, parsed flags) from the command line: config file or model size, preset, then overrides."""
     parser = ArgumentParser(prog="python -m hrm.train", description=__doc__.splitlines()[0])
-    add_config_source(parser)
+    source = add_config_source(parser)
+    source.required = False   # --init_from alone is enough
+    parser.add_argument("--init_from", help="fine-tune: start from this run directory's weights, model and tokenizer "
+                                            "(e.g. python -m hrm.convert output)")
     parser.add_argument("--training_preset", help="fast, default or careful (steps, lr, warmup, save/eval "
                                                   "interval; before --config.* overrides)")
     parser.add_argument("--output_dir", help="run directory (default runs/<config name>)")
@@ -128,8 +141,10 @@ def parse_command_line(argv: list[str]):
             shorthand.append((key, str(getattr(args, flag))))
     if args.vram_safety_margin < 0:
         raise UsageError(f"--vram_safety_margin must be >= 0 MB, got {args.vram_safety_margin:g}")
-    config_path = args.config or model_size_config(args.model_size)
-    config = build_config(config_path, shorthand + parse_overrides(extra), args.training_preset)
+    if not (args.config or args.model_size or args.init_from):
+        raise UsageError("one of --config FILE, --model_size NAME or --init_from RUN_DIR is required")
+    config_path = args.config or (model_size_config(args.model_size) if args.model_size else None)
+    config = build_config(config_path, shorthand + parse_overrides(extra), args.training_preset, args.init_from)
     return config, args
 
 

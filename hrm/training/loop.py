@@ -93,13 +93,15 @@ def fit_batch_to_vram(config: Config, request: VramRequest, log) -> Config:
 
 
 def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | None = None,
-          vram: VramRequest | None = None, allow_data_change: bool = False) -> list[dict]:
+          vram: VramRequest | None = None, allow_data_change: bool = False,
+          init_from: str | Path | None = None) -> list[dict]:
     """Train (or resume) the run in ``run_dir``; returns the metrics records written this call.
 
     ``stop_at_step`` ends this call early with a checkpoint, as a preemption would (the schedule
     still spans ``train.steps``); calling again resumes. ``vram`` sizes the micro-batch to a memory budget.
     A resumed run refuses data other than it started with unless ``allow_data_change``
     (``--allow_data_change``).
+    ``init_from`` (a run directory) supplies the starting weights when ``run_dir`` has no checkpoint yet.
     """
     checkpoint.quiet_orbax()
     config = resolve_config(config)
@@ -145,6 +147,8 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         state = checkpoint.restore(mgr, start, abstract, data_iterator)
         log(f"resumed from {run_dir / checkpoint.CHECKPOINT_DIR / str(start)}")
+    elif init_from:
+        state = with_initial_params(state, Path(init_from), log)
     n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     log(f"model {config.model.family}: {n_params:,} parameters; "
         f"{kernels.banner(config.model.scan_backend, config.model.dtype)}")
@@ -204,6 +208,19 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     mgr.close()
     log(f"done: step {step}, checkpoint in {run_dir / checkpoint.CHECKPOINT_DIR / str(step)}")
     return records
+
+
+def with_initial_params(state: dict, init_from: Path, log) -> dict:
+    """``state`` with the parameters of ``init_from``'s latest checkpoint (fine-tuning: weights only; the step,
+    the optimizer and the data start afresh)."""
+    from hrm.training.state import abstract_params
+    shapes = lambda params: jax.tree.map(lambda x: x.shape, params)
+    if shapes(abstract_params(checkpoint.read_run_config(init_from))) != shapes(state["params"]):
+        raise ConfigError(f"--init_from '{init_from}' holds a model of other shapes than this run's config.model; "
+                          f"keep its model settings (drop the model.* overrides that change sizes)")
+    params, step = checkpoint.restore_params(init_from, state["params"])
+    log(f"initialised the weights from {init_from / checkpoint.CHECKPOINT_DIR / str(step)}")
+    return {**state, "params": jax.device_put(params, jax.tree.map(lambda x: x.sharding, state["params"]))}
 
 
 def _check_finite(values: dict, step: int, mgr) -> None:
