@@ -14,4 +14,4 @@ DOCUMENTED_SOURCE = "seed 004, '~100M (configurable)'"
 
 def get_config():
     model = ModelConfig(family="hybrid_pattern", d_model=512, n_layers=8, layer_pattern="MMMMMAAA", n_heads=8)
-    return documented_size_config(model, seq_len=1024)
+    return documented_size_config(model, accumulation_steps=32, seq_len=1024)

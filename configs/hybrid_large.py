@@ -14,4 +14,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'hybrid-large'"
 
 def get_config():
     model = ModelConfig(family="hybrid_recursive", d_model=1024, n_layers=16, n_heads=16, max_recursion_depth=4)
-    return documented_size_config(model)
+    return documented_size_config(model, accumulation_steps=32)

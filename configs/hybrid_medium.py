@@ -14,4 +14,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'hybrid-medium'"
 
 def get_config():
     model = ModelConfig(family="hybrid_recursive", d_model=768, n_layers=12, n_heads=12, max_recursion_depth=3)
-    return documented_size_config(model)
+    return documented_size_config(model, accumulation_steps=32)

@@ -14,4 +14,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'hybrid-small-mini'"
 
 def get_config():
     model = ModelConfig(family="hybrid_recursive", d_model=576, n_layers=9, n_heads=9, max_recursion_depth=3)
-    return documented_size_config(model)
+    return documented_size_config(model, accumulation_steps=32)

@@ -14,4 +14,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'hybrid-small-plus'"
 
 def get_config():
     model = ModelConfig(family="hybrid_recursive", d_model=640, n_layers=10, n_heads=10, max_recursion_depth=3)
-    return documented_size_config(model)
+    return documented_size_config(model, accumulation_steps=32)

@@ -14,4 +14,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'hybrid-small-pro'"
 
 def get_config():
     model = ModelConfig(family="hybrid_recursive", d_model=704, n_layers=11, n_heads=11, max_recursion_depth=3)
-    return documented_size_config(model)
+    return documented_size_config(model, accumulation_steps=32)

@@ -13,4 +13,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'large'"
 
 
 def get_config():
-    return documented_size_config(ModelConfig(family="mamba", d_model=1024, n_layers=16))
+    return documented_size_config(ModelConfig(family="mamba", d_model=1024, n_layers=16), accumulation_steps=8)

@@ -13,4 +13,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'large-lite'"
 
 
 def get_config():
-    return documented_size_config(ModelConfig(family="mamba", d_model=896, n_layers=14))
+    return documented_size_config(ModelConfig(family="mamba", d_model=896, n_layers=14), accumulation_steps=8)

@@ -13,4 +13,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'large-plus'"
 
 
 def get_config():
-    return documented_size_config(ModelConfig(family="mamba", d_model=960, n_layers=15))
+    return documented_size_config(ModelConfig(family="mamba", d_model=960, n_layers=15), accumulation_steps=8)

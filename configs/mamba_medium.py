@@ -13,4 +13,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'medium'"
 
 
 def get_config():
-    return documented_size_config(ModelConfig(family="mamba", d_model=768, n_layers=12))
+    return documented_size_config(ModelConfig(family="mamba", d_model=768, n_layers=12), accumulation_steps=8)

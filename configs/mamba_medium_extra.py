@@ -13,4 +13,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'medium-extra'"
 
 
 def get_config():
-    return documented_size_config(ModelConfig(family="mamba", d_model=832, n_layers=13))
+    return documented_size_config(ModelConfig(family="mamba", d_model=832, n_layers=13), accumulation_steps=8)

@@ -13,4 +13,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'medium-lite'"
 
 
 def get_config():
-    return documented_size_config(ModelConfig(family="mamba", d_model=512, n_layers=8))
+    return documented_size_config(ModelConfig(family="mamba", d_model=512, n_layers=8), accumulation_steps=8)

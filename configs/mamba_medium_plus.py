@@ -13,4 +13,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'medium-plus'"
 
 
 def get_config():
-    return documented_size_config(ModelConfig(family="mamba", d_model=640, n_layers=9))
+    return documented_size_config(ModelConfig(family="mamba", d_model=640, n_layers=9), accumulation_steps=8)

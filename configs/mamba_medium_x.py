@@ -13,4 +13,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'medium-x'"
 
 
 def get_config():
-    return documented_size_config(ModelConfig(family="mamba", d_model=704, n_layers=10))
+    return documented_size_config(ModelConfig(family="mamba", d_model=704, n_layers=10), accumulation_steps=8)

@@ -13,4 +13,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'small'"
 
 
 def get_config():
-    return documented_size_config(ModelConfig(family="mamba", d_model=384, n_layers=6))
+    return documented_size_config(ModelConfig(family="mamba", d_model=384, n_layers=6), accumulation_steps=8)

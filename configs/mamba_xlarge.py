@@ -13,4 +13,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'xlarge'"
 
 
 def get_config():
-    return documented_size_config(ModelConfig(family="mamba", d_model=1280, n_layers=20))
+    return documented_size_config(ModelConfig(family="mamba", d_model=1280, n_layers=20), accumulation_steps=8)

@@ -13,4 +13,4 @@ DOCUMENTED_SOURCE = "seed 002 model table, 'xxlarge'"
 
 
 def get_config():
-    return documented_size_config(ModelConfig(family="mamba", d_model=1536, n_layers=24))
+    return documented_size_config(ModelConfig(family="mamba", d_model=1536, n_layers=24), accumulation_steps=4)

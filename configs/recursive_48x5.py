@@ -3,7 +3,7 @@
 Documents: no parameter count; ours: 65.6M. 48 Mamba blocks of d 384 (d_state 16) stored once, per-depth
 scale/shift adapters (5 x 2 x 384) and rank-8 adapters (5 x 2 x 384 x 8), and the tied GPT-2 embedding (seed 001
 uses GPT2TokenizerFast). Remat every 8 blocks (the seed's --checkpoint_segments 8). Seed 001 trains with batch
-1 x 16 accumulation at lr 3e-4 on sequences of 256; hrm has no accumulation, so batch_size is 16.
+1 x 16 accumulation at lr 3e-4 on sequences of 256, as this config does.
 """
 
 from hrm.config import ModelConfig, documented_size_config
@@ -15,4 +15,4 @@ DOCUMENTED_SOURCE = "seed 001 gives no parameter count"
 def get_config():
     model = ModelConfig(family="recursive_ssm", d_model=384, n_layers=48, recurrent_depth=5, adapter_rank=8,
                         checkpoint_segments=8, remat="block")
-    return documented_size_config(model, seq_len=256, batch_size=16)
+    return documented_size_config(model, seq_len=256, batch_size=16, accumulation_steps=16)
