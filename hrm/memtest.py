@@ -34,7 +34,7 @@ def report(config, vram_bytes: int | None, margin_mb: float) -> dict:
     config = gpu_config(resolve_config(config))
     memory = cached_train_step_memory(config)
     record = {"config": config.name, **memory.to_dict(), "global_batch_size": config.train.batch_size,
-              "vram_bytes": vram_bytes, "safety_margin_mb": margin_mb}
+              "vram_bytes": vram_bytes, "safety_margin_mb": margin_mb, "fits": None}   # None: no VRAM to fit
     if vram_bytes is not None:
         budget = vram_bytes - int(margin_mb * MIB)
         record["fits"] = memory.total_bytes <= budget
