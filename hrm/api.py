@@ -49,11 +49,15 @@ class LoadedModel:
         return [self.tokenizer.decode(out) for out in outputs]
 
 
-def load(path: str | Path, step: int | None = None) -> LoadedModel:
-    """Load the latest (or given) checkpoint of an ``hrm.train`` run directory, or a reference Mamba folder
-    (transformers or state-spaces layout, ``hrm.interop``) with its ``tokenizer.json`` when it has one."""
+def load(path: str | Path, step: int | str | None = None) -> LoadedModel:
+    """Load a checkpoint of an ``hrm.train`` run directory, or a reference Mamba folder (transformers or
+    state-spaces layout, ``hrm.interop``) with its ``tokenizer.json`` when it has one.
+
+    ``step``: a number, ``"best"`` (lowest eval loss), ``"final"`` (end of training) or ``None`` / ``"latest"``
+    (the newest step whose files match their checksums; a damaged newer step is named on stderr). A missing or
+    damaged step raises ``CheckpointError`` naming it and the available steps (``checkpoint.resolve_step``)."""
     from hrm import interop
-    if interop.reference_layout(path):
+    if not (Path(path) / checkpoint.CHECKPOINT_DIR).is_dir() and interop.reference_layout(path):
         config, params = interop.load_reference(path)
         return LoadedModel(config, jax.tree.map(jnp.asarray, params), step=0)
     checkpoint.quiet_orbax()

@@ -96,7 +96,8 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0           # 0: evaluate at every checkpoint save and at the end
     eval_batches: int = 8
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3     # the newest N steps; the best (lowest eval loss) and final ones are kept too
+    max_bad_steps: int = 10       # non-finite steps in a row (each update skipped) that stop the run
     seed: int = 42
 
 
@@ -259,7 +260,8 @@ def validate(config: Config) -> None:
                 "model.d_conv": m.d_conv, "model.expand": m.expand, "data.seq_len": d.seq_len,
                 "data.num_threads": d.num_threads, "train.steps": t.steps, "train.batch_size": t.batch_size,
                 "train.save_every": t.save_every, "train.log_every": t.log_every,
-                "train.keep_checkpoints": t.keep_checkpoints, "train.accumulation_steps": t.accumulation_steps}
+                "train.keep_checkpoints": t.keep_checkpoints, "train.accumulation_steps": t.accumulation_steps,
+                "train.max_bad_steps": t.max_bad_steps}
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")

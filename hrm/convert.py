@@ -33,9 +33,8 @@ def main(argv: list[str]) -> None:
         config.data.tokenizer = str((out / interop.TOKENIZER_FILE).resolve())
     config.save_json(out / checkpoint.CONFIG_FILE)
     checkpoint.quiet_orbax()
-    mgr = checkpoint.manager(out)
-    checkpoint.save(mgr, 0, {"step": 0, "params": params}, force=True)
-    mgr.wait_until_finished()
+    mgr = checkpoint.Checkpoints(out, config=config)
+    mgr.save(0, {"step": 0, "params": params}, final=True)
     mgr.close()
     m = config.model
     print(f"wrote {out}: mamba d_model {m.d_model}, {m.n_layers} layers, vocab {m.vocab_size}, tokenizer "

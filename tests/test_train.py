@@ -14,7 +14,7 @@ import pytest
 
 from hrm.cli import UsageError
 from hrm.train import parse_command_line
-from hrm.training.checkpoint import CHECKPOINT_DIR
+from hrm.training.checkpoint import CHECKPOINT_DIR, damage
 from hrm.training.loop import train
 from hrm.training.metrics import read_metrics
 from tests.helpers import ROOT, run_module, small_config
@@ -124,6 +124,7 @@ def test_two_processes_train_like_one(tmp_path):
     assert [s for s, _ in losses(tmp_path / "two")] == [s for s, _ in one] == list(range(1, 7))
     assert [loss for _, loss in losses(tmp_path / "two")] == pytest.approx([loss for _, loss in one], rel=1e-5)
     assert sorted(int(p.name) for p in (tmp_path / "two" / CHECKPOINT_DIR).iterdir()) == [3, 6]
+    assert [damage(tmp_path / "two" / CHECKPOINT_DIR / str(s)) for s in (3, 6)] == [None, None]  # both shards hashed
     shutil.rmtree(tmp_path / "two" / CHECKPOINT_DIR / "6")       # as if both were killed after step 3's save
     assert "resumed from" in run_two_processes()
     assert [loss for _, loss in losses(tmp_path / "two")] == pytest.approx([loss for _, loss in one], rel=1e-5)

@@ -1,25 +1,45 @@
-"""orbax checkpoints of the train state and the grain iterator, saved together per step.
+"""A run's checkpoints: orbax saves of the train state and the grain iterator, verified, named and pruned.
 
-Layout: ``DIR/config.json`` (the run's config, written once) and ``DIR/checkpoints/<step>/`` with
-items ``state`` (step, params, opt_state) and ``data`` (iterator position). orbax writes each step
-into a temporary folder and renames it when complete, so a killed process never leaves a
-restorable half-written step.
+Layout: ``DIR/config.json`` (the run's config) and ``DIR/checkpoints/<step>/`` with items ``state`` (step,
+params, opt_state, non-finite step counters) and ``data`` (iterator position), plus ``hrm_manifest.json``: the
+size and SHA-256 of every file of the step, its eval loss, whether it is the run's final step, and a copy of
+the config. orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it when complete; the manifest
+is written inside that folder before the rename (orbax's post-finalization callback), so a finished step always
+has one. Leftover temporary folders of killed saves are removed when a writer opens the run.
+
+Loading verifies the manifest: a damaged step (a truncated, overwritten or deleted file) is named, and
+resuming moves it to ``DIR/damaged/`` and falls back to the newest good step. Retention keeps the newest
+``train.keep_checkpoints`` steps plus ``best`` (lowest eval loss) and ``final`` (the end of training); both
+names (and ``latest``) are accepted wherever a step is (``resolve_step``).
 """
 
 from __future__ import annotations
 
+import collections
+import errno
+import hashlib
 import json
 import logging
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
-from hrm.config import Config
+from hrm.config import Config, ConfigError
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+MANIFEST_FILE = "hrm_manifest.json"
+DAMAGED_DIR = "damaged"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+STEP_NAMES = ("latest", "best", "final")
+# Written by orbax after the manifest (the commit marker, the commit timestamp): not covered by the checksums.
+UNHASHED_FILES = {MANIFEST_FILE, "commit_success.txt", "_CHECKPOINT_METADATA"}
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class CheckpointError(ValueError):
@@ -27,17 +47,148 @@ class CheckpointError(ValueError):
 
 
 def quiet_orbax() -> None:
-    """orbax logs every save at INFO through absl; keep the console for the progress bar."""
+    """orbax logs every save at INFO through absl (and a failed background save as a traceback); keep the
+    console for the progress bar and our one-line errors."""
     for name in ("absl", "orbax", "jax._src.distributed"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def manager(run_dir: Path, keep: int = 3, read_only: bool = False):
-    options = (ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
-                                            max_to_keep=None) if read_only else
-               ocp.CheckpointManagerOptions(max_to_keep=keep))
-    return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINT_DIR, options=options)
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
+
+# --- manifests: checksums, eval loss, final flag, config copy -----------------------------------------------
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 23):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hashed_files(step_dir: Path) -> list[Path]:
+    return sorted(p for p in step_dir.rglob("*") if p.is_file() and
+                  not (p.parent == step_dir and p.name in UNHASHED_FILES))
+
+
+def write_manifest(step_dir: Path, info: dict) -> None:
+    """``info`` plus the size and SHA-256 of every file under ``step_dir`` (the step's own folder)."""
+    files = {str(p.relative_to(step_dir)): [p.stat().st_size, _file_digest(p)] for p in _hashed_files(step_dir)}
+    (step_dir / MANIFEST_FILE).write_text(json.dumps({**info, "files": files}, indent=1) + "\n")
+
+
+def read_manifest(step_dir: Path) -> dict | None:
+    """The step's manifest; None when it has none (written by an older hrm); raises ValueError if unreadable."""
+    path = step_dir / MANIFEST_FILE
+    if not path.exists():
+        return None
+    manifest = json.loads(path.read_text())
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ValueError(f"{MANIFEST_FILE} is not a manifest")
+    return manifest
+
+
+def damage(step_dir: Path) -> str | None:
+    """What is wrong with a finished step (a missing, resized or changed file), or None when it checks out
+    (or has no manifest to check against)."""
+    try:
+        manifest = read_manifest(step_dir)
+    except (ValueError, OSError) as error:
+        return f"unreadable {MANIFEST_FILE}: {error}"
+    if manifest is None:
+        return None
+    for name, (size, digest) in sorted(manifest["files"].items()):
+        path = step_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were saved"
+        if _file_digest(path) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+# --- steps and names ---------------------------------------------------------------------------------------
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir).absolute() / CHECKPOINT_DIR
+
+
+def finished_steps(run_dir: Path) -> list[int]:
+    root = checkpoint_root(run_dir)
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
+
+
+def step_info(run_dir: Path, step: int) -> dict:
+    """A finished step's manifest without its file list ({} without a readable manifest)."""
+    try:
+        manifest = read_manifest(checkpoint_root(run_dir) / str(step)) or {}
+    except (ValueError, OSError):
+        return {}
+    return {k: v for k, v in manifest.items() if k != "files"}
+
+
+def named_steps(run_dir: Path, steps: list[int] | None = None) -> dict[str, int]:
+    """{"latest", "best" (lowest eval loss), "final" (newest end of training)} among ``steps`` (default: the
+    finished ones) where they exist."""
+    steps = finished_steps(run_dir) if steps is None else steps
+    infos = {s: step_info(run_dir, s) for s in steps}
+    names = {"latest": max(steps)} if steps else {}
+    evaluated = [(info["eval_loss"], s) for s, info in infos.items() if info.get("eval_loss") is not None]
+    if evaluated:
+        names["best"] = min(evaluated)[1]
+    final = [s for s, info in infos.items() if info.get("final")]
+    if final:
+        names["final"] = max(final)
+    return names
+
+
+def _available(run_dir: Path) -> str:
+    steps = finished_steps(run_dir)
+    names = named_steps(run_dir, steps)
+    named = ", ".join(f"{name}={step}" for name, step in names.items() if name != "latest")
+    return (f"available steps: {', '.join(map(str, steps))}" + (f" ({named})" if named else "")) if steps \
+        else "no finished step"
+
+
+def resolve_step(run_dir: str | Path, step: int | str | None = None, log=warn) -> int:
+    """The checkpoint step of a run directory that ``step`` names: None or ``latest`` (the newest step that
+    checks out; a damaged newer step is reported through ``log``), ``best``, ``final`` or a number.
+    Raises ``CheckpointError`` (one line: the problem and the available steps) for a missing, unknown,
+    negative or damaged step."""
+    run_dir = Path(run_dir)
+    steps = finished_steps(run_dir)
+    if not steps:
+        raise CheckpointError(f"no finished checkpoint in '{checkpoint_root(run_dir)}'; "
+                              f"train first with python -m hrm.train --output_dir {run_dir}")
+    if step is None or step == "latest":
+        for candidate in reversed(steps):
+            problem = damage(checkpoint_root(run_dir) / str(candidate))
+            if problem is None:
+                return candidate
+            log(f"checkpoint step {candidate} in '{run_dir}' is damaged ({problem}); trying an older step")
+        raise CheckpointError(f"every checkpoint in '{checkpoint_root(run_dir)}' is damaged; retrain")
+    if isinstance(step, str) and not step.lstrip("-").isdigit():
+        names = named_steps(run_dir, steps)
+        if step not in STEP_NAMES:
+            raise CheckpointError(f"unknown step '{step}'; pass a number or one of {', '.join(STEP_NAMES)} "
+                                  f"({_available(run_dir)})")
+        if step not in names:
+            raise CheckpointError(f"'{run_dir}' has no '{step}' checkpoint yet; {_available(run_dir)}")
+        resolved = names[step]
+    else:
+        resolved = int(step)
+        if resolved not in steps:
+            raise CheckpointError(f"'{run_dir}' has no checkpoint at step {resolved}; {_available(run_dir)}")
+    problem = damage(checkpoint_root(run_dir) / str(resolved))
+    if problem is not None:
+        raise CheckpointError(f"checkpoint step {resolved} in '{run_dir}' is damaged ({problem}); pass another "
+                              f"--step: {_available(run_dir)}")
+    return resolved
+
+
+# --- the run's checkpoints ---------------------------------------------------------------------------------
 
 class ExactIteratorState:
     """A grain iterator as grain's orbax handler sees it: its state as JSON bytes, restored with tuples.
@@ -68,29 +219,146 @@ def _lists_as_tuples(value):
     return value
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state, data_iterator=None, force: bool = False) -> bool:
-    items = {"state": ocp.args.StandardSave(state)}
-    if data_iterator is not None:
-        items["data"] = grain.checkpoint.CheckpointSave(ExactIteratorState(data_iterator))
-    return mgr.save(step, args=ocp.args.Composite(**items), force=force)
+class Checkpoints:
+    """Writes and restores a run's checkpoints (every process of a run calls every method, in the same order).
+
+    ``save`` is asynchronous; its manifest is written by orbax's background thread just before the step's
+    folder is renamed into place. Process 0 writes manifests and moves damaged steps."""
+
+    def __init__(self, run_dir: str | Path, keep: int = 3, config: Config | None = None):
+        self.run_dir = Path(run_dir)
+        self.keep = keep
+        self.config = config.to_dict() if config is not None else None
+        self.is_main = jax.process_index() == 0
+        self._pending = collections.deque()      # (step, info) of saves whose manifest is not written yet
+        self._in_flight = None                   # (step, bytes) of the newest save not known to be finished
+        remove_tmp_dirs(self.run_dir)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None, async_options=ocp.AsyncOptions(post_finalization_callback=self._write_pending_manifest))
+        self.mgr = ocp.CheckpointManager(checkpoint_root(self.run_dir), options=options)
+
+    def _write_pending_manifest(self) -> None:
+        step, info = self._pending.popleft()
+        if self.is_main:
+            root = checkpoint_root(self.run_dir)
+            tmp = root / f"{step}{TMP_SUFFIX}"
+            write_manifest(tmp if tmp.is_dir() else root / str(step), info)
+
+    def latest_step(self) -> int | None:
+        return self.mgr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.mgr.all_steps())
+
+    def save(self, step: int, state, data_iterator=None, eval_loss: float | None = None,
+             final: bool = False) -> None:
+        """Start saving ``state`` (and the iterator's position) as ``step``; then keep the newest ``keep``
+        steps plus the best and final ones. Disk full: ``CheckpointError`` naming the bytes needed."""
+        self.wait_until_finished()            # surfaces a failed previous save before starting this one
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(ExactIteratorState(data_iterator))
+        info = {"step": step, "eval_loss": eval_loss, "final": final, "config": self.config}
+        self._pending.append((step, info))
+        self._in_flight = (step, sum(x.nbytes for x in jax.tree.leaves(state)))
+        try:
+            self.mgr.save(step, args=ocp.args.Composite(**items), force=True)
+        except OSError as error:
+            self._failed(error)
+        self._prune(step, info)
+
+    def wait_until_finished(self) -> None:
+        try:
+            self.mgr.wait_until_finished()
+        except OSError as error:
+            self._failed(error)
+        self._in_flight = None
+
+    def _failed(self, error: OSError):
+        step, nbytes = self._in_flight or (None, 0)
+        self._pending.clear()
+        self._in_flight = None
+        remove_tmp_dirs(self.run_dir)
+        if error.errno not in DISK_FULL:
+            raise error
+        free = shutil.disk_usage(self.run_dir).free
+        last = [s for s in finished_steps(self.run_dir) if s != step]
+        raise CheckpointError(
+            f"disk full saving checkpoint step {step} in '{self.run_dir}': it needs about {nbytes:,} bytes, "
+            f"{free:,} are free; free some space and re-run to resume from "
+            f"{'step ' + str(max(last)) if last else 'the start'} (its checkpoint is intact)") from None
+
+    def _prune(self, new_step: int, new_info: dict) -> None:
+        """Delete finished steps other than the newest ``keep`` and the best and final ones."""
+        finished = [s for s in self.all_steps() if s != new_step and (checkpoint_root(self.run_dir) / str(s)).is_dir()]
+        steps = sorted(finished + [new_step])
+        infos = {s: step_info(self.run_dir, s) for s in finished}
+        infos[new_step] = new_info
+        keep = set(steps[-self.keep:])
+        evaluated = [(info["eval_loss"], s) for s, info in infos.items() if info.get("eval_loss") is not None]
+        keep |= {min(evaluated)[1]} if evaluated else set()
+        keep |= {max(s for s, info in infos.items() if info.get("final"))} if any(
+            info.get("final") for info in infos.values()) else set()
+        for step in finished:
+            if step not in keep:
+                self.mgr.delete(step)
+
+    def restore(self, step: int, abstract_state, data_iterator=None):
+        """The train state at ``step``; the data iterator (when given) is moved to its saved position."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(ExactIteratorState(data_iterator))
+        try:
+            return self.mgr.restore(step, args=ocp.args.Composite(**items))["state"]
+        except (ValueError, KeyError, TypeError, OSError) as error:
+            raise CheckpointError(f"cannot resume from '{checkpoint_root(self.run_dir) / str(step)}' "
+                                  f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); it was "
+                                  f"written by another model or hrm version: pass a new --output_dir") from None
+
+    def newest_good_step(self, log) -> int | None:
+        """The newest finished step that checks out; damaged newer ones are moved to ``DIR/damaged/`` (process
+        0) with one line each through ``log``. Every process checks the same files and reaches the same step."""
+        for step in reversed(finished_steps(self.run_dir)):
+            problem = damage(checkpoint_root(self.run_dir) / str(step))
+            if problem is None:
+                return step
+            moved = self.run_dir / DAMAGED_DIR / str(step)
+            older = [s for s in finished_steps(self.run_dir) if s < step]
+            log(f"checkpoint step {step} is damaged ({problem}); moved to {moved}, resuming from "
+                f"{'step ' + str(max(older)) if older else 'the start'}")
+            _sync("hrm_damaged_check")
+            if self.is_main:
+                moved.parent.mkdir(exist_ok=True)
+                shutil.rmtree(moved, ignore_errors=True)
+                os.replace(checkpoint_root(self.run_dir) / str(step), moved)
+            _sync("hrm_damaged_moved")
+            self.mgr.reload()
+        return None
+
+    def close(self) -> None:
+        self.wait_until_finished()
+        self.mgr.close()
 
 
-def restore(mgr: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):
-    """The train state at ``step``; the data iterator (when given) is moved to its saved position."""
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
-        items["data"] = grain.checkpoint.CheckpointRestore(ExactIteratorState(data_iterator))
-    return mgr.restore(step, args=ocp.args.Composite(**items))["state"]
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
-def restore_params(run_dir: Path, abstract_params, step: int | None = None):
-    """Only the model parameters from the latest (or given) step of a run directory."""
+def remove_tmp_dirs(run_dir: Path) -> None:
+    """Remove the temporary folders of unfinished saves (process 0; the run lock keeps other runs out)."""
+    if jax.process_index() == 0 and checkpoint_root(run_dir).is_dir():
+        for tmp in checkpoint_root(run_dir).glob(f"*{TMP_SUFFIX}*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def restore_params(run_dir: Path, abstract_params, step: int | str | None = None, log=warn):
+    """Only the model parameters of the latest good (or given: number or name) step of a run directory."""
     run_dir = Path(run_dir)
-    mgr = manager(run_dir, read_only=True)
-    step = mgr.latest_step() if step is None else step
-    if step is None:
-        raise CheckpointError(f"no finished checkpoint in '{run_dir / CHECKPOINT_DIR}'; "
-                              f"train first with python -m hrm.train --output_dir {run_dir}")
+    step = resolve_step(run_dir, step, log)
+    mgr = ocp.CheckpointManager(checkpoint_root(run_dir), options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False, save_interval_steps=0, max_to_keep=None))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)
     restored = mgr.restore(step, args=ocp.args.Composite(
@@ -100,10 +368,25 @@ def restore_params(run_dir: Path, abstract_params, step: int | None = None):
     return restored["state"]["params"], step
 
 
-def read_run_config(run_dir: Path) -> Config:
+def read_run_config(run_dir: Path, log=warn) -> Config:
+    """The run's config; if ``config.json`` is damaged, the copy in the newest step's manifest (said in one line)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"checkpoint directory '{run_dir}' does not exist; pass a run's --output_dir")
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"'{run_dir}' has no {CONFIG_FILE}; pass the --output_dir of an hrm.train run")
-    return Config.load_json(run_dir / CONFIG_FILE)
+    try:
+        return Config.load_json(run_dir / CONFIG_FILE)
+    except (ValueError, OSError) as error:    # JSONDecodeError and ConfigError are ValueErrors
+        problem = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    for step in reversed(finished_steps(run_dir)):
+        saved = step_info(run_dir, step).get("config")
+        if saved is not None:
+            try:
+                config = Config.from_dict(saved)
+            except ConfigError:
+                continue
+            log(f"'{run_dir / CONFIG_FILE}' is damaged ({problem}); using the copy saved with step {step}")
+            return config
+    raise CheckpointError(f"'{run_dir / CONFIG_FILE}' is damaged ({problem}) and no checkpoint holds a copy; "
+                          f"restore it or pass a new --output_dir")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -17,14 +18,11 @@ from hrm.config import DEFAULT_SAFETY_MARGIN_MB, Config, ConfigError, resolve_co
 from hrm.data import (check_data_fingerprint, data_fingerprint, eval_batches, packing_efficiency, packing_summary,
                       split_batch, tokenized_corpus, training_batches)
 from hrm.tokenizer import get_tokenizer
-from hrm.training import checkpoint, memory
+from hrm.training import checkpoint, faults, memory, runinfo
 from hrm.training.evaluation import held_out_loss
+from hrm.training.faults import TrainingError
 from hrm.training.metrics import MetricsWriter
 from hrm.training.state import init_train_state, make_train_step, next_token_loss
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss diverged); the message names the cause and the fix."""
 
 
 def check_same_run(run_dir: Path, config: Config) -> None:
@@ -118,8 +116,9 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
         raise ConfigError(f"config key 'model.vocab_size' ({config.model.vocab_size}) is smaller than tokenizer "
                           f"'{config.data.tokenizer}' ({tokenizer.vocab_size} tokens); set "
                           f"--config.model.vocab_size=0 to follow the tokenizer")
-    check_same_run(run_dir, config)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = faults.RunLock(run_dir, jax.process_index()).acquire()
+    check_same_run(run_dir, config)
     is_main = jax.process_index() == 0
     if is_main:
         tmp = run_dir / (checkpoint.CONFIG_FILE + ".tmp")
@@ -139,13 +138,13 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     data_iterator = iter(training_batches(config.data, corpus, t.batch_size, t.seed))
     held_out = eval_batches(config.data, corpus, t.batch_size, t.eval_batches)
 
-    mgr = checkpoint.manager(run_dir, keep=t.keep_checkpoints)
-    start = mgr.latest_step() or 0
+    mgr = checkpoint.Checkpoints(run_dir, keep=t.keep_checkpoints, config=config)
+    start = mgr.newest_good_step(log) or 0
     check_data_fingerprint(run_dir, data_fingerprint(config.data, corpus), bool(start), allow_data_change, log,
                            write=is_main)
     if start:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-        state = checkpoint.restore(mgr, start, abstract, data_iterator)
+        state = mgr.restore(start, abstract, data_iterator)
         log(f"resumed from {run_dir / checkpoint.CHECKPOINT_DIR / str(start)}")
     elif init_from:
         state = with_initial_params(state, Path(init_from), log)
@@ -165,12 +164,21 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
         if held_out:
             loss = held_out_loss(lambda b: eval_fn(state["params"], to_device(b)), held_out)
             writer.write_eval({"step": step, "eval_loss": loss})
+            return loss
 
     step_fn = jax.jit(make_train_step(graphdef, config), in_shardings=(state_sharding, sharded),
                       out_shardings=(state_sharding, replicated), donate_argnums=0)
     writer = MetricsWriter(run_dir, start, t.steps, enabled=is_main)
     records = []
-    step, batch = start, None
+    step, batch, eval_loss = start, None, None
+    stop, bad = faults.StopSignals().install(), faults.BadSteps(t.max_bad_steps)
+
+    def save():
+        mgr.save(step, state, data_iterator, eval_loss=eval_loss, final=step == t.steps)
+
+    def last_good() -> str:
+        latest = mgr.latest_step()
+        return str(run_dir / checkpoint.CHECKPOINT_DIR / str(latest)) if latest else "none (a re-run starts afresh)"
     try:
         timer, tokens, packed = time.perf_counter(), 0, []
         while step < min(t.steps, stop_at_step or t.steps):
@@ -180,32 +188,45 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
             state, metrics = step_fn(state, batch)
             step += 1
             tokens += batch["mask"].size
+            bad.observe(step, bool(metrics["skipped"]), last_good(), log)
             if step % t.log_every == 0 or step == t.steps:
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(values, step, mgr)
+                values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "skipped"}
                 elapsed = time.perf_counter() - timer
                 record = {"step": step, **values, "tokens_per_sec": tokens / elapsed,
-                          "packing_efficiency": float(np.mean(packed))}
+                          "packing_efficiency": float(np.mean(packed)), "skipped_steps": bad.total}
                 peak = memory.peak_memory_in_use()
                 if peak is not None:
                     record["peak_mem_gb"] = peak / memory.GIB
                 writer.write(record)
                 records.append(record)
                 timer, tokens, packed = time.perf_counter(), 0, []
-            if step % t.save_every == 0 and step != t.steps:
-                _check_finite({"loss": float(metrics["loss"])}, step, mgr)
-                checkpoint.save(mgr, step, state, data_iterator, force=True)
+            # A step's records are written before the checkpoint that covers them (and dropped when resuming
+            # from an older one), so each is written exactly once across kills.
+            eval_loss = None
             if (step % t.eval_every == 0) if t.eval_every else (step % t.save_every == 0 or step == t.steps):
-                evaluate(step)
-    except KeyboardInterrupt:
-        log(f"interrupted: {_save_on_interrupt(mgr, state, data_iterator)}; run the same command to resume")
-        raise SystemExit(130)
+                eval_loss = evaluate(step)
+            if step % t.save_every == 0 and step != t.steps:
+                save()
+            signum = faults.agreed_signal(stop.received)
+            if signum:      # preempted: save at this step (the iterator has consumed exactly its batches), exit
+                if step not in mgr.all_steps():
+                    save()
+                mgr.close()
+                log(f"stopped by {signal.Signals(signum).name}: checkpoint {last_good()}; run the same command "
+                    f"to resume")
+                raise SystemExit(faults.exit_code(signum))
+        if step not in mgr.all_steps():
+            save()
+        mgr.close()
+    except TrainingError:
+        mgr.wait_until_finished()
+        raise
     finally:
+        stop.restore()
         writer.close()
-    if step not in mgr.all_steps():
-        checkpoint.save(mgr, step, state, data_iterator, force=True)
-    mgr.wait_until_finished()
-    mgr.close()
+        lock.release()
+    if is_main and step == t.steps:
+        runinfo.write_summary(run_dir)
     log(f"done: step {step}, checkpoint in {run_dir / checkpoint.CHECKPOINT_DIR / str(step)}")
     return records
 
@@ -223,20 +244,3 @@ def with_initial_params(state: dict, init_from: Path, log) -> dict:
     return {**state, "params": jax.device_put(params, jax.tree.map(lambda x: x.sharding, state["params"]))}
 
 
-def _check_finite(values: dict, step: int, mgr) -> None:
-    if not all(np.isfinite(v) for v in values.values()):
-        mgr.wait_until_finished()
-        last = mgr.latest_step()
-        raise TrainingError(f"non-finite loss/gradient at step {step} ({values}); last good checkpoint: "
-                            f"step {last}; lower train.lr or raise train.warmup_steps and re-run")
-
-
-def _save_on_interrupt(mgr, state, data_iterator) -> str:
-    try:
-        step = int(state["step"])
-        if step not in mgr.all_steps():
-            checkpoint.save(mgr, step, state, data_iterator, force=True)
-        mgr.wait_until_finished()
-        return f"checkpoint saved at step {step}"
-    except Exception:  # the state was mid-update (donated); the last periodic checkpoint stands
-        return f"kept the last finished checkpoint (step {mgr.latest_step()})"

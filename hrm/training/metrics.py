@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,12 +13,22 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of ``metrics.jsonl``; a line cut short by a kill mid-write (not JSON) is left out."""
     path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    records = []
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+    return records
 
 
 class MetricsWriter:
-    """Appends one JSON object per log step; on resume drops records past the restored step."""
+    """Appends one JSON object per log step; on resume drops records past the restored step (and lines cut
+    short)."""
 
     def __init__(self, run_dir: Path, start_step: int, total_steps: int, enabled: bool = True):
         self.enabled = enabled
@@ -27,7 +38,9 @@ class MetricsWriter:
         if not enabled:
             return
         kept = [r for r in read_metrics(run_dir) if r["step"] <= start_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp = self.path.with_name(METRICS_FILE + ".tmp")   # rewritten whole: repaired, never half-written
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
         from tensorboardX import SummaryWriter
         self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1)
         if sys.stderr.isatty():

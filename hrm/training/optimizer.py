@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from hrm.config import TrainConfig
@@ -11,10 +12,19 @@ NO_DECAY_NAMES = ("A_log", "D", "bias", "scale", "conv_bias")
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
-    warmup = min(cfg.warmup_steps, max(cfg.steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
-        decay_steps=max(cfg.steps, warmup + 1), end_value=cfg.lr * cfg.min_lr_ratio)
+    """The learning rate of the update at step ``count`` (0-based): a linear warmup ``lr * (count + 1) /
+    warmup_steps`` (the first update trains; optax's ``warmup_cosine_decay_schedule`` starts at 0, wasting it)
+    reaching ``lr`` at update ``warmup_steps - 1``, then a cosine decay to ``lr * min_lr_ratio`` at the last
+    update, ``steps - 1``."""
+    warmup = min(cfg.warmup_steps, cfg.steps)
+    decay_start = max(warmup - 1, 0)
+    end = cfg.lr * cfg.min_lr_ratio
+
+    def schedule(count):
+        progress = jnp.clip((count - decay_start) / max(cfg.steps - 1 - decay_start, 1), 0.0, 1.0)
+        cosine = end + (cfg.lr - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        return jnp.where(count < warmup, cfg.lr * (count + 1) / max(warmup, 1), cosine)
+    return schedule
 
 
 def weight_decay_mask(params):

@@ -131,6 +131,10 @@ def accumulated_gradients(graphdef, params, batch, steps: int) -> tuple[dict, di
     return grads, {"loss": jnp.sum(ce_sums) / n_targets, **jax.tree.map(jnp.mean, sown)}
 
 
+def all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def make_train_step(graphdef, config: Config):
     """A pure (state, batch) → (state, metrics) function; jit it with the run's shardings."""
     optimizer = make_optimizer(config.train)
@@ -140,9 +144,16 @@ def make_train_step(graphdef, config: Config):
         grads, model_metrics = accumulated_gradients(graphdef, state["params"], batch,
                                                      config.train.accumulation_steps)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                     "opt_state": opt_state}
-        metrics = {**model_metrics, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
+        params = optax.apply_updates(state["params"], updates)
+        grad_norm = optax.tree.norm(grads)
+        # A non-finite loss, gradient or result skips the update (as optax.apply_if_finite, which checks the
+        # gradient only), so parameters and optimizer state stay finite; the step and the data still advance.
+        finite = jnp.isfinite(model_metrics["loss"]) & jnp.isfinite(grad_norm) & all_finite(params)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = {"step": state["step"] + 1, "params": keep(params, state["params"]),
+                     "opt_state": keep(opt_state, state["opt_state"])}
+        metrics = {**model_metrics, "grad_norm": grad_norm, "lr": schedule(state["step"]),
+                   "skipped": (~finite).astype(jnp.float32)}
         return new_state, metrics
 
     return train_step

@@ -1,0 +1,145 @@
+"""What a long run survives: preemption signals, two processes on one run directory, non-finite steps.
+
+- ``StopSignals``: SIGTERM (how schedulers preempt) and SIGINT only set a flag; the loop finishes the step,
+  saves at it and exits ``128 + signal`` (143 / 130). ``agreed_signal`` makes the processes of a multi-process
+  run stop at the same step, so their collective save happens on all of them or none.
+- ``RunLock``: ``DIR/train.lock`` holds the owner's host and PID; a second process refuses with one line, a lock
+  whose process is gone is taken over.
+- ``BadSteps``: the train step skips non-finite updates (``hrm.training.state``); N in a row stop the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from hrm.config import ConfigError
+
+LOCK_FILE = "train.lock"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss diverged); the message names the cause and the fix."""
+
+
+class StopSignals:
+    """Turns SIGTERM/SIGINT into a flag (``received``: the signal number, 0 before any) while installed."""
+
+    def __init__(self):
+        self.received = 0
+        self._previous = {}
+
+    def install(self) -> "StopSignals":
+        try:
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:       # not the main thread: signals keep their default behaviour
+            pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = self.received or signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def agreed_signal(local: int) -> int:
+    """The stop signal any process of the run received (0 for none); every process calls it every step."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+    return int(np.max(multihost_utils.process_allgather(np.int32(local))))
+
+
+def exit_code(signum: int) -> int:
+    return 128 + signum
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, another user's
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive claim on a run directory by this process (one lock file per process index of the run)."""
+
+    def __init__(self, run_dir: Path, process_index: int = 0):
+        self.path = Path(run_dir) / (LOCK_FILE if process_index == 0 else f"{LOCK_FILE}.{process_index}")
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+
+    def acquire(self) -> "RunLock":
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.owner) + "\n")
+            return self
+        raise ConfigError(f"cannot lock '{self.path}'; delete it if no training runs on '{self.path.parent}'")
+
+    def _take_over_if_stale(self) -> None:
+        try:
+            owner = json.loads(self.path.read_text())
+            host, pid = owner["host"], int(owner["pid"])
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError):   # a lock file cut short by a kill: nobody holds it
+            host, pid = self.owner["host"], -1
+        if host == self.owner["host"] and (pid == os.getpid() or pid <= 0 or not _pid_alive(pid)):
+            stale = self.path.with_name(f"{self.path.name}.stale.{os.getpid()}")
+            try:
+                os.replace(self.path, stale)
+                stale.unlink()
+            except FileNotFoundError:    # another process took it over first
+                pass
+            return
+        where = f"process {pid}" + ("" if host == self.owner["host"] else f" on host {host}")
+        raise ConfigError(f"'{self.path.parent}' is in use by {where} (lock file {self.path}); wait for it, stop it, "
+                          f"or pass another --output_dir (delete the lock file if that process is gone)")
+
+    def release(self) -> None:
+        try:
+            if json.loads(self.path.read_text()) == self.owner:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+class BadSteps:
+    """Counts the steps whose update the train step skipped (non-finite loss, gradient or parameters); once
+    ``max_in_a_row`` come in a row the run stops with ``TrainingError`` naming the last good checkpoint."""
+
+    def __init__(self, max_in_a_row: int):
+        self.max_in_a_row = max_in_a_row
+        self.in_a_row = 0
+        self.total = 0
+
+    def observe(self, step: int, skipped: bool, last_good: str, log) -> None:
+        if not skipped:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.total += 1
+        log(f"step {step}: non-finite loss or gradient, update skipped ({self.in_a_row} in a row, "
+            f"{self.total} this run)")
+        if self.in_a_row >= self.max_in_a_row:
+            raise TrainingError(f"{self.in_a_row} non-finite steps in a row up to step {step} (train.max_bad_steps); "
+                                f"last good checkpoint: {last_good}; lower train.lr or raise train.warmup_steps "
+                                f"and resume from it")

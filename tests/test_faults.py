@@ -1,0 +1,143 @@
+"""Faults a long run survives: SIGTERM/SIGINT, a second process on the run dir, non-finite steps, lr at step 0."""
+
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import io_callback
+
+import hrm
+from hrm.config import ConfigError, TrainConfig
+from hrm.train import parse_command_line
+from hrm.training import state as state_module
+from hrm.training.checkpoint import CHECKPOINT_DIR, finished_steps
+from hrm.training.faults import LOCK_FILE, RunLock, TrainingError
+from hrm.training.loop import train
+from hrm.training.metrics import read_metrics
+from hrm.training.optimizer import learning_rate_schedule
+from tests.helpers import ROOT, run_module, small_config
+from tests.test_train import losses, small_run_args
+
+
+def test_the_first_update_has_a_positive_learning_rate():
+    schedule = learning_rate_schedule(TrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1))
+    rates = [float(schedule(i)) for i in range(100)]
+    assert rates[0] == pytest.approx(1e-4)                      # lr / warmup_steps, not 0
+    assert rates[9] == pytest.approx(1e-3) and max(rates) == pytest.approx(1e-3)
+    assert rates[-1] == pytest.approx(1e-4)                     # min_lr_ratio at the last update
+    assert float(learning_rate_schedule(TrainConfig(steps=10, warmup_steps=0, lr=1e-3))(0)) == pytest.approx(1e-3)
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path):
+    """SIGTERM at a random step: exit 143 within seconds with a checkpoint at the last finished step (its
+    record written); re-running continues with the losses of an uninterrupted run."""
+    args = list(map(str, small_run_args(steps=12, save_every=100)))
+    train(parse_command_line(args)[0], tmp_path / "straight", log=lambda *_: None)
+    run_dir = tmp_path / "preempted"
+    at_step = random.Random().randint(2, 8)
+    proc = subprocess.Popen([sys.executable, "-m", "hrm.train", *args, "--output_dir", str(run_dir)], cwd=ROOT,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not any(r["step"] >= at_step
+                                                                      for r in read_metrics(run_dir)):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before the signal"
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert time.time() - sent < 60
+    assert "Traceback" not in err and "stopped by SIGTERM" in out
+    stopped_at = max(r["step"] for r in read_metrics(run_dir))
+    assert stopped_at >= at_step and finished_steps(run_dir) == [stopped_at], (at_step, out)
+    assert (run_dir / LOCK_FILE).exists() is False
+    run_module("hrm.train", *args, "--output_dir", run_dir)
+    assert losses(run_dir) == losses(tmp_path / "straight"), f"SIGTERM after step {at_step}"
+
+
+def test_sigint_saves_at_the_finished_step_with_its_record(tmp_path):
+    """Ctrl-C arriving mid-run (here from another thread, as a terminal would): exit code 130, a checkpoint at the
+    last finished step, whose train record is written exactly once."""
+    run_dir = tmp_path / "run"
+
+    def interrupt_after_step_3():
+        while not any(r["step"] >= 3 for r in read_metrics(run_dir)):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=interrupt_after_step_3, daemon=True).start()
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as stopped:
+        train(small_config(steps=50, save_every=100), run_dir, log=lambda *_: None)
+    assert stopped.value.code == 130
+    steps = [r["step"] for r in read_metrics(run_dir)]
+    assert steps == list(range(1, steps[-1] + 1)) and finished_steps(run_dir) == [steps[-1]]
+    assert signal.getsignal(signal.SIGINT) is handler                         # the handler is restored
+
+
+def test_nonfinite_gradients_skip_the_update_and_a_run_of_them_stops(tmp_path, monkeypatch):
+    """Injected NaN gradients (steps 3, 5, 6, 7): each update is skipped and counted; with train.max_bad_steps=3
+    the third in a row stops the run naming the last good checkpoint, whose parameters are finite."""
+    calls, poisoned = itertools.count(1), {3, 5, 6, 7}
+    real_gradients = state_module.accumulated_gradients
+
+    def poisoned_gradients(graphdef, params, batch, steps):
+        grads, metrics = real_gradients(graphdef, params, batch, steps)
+        factor = io_callback(lambda: np.float32(np.nan if next(calls) in poisoned else 1.0),
+                             jax.ShapeDtypeStruct((), jnp.float32))
+        return jax.tree.map(lambda g: g * factor, grads), metrics
+    monkeypatch.setattr(state_module, "accumulated_gradients", poisoned_gradients)
+    messages = []
+    with pytest.raises(TrainingError, match=r"3 non-finite steps in a row up to step 7 .*last good checkpoint: "
+                                            rf"\S*{CHECKPOINT_DIR}/6;"):
+        train(small_config(steps=10, save_every=2, max_bad_steps=3), tmp_path, log=messages.append)
+    assert any("step 3: non-finite loss or gradient, update skipped" in m for m in messages)
+    records = {r["step"]: r for r in read_metrics(tmp_path) if "loss" in r}
+    assert sorted(records) == [1, 2, 3, 4, 5, 6] and records[6]["skipped_steps"] == 3
+    assert np.isnan(records[3]["grad_norm"]) and records[4]["skipped_steps"] == 1
+    params = {step: hrm.load(tmp_path, step=step).params for step in (4, 6)}
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params[6]))
+    assert jax.tree.all(jax.tree.map(np.array_equal, params[4], params[6]))     # 5 and 6 did not update
+
+
+def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_FILE).write_text(json.dumps({"host": RunLock(tmp_path).owner["host"], "pid": owner.pid}))
+        with pytest.raises(ConfigError, match=f"is in use by process {owner.pid} "):
+            RunLock(tmp_path).acquire()
+    finally:
+        owner.kill()
+        owner.wait()
+    lock = RunLock(tmp_path).acquire()                                     # its owner is gone: stale
+    assert json.loads((tmp_path / LOCK_FILE).read_text()) == {"host": lock.owner["host"], "pid": os.getpid()}
+    (tmp_path / LOCK_FILE).write_text('{"host": "x", "pi')                 # cut short by a kill
+    RunLock(tmp_path).acquire().release()
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_second_training_process_on_a_run_dir_refuses_with_one_line(tmp_path):
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (tmp_path / LOCK_FILE).write_text(json.dumps({"host": RunLock(tmp_path).owner["host"], "pid": owner.pid}))
+        result = run_module("hrm.train", *small_run_args(steps=2, save_every=2), "--output_dir", tmp_path,
+                            check=False)
+    finally:
+        owner.kill()
+        owner.wait()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: '{tmp_path}' is in use by process {owner.pid} (lock file {tmp_path / LOCK_FILE}); wait for it, "
+        f"stop it, or pass another --output_dir (delete the lock file if that process is gone)"]
+    assert not (tmp_path / "config.json").exists()
