@@ -5,6 +5,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ import hrm
 from hrm.config import ConfigError, TrainConfig
 from hrm.train import parse_command_line
 from hrm.training import state as state_module
-from hrm.training.checkpoint import CHECKPOINT_DIR, finished_steps
+from hrm.training.checkpoint import CHECKPOINT_DIR, damage, finished_steps
 from hrm.training.faults import LOCK_FILE, RunLock, TrainingError
 from hrm.training.loop import train
 from hrm.training.metrics import read_metrics
@@ -141,3 +142,26 @@ def test_a_second_training_process_on_a_run_dir_refuses_with_one_line(tmp_path):
         f"error: '{tmp_path}' is in use by process {owner.pid} (lock file {tmp_path / LOCK_FILE}); wait for it, "
         f"stop it, or pass another --output_dir (delete the lock file if that process is gone)"]
     assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_of_two_stops_both_at_one_step(tmp_path):
+    """Only process 1 is preempted: both processes agree on the step, save it together and exit 143."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    args = [*map(str, small_run_args(steps=200, save_every=1000)), "--output_dir", str(tmp_path),
+            "--coordinator_address", f"localhost:{port}", "--num_processes", "2"]
+    procs = [subprocess.Popen([sys.executable, "-m", "hrm.train", *args, "--process_id", str(i)], cwd=ROOT,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    deadline = time.time() + 300
+    while time.time() < deadline and procs[1].poll() is None and not any(r["step"] >= 3
+                                                                         for r in read_metrics(tmp_path)):
+        time.sleep(0.01)
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], outputs
+    stopped_at = max(r["step"] for r in read_metrics(tmp_path))
+    assert finished_steps(tmp_path) == [stopped_at] and stopped_at < 200
+    assert damage(tmp_path / CHECKPOINT_DIR / str(stopped_at)) is None

@@ -260,7 +260,7 @@ class Checkpoints:
             items["data"] = grain.checkpoint.CheckpointSave(ExactIteratorState(data_iterator))
         info = {"step": step, "eval_loss": eval_loss, "final": final, "config": self.config}
         self._pending.append((step, info))
-        self._in_flight = (step, sum(x.nbytes for x in jax.tree.leaves(state)))
+        self._in_flight = (step, sum(getattr(x, "nbytes", 8) for x in jax.tree.leaves(state)))
         try:
             self.mgr.save(step, args=ocp.args.Composite(**items), force=True)
         except OSError as error:

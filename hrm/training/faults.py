@@ -131,7 +131,8 @@ class BadSteps:
         self.in_a_row = 0
         self.total = 0
 
-    def observe(self, step: int, skipped: bool, last_good: str, log) -> None:
+    def observe(self, step: int, skipped: bool, last_good, log) -> None:
+        """Count ``step``; ``last_good()`` names the newest checkpoint for the stop message."""
         if not skipped:
             self.in_a_row = 0
             return
@@ -141,5 +142,5 @@ class BadSteps:
             f"{self.total} this run)")
         if self.in_a_row >= self.max_in_a_row:
             raise TrainingError(f"{self.in_a_row} non-finite steps in a row up to step {step} (train.max_bad_steps); "
-                                f"last good checkpoint: {last_good}; lower train.lr or raise train.warmup_steps "
+                                f"last good checkpoint: {last_good()}; lower train.lr or raise train.warmup_steps "
                                 f"and resume from it")

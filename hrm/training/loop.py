@@ -188,7 +188,7 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
             state, metrics = step_fn(state, batch)
             step += 1
             tokens += batch["mask"].size
-            bad.observe(step, bool(metrics["skipped"]), last_good(), log)
+            bad.observe(step, bool(metrics["skipped"]), last_good, log)
             if step % t.log_every == 0 or step == t.steps:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "skipped"}
                 elapsed = time.perf_counter() - timer
