@@ -155,12 +155,16 @@ def test_sigterm_to_one_process_of_two_stops_both_at_one_step(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "hrm.train", *args, "--process_id", str(i)], cwd=ROOT,
                               env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    deadline = time.time() + 300
-    while time.time() < deadline and procs[1].poll() is None and not any(r["step"] >= 3
-                                                                         for r in read_metrics(tmp_path)):
-        time.sleep(0.01)
-    procs[1].send_signal(signal.SIGTERM)
-    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and procs[1].poll() is None and not any(r["step"] >= 3
+                                                                             for r in read_metrics(tmp_path)):
+            time.sleep(0.01)
+        procs[1].send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
     assert [p.returncode for p in procs] == [143, 143], outputs
     stopped_at = max(r["step"] for r in read_metrics(tmp_path))
     assert finished_steps(tmp_path) == [stopped_at] and stopped_at < 200
