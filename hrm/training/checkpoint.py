@@ -285,8 +285,8 @@ class Checkpoints:
         last = [s for s in finished_steps(self.run_dir) if s != step]
         raise CheckpointError(
             f"disk full saving checkpoint step {step} in '{self.run_dir}': it needs about {nbytes:,} bytes, "
-            f"{free:,} are free; free some space and re-run to resume from "
-            f"{'step ' + str(max(last)) if last else 'the start'} (its checkpoint is intact)") from None
+            f"{free:,} are free; free some space and re-run to " +
+            (f"resume from step {max(last)} (its checkpoint is intact)" if last else "start again")) from None
 
     def _prune(self, new_step: int, new_info: dict) -> None:
         """Delete finished steps other than the newest ``keep`` and the best and final ones."""
