@@ -221,6 +221,44 @@ def apply_override(config: Config, key: str, value: str) -> None:
     setattr(target, leaf, _coerce(key, kind, value))
 
 
+def config_dir() -> Path:
+    """The shipped config files: ``configs/`` of a source checkout, else the installed ``hrm.configs`` package
+    (pyproject.toml maps it onto ``configs/``)."""
+    checkout = Path(__file__).resolve().parents[1] / "configs"
+    if checkout.is_dir():
+        return checkout
+    from importlib.resources import files
+    return Path(str(files("hrm.configs")))
+
+
+def config_files() -> list[Path]:
+    """Every shipped config file, sorted by name."""
+    return sorted(config_dir().glob("[!_]*.py"))
+
+
+def model_sizes() -> dict[str, Path]:
+    """``--model_size`` names → config files, derived from the file names: ``hybrid_small.py`` is
+    ``hybrid-small``, and a ``mamba_*`` file is also its bare size (``mamba_medium_lite.py`` is ``medium-lite``,
+    the documents' names for the Mamba sizes)."""
+    sizes = {}
+    for path in config_files():
+        name = path.stem.replace("_", "-")
+        sizes[name] = path
+        if name.startswith("mamba-"):
+            sizes[name.removeprefix("mamba-")] = path
+    return sizes
+
+
+def model_size_config(name: str) -> Path:
+    """The config file of a model size name (``hybrid-small``; underscores and capitals work too)."""
+    sizes = model_sizes()
+    key = name.strip().lower().replace("_", "-")
+    if key not in sizes:
+        names = [size for size in sizes if not size.startswith("mamba-")]
+        raise ConfigError(f"unknown --model_size '{name}'; choose one of {', '.join(names)}")
+    return sizes[key]
+
+
 def load_config_file(path: str | Path) -> Config:
     """Run ``get_config()`` from a Python config file; its stem becomes the default run name."""
     path = Path(path)

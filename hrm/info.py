@@ -137,11 +137,17 @@ def main(argv: list[str]) -> None:
     parser = ArgumentParser(prog="python -m hrm.info", description=__doc__.splitlines()[0])
     add_config_source(parser)
     args, extra = parser.parse_known_args(argv)
-    from hrm.train import build_config, model_size_config, parse_overrides
+    from hrm.config import model_size_config
+    from hrm.train import build_config, parse_overrides
     config_path = str(args.config or model_size_config(args.model_size))
     config = build_config(config_path, parse_overrides(extra))
     print(describe(config, config_path))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml [project.scripts])."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

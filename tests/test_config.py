@@ -51,3 +51,28 @@ def test_cli_config_errors_are_one_line_with_exit_code_2():
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr
     missing = run_module("hrm.train", "--config", "configs/missing.py", check=False)
     assert missing.returncode == 2 and "configs/missing.py' not found" in missing.stderr
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
+    """A regular (non-editable) install has no checkout beside it: ``--model_size`` must find the configs the
+    wheel installs as ``hrm.configs``, and the console scripts must be declared."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "wheel", ROOT],
+                   check=True, capture_output=True, timeout=300)
+    wheel, = (tmp_path / "wheel").glob("hrm-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert (site / "hrm/configs/hybrid_small.py").is_file() and not (site / "configs").exists()
+    entry_points = next(site.glob("hrm-*.dist-info/entry_points.txt")).read_text()
+    assert "hrm-train = hrm.train:cli" in entry_points and "hrm-sample = hrm.sample:cli" in entry_points
+    env = {**os.environ, "PYTHONPATH": str(site), "JAX_PLATFORMS": "cpu"}
+    script = "import hrm.info, sys; print(hrm.info.__file__); sys.argv[1:] = ['--model_size', 'hybrid-small']; " \
+             "hrm.info.cli()"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(str(site)) and "documented size: 75.00M" in result.stdout
