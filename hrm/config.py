@@ -15,8 +15,10 @@ import types
 import typing
 from pathlib import Path
 
+from hrm.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A configuration problem the user can fix; the message is one line naming it."""
 
 

@@ -58,10 +58,13 @@ def test_an_installed_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
     """A regular (non-editable) install has no checkout beside it: ``--model_size`` must find the configs the
     wheel installs as ``hrm.configs``, and the console scripts must be declared."""
     import os
+    import shutil
     import subprocess
     import sys
     import zipfile
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "wheel", ROOT],
+    source = tmp_path / "source"                                # setuptools builds in-tree: keep the checkout clean
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "build", "runs"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "wheel", source],
                    check=True, capture_output=True, timeout=300)
     wheel, = (tmp_path / "wheel").glob("hrm-*.whl")
     site = tmp_path / "site"

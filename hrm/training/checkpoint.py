@@ -17,12 +17,13 @@ import jax
 import orbax.checkpoint as ocp
 
 from hrm.config import Config
+from hrm.errors import UserError
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A missing or unusable checkpoint; the message is one line naming it and the fix."""
 
 

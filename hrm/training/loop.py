@@ -16,6 +16,7 @@ import kernels
 from hrm.config import DEFAULT_SAFETY_MARGIN_MB, Config, ConfigError, resolve_config
 from hrm.data import (check_data_fingerprint, data_fingerprint, eval_batches, packing_efficiency, packing_summary,
                       split_batch, tokenized_corpus, training_batches)
+from hrm.errors import UserError
 from hrm.tokenizer import get_tokenizer
 from hrm.training import checkpoint, memory
 from hrm.training.evaluation import held_out_loss
@@ -23,8 +24,10 @@ from hrm.training.metrics import MetricsWriter
 from hrm.training.state import init_train_state, make_train_step, next_token_loss
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError):
     """Training cannot go on (e.g. the loss diverged); the message names the cause and the fix."""
+
+    exit_code = 1
 
 
 def check_same_run(run_dir: Path, config: Config) -> None:
