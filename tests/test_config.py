@@ -30,8 +30,23 @@ def test_bad_overrides_name_the_key(key, value, message):
                                        ("model.dtype", "float8"), ("model.scan_backend", "cuda")])
 def test_impossible_values_are_rejected(key, value):
     config = Config()
-    apply_override(config, key, value)
     with pytest.raises(ConfigError, match=key):
+        apply_override(config, key, value)          # a choice outside its Literal fails here, a size in validate
+        validate(config)
+
+
+def test_choices_and_scales_parse_once_wherever_they_come_from():
+    config = Config()
+    apply_override(config, "model.attention_scales", "1,4")
+    assert config.model.attention_scales == (1, 4)
+    assert Config.from_dict({"model": {"attention_scales": [2, 8], "remat": "block"}}).model.attention_scales == (2, 8)
+    with pytest.raises(ConfigError, match="'model.remat' must be one of none, block, dots_saveable"):
+        apply_override(config, "model.remat", "everything")
+    config.model.attention_scales, config.model.dtype = "1,2", "bfloat16"     # as a Python config file may set them
+    validate(config)
+    assert config.model.attention_scales == (1, 2)
+    config.model.family = "transformer"
+    with pytest.raises(ConfigError, match="'model.family' must be one of mamba, hybrid_recursive"):
         validate(config)
 
 

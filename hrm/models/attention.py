@@ -49,10 +49,6 @@ class KVCache(NamedTuple):
     pos: jax.Array   # (batch,) int32: positions written so far
 
 
-def parse_scales(text: str) -> tuple[int, ...]:
-    return tuple(int(s) for s in text.split(","))
-
-
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     """Rotary embedding of x (batch, length, heads, head_dim) at positions (batch, length)."""
     half = x.shape[-1] // 2

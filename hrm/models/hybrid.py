@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hrm.config import ModelConfig
-from hrm.models.attention import MLP, MultiScaleAttention, parse_scales
+from hrm.models.attention import MLP, MultiScaleAttention
 from hrm.models.lm import LanguageModel, ResidualBlock, Work, residual_dtype
 from hrm.models.mamba import Mamba
 from hrm.models.recursive import RecursiveProcessor
@@ -30,7 +30,7 @@ class HybridRecursiveLayer(nnx.Module):
         self.mamba = Mamba(cfg, rngs=rngs)
         self.recursive = RecursiveProcessor(cfg, rngs=rngs)
         self.attn_norm = norm()
-        self.attention = MultiScaleAttention(cfg, parse_scales(cfg.attention_scales), rngs=rngs)
+        self.attention = MultiScaleAttention(cfg, cfg.attention_scales, rngs=rngs)
         self.fuse = nnx.Linear(2 * cfg.d_model, cfg.d_model, use_bias=False, dtype=dtype, rngs=rngs)
         self.fuse_norm = norm()
         self.alpha = nnx.Param(jnp.full((), 0.1, jnp.float32))
@@ -59,9 +59,9 @@ class HybridRecursiveLM(LanguageModel):
 
     @staticmethod
     def work(cfg: ModelConfig) -> Work:
-        n, scales = cfg.n_layers, parse_scales(cfg.attention_scales)
+        n, scales = cfg.n_layers, cfg.attention_scales
         return Work(n, f"{n} layers, each Mamba + recursive transform x {cfg.max_recursion_depth} + attention at "
-                       f"scales {cfg.attention_scales}",
+                       f"scales {','.join(map(str, scales))}",
                     {"recursive processor": cfg.max_recursion_depth}, n, n * sum(1 / s for s in scales))
 
 
