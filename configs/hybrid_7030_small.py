@@ -1,6 +1,6 @@
-"""hybrid_7030_small: hybrid Mamba/attention 70/30: hidden 512, 8 layers (5 Mamba, then 3 attention), context 1024 (seed 004).
+"""hybrid_7030_small: hybrid Mamba/attention 70/30: hidden 512, 8 layers (5 Mamba, then 3 attention), context 1024 (docs/MODELS.md).
 
-Documents: ~100M (seed 004, 'configurable'); ours: 43.7M (0.44x). Seed 004's stated dimensions (d 512,
+Documents: ~100M ('configurable', docs/MODELS.md); ours: 43.7M (0.44x). The source's stated dimensions (d 512,
 5 Mamba + 3 attention/MLP layers) give ~16M in the blocks + ~16M in its 32K embedding, ~33M. hrm ships no 32K
 tokenizer, so this config uses GPT-2 BPE (+9M embedding parameters). 'Attention late' is read as the pattern
 MMMMMAAA; 8 heads of 64.
@@ -9,7 +9,7 @@ MMMMMAAA; 8 heads of 64.
 from hrm.config import ModelConfig, documented_size_config
 
 DOCUMENTED_PARAMS = 100_000_000
-DOCUMENTED_SOURCE = "seed 004, '~100M (configurable)'"
+DOCUMENTED_SOURCE = "docs/MODELS.md, documented sizes: '~100M (configurable)'"
 
 
 def get_config():

@@ -1,16 +1,16 @@
-"""hybrid_amam_1b: hybrid Mamba/attention 'AMAMAMAMAMAMAMAM': hidden 1024, 16 layers, 16 heads, d_state 48 (seed 003).
+"""hybrid_amam_1b: hybrid Mamba/attention 'AMAMAMAMAMAMAMAM': hidden 1024, 16 layers, 16 heads, d_state 48 (docs/MODELS.md).
 
-Documents: ~1B (seed 003); ours: 207.1M (0.21x). Seed 003's own dimensions cannot give 1B: 8 Mamba blocks
+Documents: ~1B (docs/MODELS.md); ours: 207.1M (0.21x). The source's own dimensions cannot give 1B: 8 Mamba blocks
 (d_state 48) + 8 attention layers with a 4x MLP (12 d^2 each) at d 1024 and a tied embedding are ~0.2B
-(1B at 16 layers would need d ~2300). Seed 003 uses the SmolLM tokenizer (49,152 tokens), which hrm does not
-ship; GPT-2 BPE adds 1M parameters. Training as seed 003: 30k steps, lr 3e-4 cosine, 3000 warmup, batch 64
+(1B at 16 layers would need d ~2300). The source uses the SmolLM tokenizer (49,152 tokens), which hrm does not
+ship; GPT-2 BPE adds 1M parameters. Training as the source: 30k steps, lr 3e-4 cosine, 3000 warmup, batch 64
 (16 x 2 GPUs x 2 accumulation; here 16 x 4 accumulation on one GPU), sequences of 512.
 """
 
 from hrm.config import ModelConfig, documented_size_config
 
 DOCUMENTED_PARAMS = 1_000_000_000
-DOCUMENTED_SOURCE = "seed 003, '~1B parameters'"
+DOCUMENTED_SOURCE = "docs/MODELS.md, documented sizes: '~1B parameters'"
 
 
 def get_config():

@@ -1,6 +1,6 @@
-"""hybrid_small: hybrid recursive Mamba 'hybrid-small': d_model 512, 8 layers, recursion depth 3 (seeds 000/002).
+"""hybrid_small: hybrid recursive Mamba 'hybrid-small': d_model 512, 8 layers, recursion depth 3 (docs/MODELS.md).
 
-Documents: ~75M (seed 002 model table, 'hybrid-small'); ours: 68.7M (0.92x).
+Documents: ~75M (docs/MODELS.md, documented sizes, 'hybrid-small'); ours: 68.7M (0.92x).
 A layer stores ~20 d^2 (Mamba 6, the shared recursive MLP 8 - applied 3x, stored once - attention 4,
 fusion 2) plus the tied GPT-2 embedding; the documents estimate '1.5x a standard Mamba' and round up.
 docs/MODELS.md itemises every size; ``python -m hrm.info --config configs/hybrid_small.py`` counts per component.
@@ -9,7 +9,7 @@ docs/MODELS.md itemises every size; ``python -m hrm.info --config configs/hybrid
 from hrm.config import ModelConfig, documented_size_config
 
 DOCUMENTED_PARAMS = 75_000_000
-DOCUMENTED_SOURCE = "seed 002 model table, 'hybrid-small'"
+DOCUMENTED_SOURCE = "docs/MODELS.md, documented sizes, 'hybrid-small'"
 
 
 def get_config():

@@ -1,6 +1,6 @@
-"""mamba_large_lite: standard Mamba 'large-lite': d_model 896, 14 layers (seed 002 model table).
+"""mamba_large_lite: standard Mamba 'large-lite': d_model 896, 14 layers (docs/MODELS.md, documented sizes).
 
-Documents: ~300M (seed 002 model table, 'large-lite'); ours: 116.7M (0.39x).
+Documents: ~300M (docs/MODELS.md, documented sizes, 'large-lite'); ours: 116.7M (0.39x).
 The table rounds its rule of thumb d^2 x layers x 8 + vocab x d (134.9M here) up generously;
 ours is the exact count of reference Mamba-1 blocks (expand 2, d_state 16) with a tied GPT-2 embedding.
 docs/MODELS.md itemises every size; ``python -m hrm.info --config configs/mamba_large_lite.py`` counts per component.
@@ -9,7 +9,7 @@ docs/MODELS.md itemises every size; ``python -m hrm.info --config configs/mamba_
 from hrm.config import ModelConfig, documented_size_config
 
 DOCUMENTED_PARAMS = 300_000_000
-DOCUMENTED_SOURCE = "seed 002 model table, 'large-lite'"
+DOCUMENTED_SOURCE = "docs/MODELS.md, documented sizes, 'large-lite'"
 
 
 def get_config():

@@ -1,6 +1,6 @@
-"""mamba_large_plus: standard Mamba 'large-plus': d_model 960, 15 layers (seed 002 model table).
+"""mamba_large_plus: standard Mamba 'large-plus': d_model 960, 15 layers (docs/MODELS.md, documented sizes).
 
-Documents: ~400M (seed 002 model table, 'large-plus'); ours: 136.3M (0.34x).
+Documents: ~400M (docs/MODELS.md, documented sizes, 'large-plus'); ours: 136.3M (0.34x).
 The table rounds its rule of thumb d^2 x layers x 8 + vocab x d (158.8M here) up generously;
 ours is the exact count of reference Mamba-1 blocks (expand 2, d_state 16) with a tied GPT-2 embedding.
 docs/MODELS.md itemises every size; ``python -m hrm.info --config configs/mamba_large_plus.py`` counts per component.
@@ -9,7 +9,7 @@ docs/MODELS.md itemises every size; ``python -m hrm.info --config configs/mamba_
 from hrm.config import ModelConfig, documented_size_config
 
 DOCUMENTED_PARAMS = 400_000_000
-DOCUMENTED_SOURCE = "seed 002 model table, 'large-plus'"
+DOCUMENTED_SOURCE = "docs/MODELS.md, documented sizes, 'large-plus'"
 
 
 def get_config():

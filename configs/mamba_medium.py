@@ -1,6 +1,6 @@
-"""mamba_medium: standard Mamba 'medium': d_model 768, 12 layers (seed 002 model table).
+"""mamba_medium: standard Mamba 'medium': d_model 768, 12 layers (docs/MODELS.md, documented sizes).
 
-Documents: ~200M (seed 002 model table, 'medium'); ours: 83.9M (0.42x).
+Documents: ~200M (docs/MODELS.md, documented sizes, 'medium'); ours: 83.9M (0.42x).
 The table rounds its rule of thumb d^2 x layers x 8 + vocab x d (95.2M here) up generously;
 ours is the exact count of reference Mamba-1 blocks (expand 2, d_state 16) with a tied GPT-2 embedding.
 docs/MODELS.md itemises every size; ``python -m hrm.info --config configs/mamba_medium.py`` counts per component.
@@ -9,7 +9,7 @@ docs/MODELS.md itemises every size; ``python -m hrm.info --config configs/mamba_
 from hrm.config import ModelConfig, documented_size_config
 
 DOCUMENTED_PARAMS = 200_000_000
-DOCUMENTED_SOURCE = "seed 002 model table, 'medium'"
+DOCUMENTED_SOURCE = "docs/MODELS.md, documented sizes, 'medium'"
 
 
 def get_config():

@@ -1,15 +1,15 @@
-"""recursive_48x5: recursive state space: 48 physical Mamba blocks x 5 depths = 240 effective layers (seed 001).
+"""recursive_48x5: recursive state space: 48 physical Mamba blocks x 5 depths = 240 effective layers (docs/MODELS.md).
 
 Documents: no parameter count; ours: 65.6M. 48 Mamba blocks of d 384 (d_state 16) stored once, per-depth
-scale/shift adapters (5 x 2 x 384) and rank-8 adapters (5 x 2 x 384 x 8), and the tied GPT-2 embedding (seed 001
-uses GPT2TokenizerFast). Remat every 8 blocks (the seed's --checkpoint_segments 8). Seed 001 trains with batch
+scale/shift adapters (5 x 2 x 384) and rank-8 adapters (5 x 2 x 384 x 8), and the tied GPT-2 embedding (the source
+uses GPT2TokenizerFast). Remat every 8 blocks (the source's --checkpoint_segments 8). The source trains with batch
 1 x 16 accumulation at lr 3e-4 on sequences of 256, as this config does.
 """
 
 from hrm.config import ModelConfig, documented_size_config
 
 DOCUMENTED_PARAMS = None
-DOCUMENTED_SOURCE = "seed 001 gives no parameter count"
+DOCUMENTED_SOURCE = "the 48 x 5 source gives no parameter count (docs/MODELS.md)"
 
 
 def get_config():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hrm.config import ConfigError
+from hrm.errors import UserError
 
 
-class UsageError(ValueError):
+class UsageError(UserError):
     """Bad command-line input; reported as one line."""
 
 
@@ -28,20 +28,12 @@ def add_config_source(parser: argparse.ArgumentParser):
     return source
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    from hrm.data import DataError
-    from hrm.training.checkpoint import CheckpointError
-    from hrm.tokenizer import TokenizerError
-    from hrm.training.loop import TrainingError
-    from kernels import BackendUnavailable
-    return (ConfigError, UsageError, DataError, CheckpointError, TrainingError, TokenizerError, BackendUnavailable)
-
-
 def run_main(main, argv=None) -> None:
-    """Call ``main(argv)``; user errors print ``error: ...`` on one line and exit 2 (1 for training)."""
+    """Call ``main(argv)``; a ``UserError`` (or a scan backend that cannot run here) prints ``error: ...`` on one
+    line and exits with its code (2; 1 for training that cannot go on)."""
+    from kernels import BackendUnavailable   # kernels/ stays free of hrm imports, so its error is not a UserError
     try:
         main(sys.argv[1:] if argv is None else argv)
-    except user_errors() as error:
+    except (UserError, BackendUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
-        from hrm.training.loop import TrainingError
-        sys.exit(1 if isinstance(error, TrainingError) else 2)
+        sys.exit(getattr(error, "exit_code", 2))

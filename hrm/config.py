@@ -14,15 +14,26 @@ import json
 import types
 import typing
 from pathlib import Path
+from typing import Literal
+
+from hrm.errors import UserError
+from kernels import BACKENDS
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration problem the user can fix; the message is one line naming it."""
+
+
+Family = Literal["mamba", "hybrid_recursive", "recursive_ssm", "hybrid_pattern"]    # hrm.models.FAMILIES
+Dtype = Literal["float32", "bfloat16"]
+ScanBackend = Literal[BACKENDS]                                   # kernels.selective_scan's backends
+# model.remat: what each layer keeps for the backward pass (hrm.models.lm.REMAT_POLICIES maps them to jax's).
+Remat = Literal["none", "block", "dots_saveable", "dots_with_no_batch_dims_saveable"]
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    family: str = "mamba"
+    family: Family = "mamba"
     d_model: int = 256
     n_layers: int = 4
     d_state: int = 16
@@ -39,12 +50,13 @@ class ModelConfig:
     tie_embeddings: bool = True
     rescale_prenorm_residual: bool = True
     residual_in_fp32: bool = True
-    dtype: str = "float32"        # compute dtype; parameters stay float32
-    scan_backend: str = "auto"
+    dtype: Dtype = "float32"      # compute dtype; parameters stay float32
+    scan_backend: ScanBackend = "auto"
     # --- attention (hybrid_recursive's hierarchical attention, hybrid_pattern's "A" layers) ---
     n_heads: int = 4               # attention heads; d_model must be a multiple
     rope_theta: float = 10000.0    # RoPE base
-    attention_scales: str = "1,2,4"  # hybrid_recursive: pooling factors of the multi-scale attention
+    attention_scales: tuple[int, ...] = (1, 2, 4)  # hybrid_recursive: pooling factors of the multi-scale attention
+                                                   # (on the command line and in JSON also "1,2,4")
     max_cache_len: int = 2048      # KV-cache positions for decoding (prompt + generated tokens must fit)
     mlp_ratio: int = 4             # hidden width / d_model of the MLPs (attention layers, recursive transform)
     # --- hybrid_recursive (seeds 000/002) ---
@@ -59,7 +71,7 @@ class ModelConfig:
     adapter_rank: int = 0          # per-depth low-rank adapter rank (per-depth scale/shift always present)
     checkpoint_segments: int = 1   # recursive_ssm: blocks per remat segment (when remat is not "none")
     # --- memory ---
-    remat: str = "none"            # rematerialise each layer in the backward pass: "none", "block" (keep only
+    remat: Remat = "none"          # rematerialise each layer in the backward pass: "none", "block" (keep only
                                    # its input) or a jax.checkpoint_policies name (dots_with_no_batch_dims_saveable)
 
 
@@ -131,8 +143,6 @@ TRAINING_PRESETS = {
 }
 GPT2_VOCAB = 50264  # GPT-2 BPE's 50257 tokens padded to a multiple of 8
 DEFAULT_SAFETY_MARGIN_MB = 2048   # --vram_safety_margin: device memory (MB) kept free when sizing the batch
-# model.remat: what each layer keeps for the backward pass (hrm.models.lm.REMAT_POLICIES maps them to jax's).
-REMAT_CHOICES = ("none", "block", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 
 def documented_size_config(model: ModelConfig, *, seq_len: int = 2048, batch_size: int = 32,
@@ -176,8 +186,19 @@ def _unknown_key(key: str, known: list[str]) -> str:
     return f"unknown config key '{key}'{hint}"
 
 
-def _coerce(key: str, kind: type, value):
-    """Parse ``value`` (a string from the command line, or a JSON value) as ``kind``."""
+def _coerce(key: str, kind, value):
+    """Parse ``value`` (a string from the command line, or a JSON value) as ``kind``: the one parse of every
+    config field, choices (``Literal``) and integer tuples ("1,2,4" or a list) included."""
+    if typing.get_origin(kind) is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {value!r}")
+        return value
+    if typing.get_origin(kind) is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"config key '{key}' expects integers such as '1,2,4', got {value!r}")
+        return tuple(_coerce(key, int, item) for item in items)
     if isinstance(value, str) and kind is not str:
         text = value.strip()
         if kind is bool:
@@ -222,6 +243,44 @@ def apply_override(config: Config, key: str, value: str) -> None:
     setattr(target, leaf, _coerce(key, kind, value))
 
 
+def config_dir() -> Path:
+    """The shipped config files: ``configs/`` of a source checkout, else the installed ``hrm.configs`` package
+    (pyproject.toml maps it onto ``configs/``)."""
+    checkout = Path(__file__).resolve().parents[1] / "configs"
+    if checkout.is_dir():
+        return checkout
+    from importlib.resources import files
+    return Path(str(files("hrm.configs")))
+
+
+def config_files() -> list[Path]:
+    """Every shipped config file, sorted by name."""
+    return sorted(config_dir().glob("[!_]*.py"))
+
+
+def model_sizes() -> dict[str, Path]:
+    """``--model_size`` names → config files, derived from the file names: ``hybrid_small.py`` is
+    ``hybrid-small``, and a ``mamba_*`` file is also its bare size (``mamba_medium_lite.py`` is ``medium-lite``,
+    the documents' names for the Mamba sizes)."""
+    sizes = {}
+    for path in config_files():
+        name = path.stem.replace("_", "-")
+        sizes[name] = path
+        if name.startswith("mamba-"):
+            sizes[name.removeprefix("mamba-")] = path
+    return sizes
+
+
+def model_size_config(name: str) -> Path:
+    """The config file of a model size name (``hybrid-small``; underscores and capitals work too)."""
+    sizes = model_sizes()
+    key = name.strip().lower().replace("_", "-")
+    if key not in sizes:
+        names = [size for size in sizes if not size.startswith("mamba-")]
+        raise ConfigError(f"unknown --model_size '{name}'; choose one of {', '.join(names)}")
+    return sizes[key]
+
+
 def load_config_file(path: str | Path) -> Config:
     """Run ``get_config()`` from a Python config file; its stem becomes the default run name."""
     path = Path(path)
@@ -253,9 +312,15 @@ def resolve_config(config: Config) -> Config:
     return config
 
 
+_SECTIONS = {ModelConfig: "model", DataConfig: "data", TrainConfig: "train"}
+
+
 def validate(config: Config) -> None:
     """Reject impossible sizes and settings before any work starts."""
     m, d, t = config.model, config.data, config.train
+    for section in (m, d, t):       # fields set in Python (config files) get the command line's parse
+        for name, kind in typing.get_type_hints(type(section)).items():
+            setattr(section, name, _coerce(f"{_SECTIONS[type(section)]}.{name}", kind, getattr(section, name)))
     positive = {"model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.d_state": m.d_state,
                 "model.d_conv": m.d_conv, "model.expand": m.expand, "data.seq_len": d.seq_len,
                 "data.num_threads": d.num_threads, "train.steps": t.steps, "train.batch_size": t.batch_size,
@@ -280,15 +345,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"config key 'data.eval_fraction' must be in [0, 1), got {d.eval_fraction}")
     if t.eval_every < 0 or t.eval_batches < 0:
         raise ConfigError("config keys 'train.eval_every' and 'train.eval_batches' must be >= 0")
-    if m.dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"config key 'model.dtype' must be float32 or bfloat16, got {m.dtype!r}")
     if m.vocab_size < 0 or m.dt_rank < 0:
         raise ConfigError("config keys 'model.vocab_size' and 'model.dt_rank' must be >= 0 (0 = automatic)")
     _validate_families(m)
-    from kernels import BACKENDS
-    if m.scan_backend not in BACKENDS:
-        raise ConfigError(f"config key 'model.scan_backend' must be one of {', '.join(BACKENDS)}, "
-                          f"got {m.scan_backend!r}")
 
 
 def _validate_families(m: ModelConfig) -> None:
@@ -297,8 +356,6 @@ def _validate_families(m: ModelConfig) -> None:
                 "checkpoint_segments"):
         if getattr(m, key) <= 0:
             raise ConfigError(f"config key 'model.{key}' must be positive, got {getattr(m, key)}")
-    if m.remat not in REMAT_CHOICES:
-        raise ConfigError(f"config key 'model.remat' must be one of {', '.join(REMAT_CHOICES)}, got {m.remat!r}")
     for key in ("adapter_rank", "gate_reg_weight"):
         if getattr(m, key) < 0:
             raise ConfigError(f"config key 'model.{key}' must be >= 0, got {getattr(m, key)}")
@@ -310,10 +367,7 @@ def _validate_families(m: ModelConfig) -> None:
     if uses_attention and (m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2):
         raise ConfigError(f"config key 'model.n_heads' ({m.n_heads}) must divide d_model ({m.d_model}) "
                           f"into even head sizes")
-    try:
-        scales = [int(s) for s in m.attention_scales.split(",")]
-    except ValueError:
-        scales = []
+    scales = m.attention_scales
     if not scales or any(s <= 0 for s in scales) or len(set(scales)) != len(scales):
         raise ConfigError(f"config key 'model.attention_scales' must be distinct positive integers such as "
                           f"'1,2,4', got {m.attention_scales!r}")

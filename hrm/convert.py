@@ -42,5 +42,10 @@ def main(argv: list[str]) -> None:
           f"python -m hrm.train --init_from {out} --data_dir DIR --output_dir NEW_RUN")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml [project.scripts])."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

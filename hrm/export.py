@@ -40,5 +40,10 @@ def main(argv: list[str]) -> None:
     print(f"wrote {out} (transformers MambaForCausalLM, step {model.step}) {note}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml [project.scripts])."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

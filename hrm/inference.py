@@ -10,8 +10,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hrm.errors import UserError
 
-class SamplingError(ValueError):
+
+class SamplingError(UserError):
     """Impossible sampling settings; the message names the setting."""
 
 

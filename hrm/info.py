@@ -55,44 +55,25 @@ def parameter_table(cfg) -> dict[str, int]:
 
 
 def effective_depth(cfg) -> tuple[int, str]:
-    if cfg.family == "recursive_ssm":
-        return cfg.n_layers * cfg.recurrent_depth, (f"{cfg.n_layers} physical blocks x {cfg.recurrent_depth} "
-                                                    f"depths = {cfg.n_layers * cfg.recurrent_depth} layers")
-    if cfg.family == "hybrid_recursive":
-        return cfg.n_layers, (f"{cfg.n_layers} layers, each Mamba + recursive transform x "
-                              f"{cfg.max_recursion_depth} + attention at scales {cfg.attention_scales}")
-    if cfg.family == "hybrid_pattern":
-        return cfg.n_layers, (f"{cfg.n_layers} layers '{cfg.layer_pattern}' ({cfg.layer_pattern.count('M')} Mamba, "
-                              f"{cfg.layer_pattern.count('A')} attention)")
-    return cfg.n_layers, f"{cfg.n_layers} Mamba layers"
+    """Effective layers and what makes them up (the family's ``work``)."""
+    from hrm.models import FAMILIES
+    work = FAMILIES[cfg.family].work(cfg)
+    return work.depth, work.description
 
 
 def flops_per_token(cfg, counts: dict[str, int], context: int) -> int:
-    """Forward FLOPs per token: 2 x weights applied (shared weights once per application), the tied head,
-    attention scores/values over an average causal context of ``context / 2`` (scale ``s`` attends only
-    its ``1/s`` pooled keys, hrm/models/attention.py: 1.75x one attention at scales 1,2,4), and the
-    selective scan (~9 x d_inner x d_state per Mamba application). Model FLOPs: the blocked kernel also
+    """Forward FLOPs per token: 2 x weights applied (shared weights once per application, the family's
+    ``work``), the tied head, attention scores/values over an average causal context of ``context / 2`` (scale
+    ``s`` attends only its ``1/s`` pooled keys, hrm/models/attention.py: 1.75x one attention at scales 1,2,4),
+    and the selective scan (~9 x d_inner x d_state per Mamba application). Model FLOPs: the blocked kernel also
     computes the masked half of each diagonal block, about ``BLOCK_SIZE / 2`` more keys per query."""
-    from hrm.models.attention import parse_scales
-    d, di, n = cfg.d_model, cfg.expand * cfg.d_model, cfg.d_state
-    applied = dict(counts)
-    applied.pop("embedding (tied head)", None)
-    total = 2 * d * cfg.vocab_size
-    mamba_apps = cfg.n_layers
-    attn_terms = 0.0
-    if cfg.family == "recursive_ssm":
-        applied["mamba"] = counts.get("mamba", 0) * cfg.recurrent_depth
-        mamba_apps = cfg.n_layers * cfg.recurrent_depth
-    elif cfg.family == "hybrid_recursive":
-        applied["recursive processor"] = counts.get("recursive processor", 0) * cfg.max_recursion_depth
-        attn_terms = cfg.n_layers * sum(1 / s for s in parse_scales(cfg.attention_scales))
-    elif cfg.family == "hybrid_pattern":
-        mamba_apps = cfg.layer_pattern.count("M")
-        attn_terms = cfg.layer_pattern.count("A")
-    total += 2 * sum(applied.values())
-    total += int(4 * d * (context / 2) * attn_terms)
-    total += 9 * di * n * mamba_apps
-    return int(total)
+    from hrm.models import FAMILIES
+    work = FAMILIES[cfg.family].work(cfg)
+    applied = sum(count * work.weight_reuse.get(name, 1) for name, count in counts.items()
+                  if name != "embedding (tied head)")
+    d_inner = cfg.expand * cfg.d_model
+    return int(2 * cfg.d_model * cfg.vocab_size + 2 * applied + 4 * cfg.d_model * (context / 2) * work.attention
+               + 9 * d_inner * cfg.d_state * work.scans)
 
 
 def documented(config_path: str) -> tuple[int | None, str]:
@@ -137,11 +118,17 @@ def main(argv: list[str]) -> None:
     parser = ArgumentParser(prog="python -m hrm.info", description=__doc__.splitlines()[0])
     add_config_source(parser)
     args, extra = parser.parse_known_args(argv)
-    from hrm.train import build_config, model_size_config, parse_overrides
+    from hrm.config import model_size_config
+    from hrm.train import build_config, parse_overrides
     config_path = str(args.config or model_size_config(args.model_size))
     config = build_config(config_path, parse_overrides(extra))
     print(describe(config, config_path))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml [project.scripts])."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -90,7 +90,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seq_len", type=int, help="tokens per row (data.seq_len)")
     parser.add_argument("--json", action="store_true", help="end with one JSON object per config")
     args, extra = parser.parse_known_args(argv)
-    from hrm.train import CONFIG_DIR, build_config, model_size_config, parse_overrides
+    from hrm.config import config_dir, model_size_config
+    from hrm.train import build_config, parse_overrides
     overrides = parse_overrides(extra)
     for flag, key in (("batch_size", "train.batch_size"), ("accumulation_steps", "train.accumulation_steps"),
                       ("seq_len", "data.seq_len")):
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> None:
         raise UsageError(f"--vram_safety_margin must be >= 0 MB, got {args.vram_safety_margin}")
     vram = parse_vram(args.vram) if args.vram else None
     if args.test_all:
-        paths = [CONFIG_DIR / f"{name}.py" for name in DOCUMENTED_VRAM_GB]
+        paths = [config_dir() / f"{name}.py" for name in DOCUMENTED_VRAM_GB]
     else:
         paths = [args.config or model_size_config(args.model_size)]
     records = []
@@ -118,5 +119,10 @@ def main(argv: list[str]) -> None:
             print(json.dumps(record))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml [project.scripts])."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

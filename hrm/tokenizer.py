@@ -20,6 +20,8 @@ from pathlib import Path
 
 import tiktoken
 
+from hrm.errors import UserError
+
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 
@@ -57,7 +59,7 @@ OFFLINE = ("byte", "cl100k_base", "a path to a .tiktoken file")
 DOWNLOADED = ("gpt2", "r50k_base", "o200k_base")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
     """A tokenizer that cannot be loaded; the message names the offline choices."""
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hrm.cli import ArgumentParser, UsageError, add_config_source, run_main
-from hrm.config import DEFAULT_SAFETY_MARGIN_MB, TRAINING_PRESETS, Config, apply_override, load_config_file
+from hrm.config import (DEFAULT_SAFETY_MARGIN_MB, TRAINING_PRESETS, Config, apply_override, load_config_file,
+                        model_size_config)
 
 OVERRIDE_PREFIX = "--config."
 DATA_FLAGS = {  # the user's documents' data flags, shorthands for --config.data.<flag>
@@ -41,27 +42,6 @@ def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
         pairs.append((key, value))
         i += 1
     return pairs
-
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-# The documents' --model_size names (seed 002's table, seeds 001/003/004) → config files in configs/.
-MODEL_SIZES = {
-    **{name: f"mamba_{name.replace('-', '_')}" for name in (
-        "small", "medium-lite", "medium-plus", "medium-x", "medium", "medium-extra", "large-lite", "large-plus",
-        "large", "xlarge", "xxlarge")},
-    **{name: name.replace("-", "_") for name in (
-        "hybrid-small", "hybrid-small-mini", "hybrid-small-standard", "hybrid-small-plus", "hybrid-small-pro",
-        "hybrid-medium", "hybrid-large", "recursive-48x5", "hybrid-amam-1b", "hybrid-7030-small",
-        "tiny", "tiny-hybrid", "tiny-recursive", "tiny-pattern")},
-}
-
-
-def model_size_config(name: str) -> Path:
-    """The config file for a documents' model size name (``hybrid-small``; underscores work too)."""
-    key = name.strip().lower().replace("_", "-")
-    if key not in MODEL_SIZES:
-        raise UsageError(f"unknown --model_size '{name}'; choose one of {', '.join(MODEL_SIZES)}")
-    return CONFIG_DIR / f"{MODEL_SIZES[key]}.py"
 
 
 def apply_preset(config: Config, preset: str) -> None:
@@ -158,5 +138,10 @@ def check_distributed_flags(args) -> None:
                          f"{args.num_processes} >= 1, got --process_id {args.process_id}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml [project.scripts])."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,4 +1,11 @@
-"""Public selective-scan API and backend dispatch. Models call only ``selective_scan``."""
+"""Public selective-scan API and backend dispatch. Models call only ``selective_scan``.
+
+The scan is generic over its channels: ``channels`` is the model's d_inner (hrm/models/__init__.py has the
+glossary) and ``state`` its d_state n. ``h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t``, ``y_t = C_t h_t + D u_t``,
+gated by ``silu(z_t)``: Mamba (Gu & Dao 2023) §3.2 and Algorithm 2; the readable definition is
+``kernels/reference.py``, the GPU kernels ``kernels/pallas_scan.py`` (where L, P, S are the padded length,
+channels and state).
+"""
 
 from __future__ import annotations
 

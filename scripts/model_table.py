@@ -8,7 +8,7 @@ Shapes only (``nnx.eval_shape``): nothing is allocated, so the 1B-scale configs 
 import sys
 from pathlib import Path
 
-from hrm.config import load_config_file, resolve_config
+from hrm.config import config_files, load_config_file, resolve_config
 from hrm.info import documented, effective_depth, flops_per_token, human, parameter_table
 
 
@@ -26,7 +26,7 @@ def row(path: Path) -> str:
 
 
 def main(paths: list[str]) -> None:
-    files = [Path(p) for p in paths] or sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+    files = [Path(p) for p in paths] or config_files()
     print("| config | family | d_model | layers | effective depth | parameters (ours) | documents | ours / documents "
           "| forward FLOPs/token |")
     print("|---|---|---|---|---|---|---|---|---|")

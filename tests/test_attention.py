@@ -12,8 +12,8 @@ import pytest
 from flax import nnx
 
 from hrm.config import ModelConfig
-from hrm.models.attention import (BLOCK_SIZE, NEVER, MultiScaleAttention, pool_windows,
-                                  positions_in_segment, rope)
+from hrm.models.attention import BLOCK_SIZE, NEVER, MultiScaleAttention, pool_windows, rope
+from hrm.models.segments import positions_in_segment
 
 CFG = ModelConfig(family="hybrid_recursive", d_model=32, n_layers=1, d_state=8, n_heads=4, max_cache_len=48)
 

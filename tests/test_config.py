@@ -30,8 +30,23 @@ def test_bad_overrides_name_the_key(key, value, message):
                                        ("model.dtype", "float8"), ("model.scan_backend", "cuda")])
 def test_impossible_values_are_rejected(key, value):
     config = Config()
-    apply_override(config, key, value)
     with pytest.raises(ConfigError, match=key):
+        apply_override(config, key, value)          # a choice outside its Literal fails here, a size in validate
+        validate(config)
+
+
+def test_choices_and_scales_parse_once_wherever_they_come_from():
+    config = Config()
+    apply_override(config, "model.attention_scales", "1,4")
+    assert config.model.attention_scales == (1, 4)
+    assert Config.from_dict({"model": {"attention_scales": [2, 8], "remat": "block"}}).model.attention_scales == (2, 8)
+    with pytest.raises(ConfigError, match="'model.remat' must be one of none, block, dots_saveable"):
+        apply_override(config, "model.remat", "everything")
+    config.model.attention_scales, config.model.dtype = "1,2", "bfloat16"     # as a Python config file may set them
+    validate(config)
+    assert config.model.attention_scales == (1, 2)
+    config.model.family = "transformer"
+    with pytest.raises(ConfigError, match="'model.family' must be one of mamba, hybrid_recursive"):
         validate(config)
 
 
@@ -51,3 +66,31 @@ def test_cli_config_errors_are_one_line_with_exit_code_2():
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr
     missing = run_module("hrm.train", "--config", "configs/missing.py", check=False)
     assert missing.returncode == 2 and "configs/missing.py' not found" in missing.stderr
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
+    """A regular (non-editable) install has no checkout beside it: ``--model_size`` must find the configs the
+    wheel installs as ``hrm.configs``, and the console scripts must be declared."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    source = tmp_path / "source"                                # setuptools builds in-tree: keep the checkout clean
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "build", "runs"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "wheel", source],
+                   check=True, capture_output=True, timeout=300)
+    wheel, = (tmp_path / "wheel").glob("hrm-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert (site / "hrm/configs/hybrid_small.py").is_file() and not (site / "configs").exists()
+    entry_points = next(site.glob("hrm-*.dist-info/entry_points.txt")).read_text()
+    assert "hrm-train = hrm.train:cli" in entry_points and "hrm-sample = hrm.sample:cli" in entry_points
+    env = {**os.environ, "PYTHONPATH": str(site), "JAX_PLATFORMS": "cpu"}
+    script = "import hrm.info, sys; print(hrm.info.__file__); sys.argv[1:] = ['--model_size', 'hybrid-small']; " \
+             "hrm.info.cli()"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(str(site)) and "documented size: 75.00M" in result.stdout

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hrm.config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig, load_config_file, validate
+from hrm.config import (Config, ConfigError, DataConfig, ModelConfig, TrainConfig, config_files, load_config_file,
+                        validate)
 from hrm.inference import Generator
 from hrm.models import build_model, count_params
 from hrm.models.attention import MultiScaleAttention
@@ -32,7 +33,7 @@ SMALL = {
                                   n_heads=4, max_cache_len=64, vocab_size=VOCAB),
 }
 FAMILIES = list(SMALL)
-CONFIG_FILES = sorted((ROOT / "configs").glob("*.py"))
+CONFIG_FILES = config_files()
 _models = {}
 
 
@@ -226,9 +227,13 @@ def test_hrm_info_command_line():
 
 
 def test_model_size_and_training_preset_flags():
-    from hrm.train import MODEL_SIZES, parse_command_line
-    for name in MODEL_SIZES:
-        assert (ROOT / "configs" / f"{MODEL_SIZES[name]}.py").is_file(), name
+    from hrm.config import model_sizes
+    from hrm.train import parse_command_line
+    documented = ["small", "medium-lite", "medium-plus", "medium-x", "medium", "medium-extra", "large-lite",
+                  "large-plus", "large", "xlarge", "xxlarge", "hybrid-small", "hybrid-small-mini",
+                  "hybrid-small-standard", "hybrid-small-plus", "hybrid-small-pro", "hybrid-medium", "hybrid-large",
+                  "recursive-48x5", "hybrid-amam-1b", "hybrid-7030-small"]
+    assert set(documented) <= set(model_sizes()), set(documented) - set(model_sizes())
     config, _ = parse_command_line(["--model_size", "hybrid-small"])
     assert config.model.family == "hybrid_recursive" and config.model.d_model == 512
     assert parse_command_line(["--model_size", "medium"])[0].model.d_model == 768
@@ -251,7 +256,7 @@ def test_choosing_a_tokenizer_makes_the_model_vocab_follow_it():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--model_size", "gigantic"], "unknown --model_size 'gigantic'; choose one of small, medium-lite"),
+    (["--model_size", "gigantic"], "unknown --model_size 'gigantic'; choose one of hybrid-7030-small, hybrid-amam-1b"),
     (["--model_size", "small", "--training_preset", "slow"], "unknown --training_preset 'slow'"),
     (["--model_size", "small", "--config", "configs/tiny.py"], "not allowed with argument"),
     (["--config", "configs/tiny.py", "--config.model.vocab_size=128"],

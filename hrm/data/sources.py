@@ -21,12 +21,14 @@ import sysconfig
 from pathlib import Path
 from typing import Iterator
 
+from hrm.errors import UserError
+
 TEXT_SUFFIXES = (".txt", ".py", ".md", ".json")
 TABLE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 COLUMN_SEPARATOR = "\n\n"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data problem the user can fix; the message is one line naming it."""
 
 

@@ -1,5 +1,16 @@
 """Model families by name. Every model maps (tokens, cache=None, segment_ids=None) → (logits, cache)
-and has ``init_cache(batch)`` for recurrent decoding."""
+and has ``init_cache(batch)`` for recurrent decoding.
+
+Dimension letters used in shape comments throughout ``hrm/models`` (Mamba paper, Gu & Dao 2023, §3 and
+Algorithm 2; state-spaces/mamba ``mamba_ssm/modules/mamba_simple.py``):
+
+  b        batch (rows)                          l   length (tokens in the chunk)
+  d        d_model, the residual stream width    v   vocabulary size
+  d_inner  expand x d, the SSM's channels (``channels`` in ``kernels/``, ``di`` as a local in mamba.py)
+  n        d_state, the SSM state per channel    r   dt_rank, the rank of the Δ projection
+  k        d_conv, the causal conv's width       h   attention heads (head width d / h)
+  s        an attention scale (keys pooled over s tokens)
+"""
 
 from __future__ import annotations
 

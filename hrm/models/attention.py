@@ -36,6 +36,7 @@ from flax import nnx
 
 from hrm.config import ModelConfig
 from hrm.models.mamba import torch_default_init
+from hrm.models.segments import positions_in_segment
 
 NEG_INF = -1e30
 NEVER = jnp.iinfo(jnp.int32).max   # the position of a padding key: no query sees it
@@ -46,10 +47,6 @@ class KVCache(NamedTuple):
     k: jax.Array     # (batch, max_cache_len, heads, head_dim): keys before RoPE
     v: jax.Array     # (batch, max_cache_len, heads, head_dim)
     pos: jax.Array   # (batch,) int32: positions written so far
-
-
-def parse_scales(text: str) -> tuple[int, ...]:
-    return tuple(int(s) for s in text.split(","))
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -67,14 +64,6 @@ def out_init(cfg: ModelConfig):
     if cfg.rescale_prenorm_residual:
         return nnx.initializers.variance_scaling(1 / (3 * cfg.n_layers), "fan_in", "uniform")
     return torch_default_init
-
-
-def positions_in_segment(segment_ids: jax.Array) -> jax.Array:
-    """(batch, length) int32: each position's offset from the start of its packed document."""
-    t = jnp.arange(segment_ids.shape[1], dtype=jnp.int32)
-    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
-                              segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-    return t - jax.lax.cummax(jnp.where(starts, t, 0), axis=1)
 
 
 def pool_windows(keys: jax.Array, values: jax.Array, segment_ids: jax.Array, s: int):

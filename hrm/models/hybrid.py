@@ -9,8 +9,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hrm.config import ModelConfig
-from hrm.models.attention import MLP, MultiScaleAttention, parse_scales
-from hrm.models.lm import LanguageModel, ResidualBlock
+from hrm.models.attention import MLP, MultiScaleAttention
+from hrm.models.lm import LanguageModel, ResidualBlock, Work, residual_dtype
 from hrm.models.mamba import Mamba
 from hrm.models.recursive import RecursiveProcessor
 
@@ -30,11 +30,11 @@ class HybridRecursiveLayer(nnx.Module):
         self.mamba = Mamba(cfg, rngs=rngs)
         self.recursive = RecursiveProcessor(cfg, rngs=rngs)
         self.attn_norm = norm()
-        self.attention = MultiScaleAttention(cfg, parse_scales(cfg.attention_scales), rngs=rngs)
+        self.attention = MultiScaleAttention(cfg, cfg.attention_scales, rngs=rngs)
         self.fuse = nnx.Linear(2 * cfg.d_model, cfg.d_model, use_bias=False, dtype=dtype, rngs=rngs)
         self.fuse_norm = norm()
         self.alpha = nnx.Param(jnp.full((), 0.1, jnp.float32))
-        self.residual_dtype = jnp.float32 if cfg.residual_in_fp32 else dtype
+        self.residual_dtype = residual_dtype(cfg)
 
     def init_cache(self, batch: int):
         return (self.mamba.init_cache(batch), self.recursive.init_cache(batch), self.attention.init_cache(batch))
@@ -56,6 +56,13 @@ class HybridRecursiveLM(LanguageModel):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         super().__init__(cfg, lambda rngs: [HybridRecursiveLayer(cfg, rngs=rngs) for _ in range(cfg.n_layers)],
                          rngs=rngs)
+
+    @staticmethod
+    def work(cfg: ModelConfig) -> Work:
+        n, scales = cfg.n_layers, cfg.attention_scales
+        return Work(n, f"{n} layers, each Mamba + recursive transform x {cfg.max_recursion_depth} + attention at "
+                       f"scales {','.join(map(str, scales))}",
+                    {"recursive processor": cfg.max_recursion_depth}, n, n * sum(1 / s for s in scales))
 
 
 class AttentionLayer(nnx.Module):
@@ -83,3 +90,9 @@ class HybridPatternLM(LanguageModel):
                 return AttentionLayer(cfg, rngs=rngs)
             return ResidualBlock(cfg, Mamba(cfg, rngs=rngs), rngs=rngs)
         super().__init__(cfg, lambda rngs: [make(c, rngs) for c in cfg.layer_pattern], rngs=rngs)
+
+    @staticmethod
+    def work(cfg: ModelConfig) -> Work:
+        mamba, attention = cfg.layer_pattern.count("M"), cfg.layer_pattern.count("A")
+        return Work(cfg.n_layers, f"{cfg.n_layers} layers '{cfg.layer_pattern}' ({mamba} Mamba, {attention} "
+                                  f"attention)", {}, mamba, float(attention))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -23,13 +25,19 @@ def rematerialised(fn, cfg: ModelConfig):
     return nnx.remat(fn, policy=REMAT_POLICIES[cfg.remat])
 
 
+def residual_dtype(cfg: ModelConfig):
+    """The residual stream's dtype: float32 with ``residual_in_fp32`` (as state-spaces/mamba), else the compute
+    dtype."""
+    return jnp.dtype(jnp.float32 if cfg.residual_in_fp32 else cfg.dtype)
+
+
 class ResidualBlock(nnx.Module):
     """x + mixer(RMSNorm(x)); the residual stream stays float32 when ``residual_in_fp32``."""
 
     def __init__(self, cfg: ModelConfig, mixer: nnx.Module, *, rngs: nnx.Rngs):
         self.norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
         self.mixer = mixer
-        self.residual_dtype = jnp.float32 if cfg.residual_in_fp32 else jnp.dtype(cfg.dtype)
+        self.residual_dtype = residual_dtype(cfg)
 
     def init_cache(self, batch: int):
         return self.mixer.init_cache(batch)
@@ -37,6 +45,15 @@ class ResidualBlock(nnx.Module):
     def __call__(self, x, cache=None, segment_ids=None):
         out, cache = self.mixer(self.norm(x), cache, segment_ids=segment_ids)
         return x.astype(self.residual_dtype) + out.astype(self.residual_dtype), cache
+
+
+class Work(NamedTuple):
+    """What one token's forward pass applies, per family (``hrm.info`` counts FLOPs from it)."""
+    depth: int                       # effective layers
+    description: str                 # how they are made up, for a reader
+    weight_reuse: dict[str, int]     # component (hrm.info.component_of) → applications; 1 when absent
+    scans: int                       # selective-scan applications
+    attention: float                 # full-context attention applications (a 1/s-pooled scale counts 1/s)
 
 
 class LanguageModel(nnx.Module):
@@ -58,6 +75,11 @@ class LanguageModel(nnx.Module):
 
     def init_cache(self, batch: int):
         return tuple(layer.init_cache(batch) for layer in self.layers)
+
+    @staticmethod
+    def work(cfg: ModelConfig) -> Work:
+        """The family's per-token work; ``MambaLM``'s here, the other families override it."""
+        return Work(cfg.n_layers, f"{cfg.n_layers} Mamba layers", {}, cfg.n_layers, 0.0)
 
     def __call__(self, tokens: jax.Array, cache=None, segment_ids=None):
         """tokens (batch, length) int → (logits (batch, length, vocab) float32, the updated decode cache).

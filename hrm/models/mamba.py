@@ -16,6 +16,7 @@ from flax import nnx
 
 import kernels
 from hrm.config import ModelConfig
+from hrm.models.segments import document_starts
 
 # PyTorch's default Linear/Conv init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_default_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
@@ -46,14 +47,6 @@ def _dt_bias_init(cfg: ModelConfig):
         dt = jnp.maximum(dt, cfg.dt_init_floor)
         return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
     return init
-
-
-def document_starts(segment_ids: jax.Array | None) -> jax.Array | None:
-    """(batch, length) bool: True where a new document begins inside the chunk (never at position 0)."""
-    if segment_ids is None:
-        return None
-    return jnp.concatenate([jnp.zeros_like(segment_ids[:, :1], bool),
-                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
 
 
 class Mamba(nnx.Module):

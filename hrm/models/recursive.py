@@ -13,13 +13,9 @@ from flax import nnx
 
 from hrm.config import ModelConfig
 from hrm.models.attention import MLP
-from hrm.models.lm import LanguageModel, ResidualBlock, rematerialised
+from hrm.models.lm import LanguageModel, ResidualBlock, Work, rematerialised, residual_dtype
 from hrm.models.mamba import Mamba
-
-# Training collects the gate's sown values with nnx.capture (hrm.training.state); other forwards
-# (generation, hrm.load's logits) discard them, and flax 0.12 would warn about every such sow.
-warnings.filterwarnings("ignore", message=r"Using 'Module.sow\(\)' outside of 'nnx.capture\(\)'",
-                        category=DeprecationWarning)
+from hrm.models.segments import document_starts
 
 
 def depth_prior(depth: int, p: float) -> jax.Array:
@@ -41,7 +37,7 @@ def segment_prefix_mean(u: jax.Array, carry, segment_ids):
     if segment_ids is None:
         sums = jnp.cumsum(values, axis=1)
     else:
-        starts = jnp.concatenate([jnp.zeros((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+        starts = document_starts(segment_ids)
 
         def combine(a, c):
             (va, fa), (vc, fc) = a, c
@@ -115,6 +111,15 @@ class RecursiveProcessor(nnx.Module):
         for k in range(self.depth):
             self.sow(nnx.Intermediate, f"metric_gate_depth_{k + 1}", mean_w[k])
 
+    def sow(self, *args, **kwargs):
+        """``nnx.Module.sow``, quietly. Training collects these values with ``nnx.capture``
+        (``hrm.training.state``); other forwards (generation, ``hrm.load``'s logits) discard them, and flax 0.12
+        would warn about every such sow."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Using 'Module.sow\(\)' outside of 'nnx.capture\(\)'",
+                                    category=DeprecationWarning)
+            super().sow(*args, **kwargs)
+
 
 class DepthAdapters(nnx.Module):
     """Per-depth scale/shift (and optional rank-r update) of the residual stream before each pass.
@@ -160,6 +165,12 @@ class RecursiveSSM(LanguageModel):
                                             for _ in range(cfg.n_layers)], rngs=rngs)
         self.adapters = DepthAdapters(cfg, rngs=rngs)
 
+    @staticmethod
+    def work(cfg: ModelConfig) -> Work:
+        n, depth = cfg.n_layers, cfg.recurrent_depth
+        return Work(n * depth, f"{n} physical blocks x {depth} depths = {n * depth} layers", {"mamba": depth},
+                    n * depth, 0.0)
+
     def init_cache(self, batch: int):
         depth = self.cfg.recurrent_depth
         return tuple(jax.tree.map(lambda a: jnp.repeat(a[:, None], depth, axis=1), layer.init_cache(batch))
@@ -167,7 +178,6 @@ class RecursiveSSM(LanguageModel):
 
     def body(self, x, cache=None, segment_ids=None):
         n, seg = len(self.layers), self.cfg.checkpoint_segments
-        residual_dtype = jnp.float32 if self.cfg.residual_in_fp32 else jnp.dtype(self.cfg.dtype)
         caches = None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), tuple(cache))
         segments = tuple(tuple(self.layers[lo:lo + seg]) for lo in range(0, n, seg))
 
@@ -191,5 +201,5 @@ class RecursiveSSM(LanguageModel):
                 new = new + block_caches
             return x, new
 
-        x, new_caches = over_depth(x.astype(residual_dtype), segments, self.adapters.per_depth(), caches)
+        x, new_caches = over_depth(x.astype(residual_dtype(self.cfg)), segments, self.adapters.per_depth(), caches)
         return x, None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), new_caches)

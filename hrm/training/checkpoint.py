@@ -30,6 +30,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from hrm.config import Config, ConfigError
+from hrm.errors import UserError
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -42,7 +43,7 @@ UNHASHED_FILES = {MANIFEST_FILE, "commit_success.txt", "_CHECKPOINT_METADATA"}
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A missing or unusable checkpoint; the message is one line naming it and the fix."""
 
 

@@ -20,13 +20,16 @@ import jax
 import numpy as np
 
 from hrm.config import ConfigError
+from hrm.errors import UserError
 
 LOCK_FILE = "train.lock"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError):
     """Training cannot go on (e.g. the loss diverged); the message names the cause and the fix."""
+
+    exit_code = 1
 
 
 class StopSignals:
