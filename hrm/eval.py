@@ -94,10 +94,17 @@ def greedy_continuations(model, prompts: list[str], max_new_tokens: int, batch_s
     return outputs
 
 
+def char_match(generated: str, answer: str) -> float:
+    """The share of the answer's characters the generation has at the same position (partial credit)."""
+    generated, answer = generated.strip(), answer.strip()
+    return sum(g == a for g, a in zip(generated, answer)) / max(1, len(answer))
+
+
 def scored(name: str, prompts: list[str], answers: list[str], generated: list[str], correct, **info) -> dict:
     hits = [bool(correct(g, a)) for g, a in zip(generated, answers)]
     return {"task": name, **info, "examples": len(hits), "correct": sum(hits),
             "exact_match": sum(hits) / max(1, len(hits)),
+            "char_match": sum(map(char_match, generated, answers)) / max(1, len(hits)),
             "samples": [{"prompt": p, "answer": a, "generated": g} for p, a, g in
                         list(zip(prompts, answers, generated))[:3]]}
 
@@ -174,7 +181,8 @@ def table(report: dict) -> str:
                          f"documents of {result['data']})")
         else:
             sizes = "".join(f" {k} {result[k]}" for k in ("length", "targets", "vocab") if result.get(k))
-            lines.append(f"  {name:<28} exact match {result['exact_match']:.3f}  ({result['correct']}/"
+            lines.append(f"  {name:<28} exact match {result['exact_match']:.3f}  char match "
+                         f"{result['char_match']:.3f}  ({result['correct']}/"
                          f"{result['examples']}{';' + sizes if sizes else ''})")
     return "\n".join(lines)
 
