@@ -69,14 +69,26 @@ def ablation_config(path: str, task: str, budget: tuple[str, float], seed: int |
 
 def check_comparable(configs) -> None:
     """Only the models may differ: refuse configs whose data or train settings disagree."""
-    first = configs[0]
+    from hrm.config import all_keys
+
+    def settings(config) -> dict:
+        values = {}
+        for key in all_keys(config):
+            if key.startswith(("data.", "train.")):
+                value = config
+                for part in key.split("."):
+                    value = getattr(value, part)
+                values[key] = value
+        return values
+
+    first = settings(configs[0])
     for config in configs[1:]:
-        for section in ("data", "train"):
-            a, b = dataclasses.asdict(getattr(first, section)), dataclasses.asdict(getattr(config, section))
-            changed = [f"{section}.{k}: {a[k]} vs {b[k]}" for k in a if a[k] != b[k]]
-            if changed:
-                raise UsageError(f"configs '{first.name}' and '{config.name}' differ in {', '.join(changed)}; an "
-                                 f"ablation compares models only: align them or pass --config.{changed[0].split(':')[0]}=...")
+        other = settings(config)
+        changed = [key for key in first if first[key] != other[key]]
+        if changed:
+            raise UsageError(f"configs '{configs[0].name}' and '{config.name}' differ in "
+                             f"{', '.join(f'{k}: {first[k]} vs {other[k]}' for k in changed)}; an ablation compares "
+                             f"models only: align them, e.g. --config.{changed[0]}={first[changed[0]]}")
 
 
 def run_one(config, run_dir: Path, budget, examples: int, extrapolate_length: int | None, log=print) -> dict:
