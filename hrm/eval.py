@@ -21,6 +21,7 @@ import copy
 import json
 import math
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,6 @@ def perplexity(model, cfg_data, documents: str = "auto", batch_size: int = 8, ma
     ``data.eval_fraction`` split the run never trained on; ``all``; ``auto``: held out when ``cfg_data``'s
     sources are the run's, else all) of ``cfg_data``, at most ``max_batches`` batches (0: all)."""
     import jax
-    from functools import partial
     from hrm.data import document_batches, split_documents, tokenized_corpus
     from hrm.data.sources import source_descriptions
     from hrm.training.evaluation import held_out_loss
