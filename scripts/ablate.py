@@ -218,7 +218,7 @@ def main(argv: list[str]) -> None:
     for config in configs:
         print(f"== {config.name} ({config.model.family}) on {task}, budget {args.budget}", flush=True)
         rows.append(run_one(config, out / config.name, budget, args.examples, args.extrapolate_length))
-    task_sizes = f"length {length}" + (f", targets {targets}" if targets else "") + (f", vocab {vocab}" if vocab else "")
+    task_sizes = ", ".join(f"{k} {v}" for k, v in (("length", length), ("targets", targets), ("vocab", vocab)) if v)
     command = "python scripts/ablate.py " + " ".join(argv)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     (out / "results.json").write_text(json.dumps({"command": command, "task": task, "budget": args.budget,

@@ -42,7 +42,7 @@ def test_budgets_and_settings():
     by_time = ablate.ablation_config(path, "synthetic:mqar", ("seconds", 60), None, [])
     assert by_time.train.min_lr_ratio == 1.0 and by_time.train.steps >= 10 ** 9    # warmup, then a constant lr
     other = ablate.ablation_config(ABLATION_CONFIGS[1], "synthetic:mqar", ("steps", 200), 5, [])
-    with pytest.raises(UsageError, match=r"differ in data.synthetic.length: 6 vs 0; .* --config.data.synthetic.length=6"):
+    with pytest.raises(UsageError, match=r"in data.synthetic.length: 6 vs 0; .* --config.data.synthetic.length=6"):
         ablate.check_comparable([by_steps, other])
     other.data.synthetic.length, other.train.lr = 6, 1e-3
     with pytest.raises(UsageError, match="differ in train.lr: 0.002 vs 0.001"):

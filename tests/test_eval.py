@@ -62,7 +62,8 @@ def test_gsm8k_final_answers_are_parsed_and_scored(tmp_path):
 def addition_run(tmp_path_factory):
     """A 2-step run on synthetic:addition (loss on answers), 10% of 60 documents held out."""
     run_dir = tmp_path_factory.mktemp("addition")
-    config = small_config(steps=2, save_every=2)
+    config = small_config(steps=2, save_every=2, eval_batches=0)        # compile the train step only
+    config.model.scan_backend = "sequential"                            # compiles faster than interpreted Pallas
     config.data.dataset, config.data.completion_only, config.data.eval_fraction = "synthetic:addition", True, 0.1
     config.data.synthetic = SyntheticConfig(examples=60, length=2)
     config.data.cache_dir = str(run_dir / "cache")

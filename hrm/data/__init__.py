@@ -11,8 +11,8 @@ from hrm.data.pipeline import packed_batches, packing_efficiency, piece_dataset,
 from hrm.data.sources import DataError
 
 __all__ = ["DataError", "TokenizedCorpus", "check_data_fingerprint", "data_fingerprint", "document_batches",
-           "document_pieces", "eval_batches", "packed_batches", "packing_efficiency", "packing_summary", "piece_dataset",
-           "split_batch", "split_documents", "tokenized_corpus", "training_batches"]
+           "document_pieces", "eval_batches", "packed_batches", "packing_efficiency", "packing_summary",
+           "piece_dataset", "split_batch", "split_documents", "tokenized_corpus", "training_batches"]
 
 EVAL_SEED = 0            # the held-out pieces' fixed shuffle
 TRUNCATION_WARNING = 0.05
