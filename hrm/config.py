@@ -76,6 +76,16 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
+class SyntheticConfig:
+    """``--dataset synthetic:NAME``: generated task examples (hrm/data/synthetic.py; sizes 0 = task default)."""
+    examples: int = 20000         # training documents generated (data.eval_fraction of them held out)
+    length: int = 0               # task size: sequence length, key-value pairs, digits or operations
+    targets: int = 0              # tokens to copy (selective_copying), queries (mqar)
+    vocab: int = 0                # alphabet size (selective_copying, induction_heads)
+    seed: int = 0                 # the examples' seed (independent of train.seed)
+
+
+@dataclasses.dataclass
 class DataConfig:
     tokenizer: str = "byte"
     seq_len: int = 256
@@ -89,6 +99,7 @@ class DataConfig:
     cache_dir: str = ""           # tokenized-data cache (default ~/.cache/hrm/tokens)
     num_threads: int = 2
     prefetch: int = 8
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
 
 
 @dataclasses.dataclass

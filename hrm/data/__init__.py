@@ -2,15 +2,17 @@
 
 import math
 
+import numpy as np
+
 from hrm.data.cache import TokenizedCorpus, tokenized_corpus
 from hrm.data.fingerprint import check_data_fingerprint, data_fingerprint
 from hrm.data.pieces import document_pieces, piece_summary
 from hrm.data.pipeline import packed_batches, packing_efficiency, piece_dataset, split_batch, split_documents
 from hrm.data.sources import DataError
 
-__all__ = ["DataError", "TokenizedCorpus", "check_data_fingerprint", "data_fingerprint", "document_pieces",
-           "eval_batches", "packed_batches", "packing_efficiency", "packing_summary", "piece_dataset",
-           "split_batch", "split_documents", "tokenized_corpus", "training_batches"]
+__all__ = ["DataError", "TokenizedCorpus", "check_data_fingerprint", "data_fingerprint", "document_batches",
+           "document_pieces", "eval_batches", "packed_batches", "packing_efficiency", "packing_summary",
+           "piece_dataset", "split_batch", "split_documents", "tokenized_corpus", "training_batches"]
 
 EVAL_SEED = 0            # the held-out pieces' fixed shuffle
 TRUNCATION_WARNING = 0.05
@@ -33,6 +35,15 @@ def eval_batches(cfg_data, corpus: TokenizedCorpus, batch_size: int, n_batches: 
     pieces = piece_dataset(corpus, eval_docs, cfg_data.seq_len, EVAL_SEED)
     iterator = iter(packed_batches(pieces, cfg_data.seq_len, batch_size, 1, 2, EVAL_SEED))
     return [split_batch(next(iterator)) for _ in range(n_batches)]
+
+
+def document_batches(cfg_data, corpus: TokenizedCorpus, indices, batch_size: int):
+    """Every target of the documents ``indices`` exactly once: one epoch of their pieces in a fixed shuffle,
+    packed into split batches (the last one filled up with empty, fully masked rows)."""
+    pieces = piece_dataset(corpus, indices, cfg_data.seq_len, EVAL_SEED, epochs=1)
+    for batch in packed_batches(pieces, cfg_data.seq_len, batch_size, 1, 2, EVAL_SEED, drop_remainder=False):
+        missing = batch_size - len(batch["tokens"])
+        yield split_batch({k: np.pad(v, [(0, missing)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()})
 
 
 def packing_summary(cfg_data, corpus: TokenizedCorpus, batch_size: int, seed: int) -> list[str]:

@@ -37,14 +37,15 @@ def piece_dataset(corpus: TokenizedCorpus, indices: np.ndarray, seq_len: int, se
 
 
 def packed_batches(pieces: grain.MapDataset, seq_len: int, batch_size: int, num_threads: int,
-                   prefetch: int, seed: int = 0) -> grain.IterDataset:
+                   prefetch: int, seed: int = 0, drop_remainder: bool = True) -> grain.IterDataset:
     """Batches of rows of ``seq_len + 1`` tokens (inputs and shifted targets) packed with whole pieces, with
-    segment ids (0: padding) and positions."""
+    segment ids (0: padding) and positions; a finite dataset's last, smaller batch is kept unless
+    ``drop_remainder``."""
     rows = grain.experimental.FirstFitPackIterDataset(
         pieces.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)),
         length_struct={"tokens": seq_len + 1, "loss_mask": seq_len + 1},
         num_packing_bins=max(batch_size, PACKING_BINS), seed=seed)
-    return rows.batch(batch_size, drop_remainder=True)
+    return rows.batch(batch_size, drop_remainder=drop_remainder)
 
 
 def packing_efficiency(batch: dict) -> float:

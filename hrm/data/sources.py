@@ -5,6 +5,7 @@ Sources (flags as the user's documents name them):
 - ``data_path``: dialogue JSONL, one ``{"context": [turns], "response": str, "source": str}`` a line;
 - ``dataset``: a local .jsonl/.json/.parquet/.csv file, a ``datasets.save_to_disk`` folder, or a
   Hugging Face hub name (needs the ``datasets`` package and a network), with ``text_column`` columns;
+  or ``synthetic:NAME``, a generated task (``hrm/data/synthetic.py``, sized by ``data.synthetic``);
 - none of these: the embedded default corpus, the running interpreter's stdlib ``.py`` files.
 
 Bad input never stops the run silently or with a traceback: binary files, invalid UTF-8 and
@@ -26,6 +27,7 @@ from hrm.errors import UserError
 TEXT_SUFFIXES = (".txt", ".py", ".md", ".json")
 TABLE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 COLUMN_SEPARATOR = "\n\n"
+SYNTHETIC_PREFIX = "synthetic:"   # --dataset synthetic:NAME, hrm/data/synthetic.py
 
 
 class DataError(UserError):
@@ -247,6 +249,9 @@ def iter_documents(cfg, skipped: Skipped) -> Iterator[Document]:
             yield from file_documents(files, skipped)
         elif kind == "data_path":
             yield from dialogue_documents(location, skipped)
+        elif location.startswith(SYNTHETIC_PREFIX):
+            from hrm.data.synthetic import documents
+            yield from documents(location, cfg.synthetic)
         else:
             yield from column_documents(location, cfg.dataset_split, cfg.text_column, skipped)
 
@@ -260,4 +265,6 @@ def source_fingerprint(cfg) -> list:
             sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else [])
         stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
         parts.append([kind, location, stats, cfg.dataset_split, cfg.text_column])
+        if location.startswith(SYNTHETIC_PREFIX):
+            parts[-1].append(dataclasses.asdict(cfg.synthetic))
     return parts

@@ -92,7 +92,7 @@ def fit_batch_to_vram(config: Config, request: VramRequest, log) -> Config:
 
 def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | None = None,
           vram: VramRequest | None = None, allow_data_change: bool = False,
-          init_from: str | Path | None = None) -> list[dict]:
+          init_from: str | Path | None = None, time_limit_s: float | None = None) -> list[dict]:
     """Train (or resume) the run in ``run_dir``; returns the metrics records written this call.
 
     ``stop_at_step`` ends this call early with a checkpoint, as a preemption would (the schedule
@@ -100,6 +100,9 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     A resumed run refuses data other than it started with unless ``allow_data_change``
     (``--allow_data_change``).
     ``init_from`` (a run directory) supplies the starting weights when ``run_dir`` has no checkpoint yet.
+    ``time_limit_s`` ends this call (with a checkpoint) once that many seconds of training have passed;
+    training seconds (``seconds`` in the metrics) start after this call's first step, so compilation is
+    not counted.
     """
     checkpoint.quiet_orbax()
     config = resolve_config(config)
@@ -181,19 +184,26 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
         return str(run_dir / checkpoint.CHECKPOINT_DIR / str(latest)) if latest else "none (a re-run starts afresh)"
     try:
         timer, tokens, packed = time.perf_counter(), 0, []
+        clock = None            # training seconds: from the end of this call's first (compiling) step
         while step < min(t.steps, stop_at_step or t.steps):
+            if time_limit_s is not None and clock is not None and time.perf_counter() - clock >= time_limit_s:
+                break
             batch = split_batch(next(data_iterator))
             packed.append(packing_efficiency(batch))
             batch = to_device(batch)
             state, metrics = step_fn(state, batch)
             step += 1
+            if clock is None or time_limit_s is not None:
+                jax.block_until_ready(metrics)
+                clock = clock or time.perf_counter()
             tokens += batch["mask"].size
             bad.observe(step, bool(metrics["skipped"]), last_good, log)
             if step % t.log_every == 0 or step == t.steps:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "skipped"}
                 elapsed = time.perf_counter() - timer
                 record = {"step": step, **values, "tokens_per_sec": tokens / elapsed,
-                          "packing_efficiency": float(np.mean(packed)), "skipped_steps": bad.total}
+                          "packing_efficiency": float(np.mean(packed)), "skipped_steps": bad.total,
+                          "seconds": time.perf_counter() - clock}
                 peak = memory.peak_memory_in_use()
                 if peak is not None:
                     record["peak_mem_gb"] = peak / memory.GIB
