@@ -120,6 +120,7 @@ class TrainConfig:
     eval_every: int = 0           # 0: evaluate at every checkpoint save and at the end
     eval_batches: int = 8
     keep_checkpoints: int = 3     # the newest N steps; the best (lowest eval loss) and final ones are kept too
+    profile_steps: int = 0        # > 0: a jax.profiler trace of this many steps in RUN_DIR/profile
     max_bad_steps: int = 10       # non-finite steps in a row (each update skipped) that stop the run
     seed: int = 42
 
@@ -348,6 +349,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"config key 'train.lr' must be in (0, 1), got {t.lr}")
     if not 0 <= t.min_lr_ratio <= 1:
         raise ConfigError(f"config key 'train.min_lr_ratio' must be in [0, 1], got {t.min_lr_ratio}")
+    if t.profile_steps < 0:
+        raise ConfigError(f"config key 'train.profile_steps' must be >= 0, got {t.profile_steps}")
     if t.warmup_steps < 0:
         raise ConfigError(f"config key 'train.warmup_steps' must be >= 0, got {t.warmup_steps}")
     if not 0 < m.dt_min <= m.dt_max:

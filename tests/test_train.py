@@ -201,3 +201,9 @@ def test_sharded_parameters_train_like_replicated_ones_on_4_devices(tmp_path):
     assert report["devices"] == 4
     assert {"('data', None)", "(None, 'data')", "()"} <= set(report["specs"])
     assert report["losses"]["True"] == pytest.approx(report["losses"]["False"], rel=1e-5)
+
+
+def test_profile_steps_write_a_trace_under_the_run_dir(tmp_path):
+    train(small_config(steps=4, save_every=4, profile_steps=2), tmp_path, log=lambda *_: None)
+    traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0

@@ -22,6 +22,7 @@ from hrm.training import checkpoint, faults, memory, runinfo
 from hrm.training.evaluation import held_out_loss
 from hrm.training.faults import TrainingError
 from hrm.training.metrics import MetricsWriter
+from hrm.training.profiling import StepProfiler
 from hrm.training.state import init_train_state, make_train_step, next_token_loss
 
 
@@ -175,6 +176,7 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     records = []
     step, batch, eval_loss = start, None, None
     stop, bad = faults.StopSignals().install(), faults.BadSteps(t.max_bad_steps)
+    profiler = StepProfiler(run_dir, t.profile_steps if is_main else 0, log)
 
     def save():
         mgr.save(step, state, data_iterator, eval_loss=eval_loss, final=step == t.steps)
@@ -193,6 +195,7 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
             batch = to_device(batch)
             state, metrics = step_fn(state, batch)
             step += 1
+            profiler.after_step(metrics)
             if clock is None or time_limit_s is not None:
                 jax.block_until_ready(metrics)
                 clock = clock or time.perf_counter()
@@ -232,6 +235,7 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
         mgr.wait_until_finished()
         raise
     finally:
+        profiler.close()
         stop.restore()
         writer.close()
         lock.release()
