@@ -17,11 +17,14 @@ scores query blocks against key blocks with causal and same-document masks built
 and segment ids. Scale ``s`` therefore costs ``1/s`` of full attention (1.75x for (1, 2, 4)) and no
 (length x length) array exists, forward or backward.
 
-Decoding keeps the raw (pre-RoPE) keys and the values of every position in a buffer of
-``model.max_cache_len`` positions plus a per-row write position, so a chunked prefill followed by
-one-token steps computes the same thing as one full forward (jit-friendly: fixed shapes). Prompt plus
-generated tokens must fit in ``max_cache_len``; writes past the end are clamped (and wrong). The same
-kernel runs over the buffer and skips its key blocks past the write position.
+Decoding keeps, per scale, a buffer of pooled keys (RoPE applied once, at the window's end) and values,
+one slot per window, plus the raw keys and values of the last ``max(scales) - 1`` positions and a per-row
+write position. A chunk of l new positions writes its l scale-1 keys and the pooled keys of the windows it
+completes (each window once, when it completes) and attends over the buffers; key blocks past the current
+position are skipped, so a step costs O(current length), not O(buffer). A chunked prefill followed by
+one-token steps computes what one full forward does. The buffer holds ``length`` positions
+(``init_cache(batch, length)``, default ``model.max_cache_len``); ``resize_kv_caches`` grows it, and
+``hrm.inference`` sizes it to the request and refuses what does not fit, never writing past its end.
 """
 
 from __future__ import annotations
@@ -43,9 +46,36 @@ BLOCK_SIZE = 512                  # queries per flash_attention block
 
 
 class KVCache(NamedTuple):
-    k: jax.Array     # (batch, max_cache_len, heads, head_dim): keys before RoPE
-    v: jax.Array     # (batch, max_cache_len, heads, head_dim)
-    pos: jax.Array   # (batch,) int32: positions written so far
+    keys: dict         # scale s -> (batch, ceil(length / s), heads, head_dim): pooled keys, RoPE applied
+    values: dict       # scale s -> (batch, ceil(length / s), heads, head_dim): pooled values
+    recent: jax.Array  # (batch, max(scales) - 1, heads, 2 * head_dim): raw keys and values of the last positions
+    pos: jax.Array     # (batch,) int32: positions written so far
+
+
+def kv_slots(length: int, s: int) -> int:
+    """Pooled slots of scale ``s`` in a buffer of ``length`` positions (one per window)."""
+    return -(-length // s)
+
+
+def resize_kv_caches(cache, length: int):
+    """``cache`` (any model's decode cache) with every KVCache's buffers grown (or cut) to ``length``
+    positions; slots past a row's position are never read, so growing leaves every result unchanged."""
+    def fit(buffers: dict) -> dict:
+        out = {}
+        for s, buffer in buffers.items():
+            slots = kv_slots(length, s)
+            pad = [(0, 0), (0, max(slots - buffer.shape[1], 0))] + [(0, 0)] * (buffer.ndim - 2)
+            out[s] = jnp.pad(buffer[:, :slots], pad)
+        return out
+
+    resize = lambda kv: kv._replace(keys=fit(kv.keys), values=fit(kv.values)) if isinstance(kv, KVCache) else kv
+    return jax.tree.map(resize, cache, is_leaf=lambda x: isinstance(x, KVCache))
+
+
+def kv_cache_length(cache) -> int | None:
+    """The positions the KV buffers of a model's decode cache hold; None for a cache without attention."""
+    kvs = [x for x in jax.tree.leaves(cache, is_leaf=lambda x: isinstance(x, KVCache)) if isinstance(x, KVCache)]
+    return min(buffer.shape[1] * s for s, buffer in kvs[0].keys.items()) if kvs else None
 
 
 def parse_scales(text: str) -> tuple[int, ...]:
@@ -253,10 +283,14 @@ class MultiScaleAttention(nnx.Module):
         if len(self.scales) > 1:
             self.scale_logits = nnx.Param(jnp.zeros((len(self.scales),), jnp.float32))
 
-    def init_cache(self, batch: int) -> KVCache:
-        shape = (batch, self.cfg.max_cache_len, self.n_heads, self.head_dim)
+    def init_cache(self, batch: int, length: int | None = None) -> KVCache:
+        """An empty cache of ``length`` positions (default ``model.max_cache_len``)."""
+        length = self.cfg.max_cache_len if length is None else length
         dtype = jnp.dtype(self.cfg.dtype)
-        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
+        buffer = lambda s: jnp.zeros((batch, kv_slots(length, s), self.n_heads, self.head_dim), dtype)
+        return KVCache({s: buffer(s) for s in self.scales}, {s: buffer(s) for s in self.scales},
+                       jnp.zeros((batch, max(self.scales) - 1, self.n_heads, 2 * self.head_dim), dtype),
+                       jnp.zeros((batch,), jnp.int32))
 
     def __call__(self, x: jax.Array, cache: KVCache | None = None, segment_ids: jax.Array | None = None):
         """x (batch, length, d_model) → (out (batch, length, d_model), cache).
@@ -270,35 +304,53 @@ class MultiScaleAttention(nnx.Module):
         q = self.q_proj(x).reshape(b, l, h, dh)
         k = self.k_proj(x).reshape(b, l, h, dh)
         v = self.v_proj(x).reshape(b, l, h, dh)
-        if cache is None:
-            start = jnp.zeros((b,), jnp.int32)
-            keys, values, new_cache = k, v, None
-        else:
-            start = cache.pos
-            write = jax.vmap(lambda buf, new, p: jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype),
-                                                                              (p, 0, 0)))
-            keys, values = write(cache.k, k, start), write(cache.v, v, start)
-            new_cache = KVCache(keys, values, start + l)
-            segment_ids = None
+        start = jnp.zeros((b,), jnp.int32) if cache is None else cache.pos
         q_pos = start[:, None] + jnp.arange(l, dtype=jnp.int32)[None]            # (b, l)
         q = rope(q, q_pos, self.cfg.rope_theta)
-        if segment_ids is None:                                                 # one document per row
-            q_seg, k_seg = jnp.zeros((b, l), jnp.int32), jnp.zeros((b, keys.shape[1]), jnp.int32)
+        if cache is None:
+            q_seg = k_seg = jnp.zeros((b, l), jnp.int32) if segment_ids is None else segment_ids
+            pooled = [pool_windows(k, v, k_seg, s) for s in self.scales]
+            pooled = [(rope(pk, k_pos, self.cfg.rope_theta), pv, k_pos, seg) for pk, pv, k_pos, seg in pooled]
+            new_cache = None
         else:
-            q_seg = k_seg = segment_ids
+            pooled, new_cache = self._extend_cache(cache, k, v, q_pos)
+            q_seg = jnp.zeros((b, l), jnp.int32)
 
-        outs = []
-        for s in self.scales:
-            pooled_k, pooled_v, k_pos, pooled_seg = pool_windows(keys, values, k_seg, s)
-            pooled_k = rope(pooled_k, k_pos, self.cfg.rope_theta)
-            outs.append(blocked_attention(q, pooled_k, pooled_v, q_pos, k_pos, q_seg, pooled_seg,
-                                          self.block_size, max(self.block_size // s, 1)))
+        outs = [blocked_attention(q, pooled_k, pooled_v, q_pos, k_pos, q_seg, pooled_seg, self.block_size,
+                                  max(self.block_size // s, 1))
+                for s, (pooled_k, pooled_v, k_pos, pooled_seg) in zip(self.scales, pooled)]
         if len(outs) > 1:
             weights = jax.nn.softmax(self.scale_logits[...])
             out = sum(w.astype(o.dtype) * o for w, o in zip(weights, outs))
         else:
             out = outs[0]
         return self.out_proj(out.reshape(b, l, d)), new_cache
+
+    def _extend_cache(self, cache: KVCache, k, v, q_pos):
+        """Write a chunk's keys and values (b, l, h, dh) at positions ``q_pos`` (b, l) into the cache.
+
+        At scale s the chunk completes the windows ending at its positions e with (e + 1) % s == 0; each
+        such window's mean (over its last s raw keys, the first ones possibly from ``cache.recent``) gets
+        RoPE at e and goes to slot (e + 1) / s - 1; other positions write nowhere (an out-of-range slot,
+        dropped). Returns, per scale, the buffers with their slots' window-end positions, and the new cache.
+        """
+        b, l, h, dh = k.shape
+        raw = jnp.concatenate([cache.recent, jnp.concatenate([k, v], -1).astype(cache.recent.dtype)], axis=1)
+        rows = jnp.arange(b)[:, None]
+        keys, values, pooled = {}, {}, []
+        for s in self.scales:
+            slots = cache.keys[s].shape[1]
+            window = raw[:, raw.shape[1] - l - s + 1:]                               # (b, s - 1 + l, h, 2dh)
+            mean = sum(window[:, i:i + l].astype(jnp.float32) for i in range(s)) / s
+            ends = (q_pos + 1) % s == 0
+            slot = jnp.where(ends, (q_pos + 1) // s - 1, slots)
+            new_k = rope(mean[..., :dh].astype(k.dtype), q_pos, self.cfg.rope_theta)
+            keys[s] = cache.keys[s].at[rows, slot].set(new_k.astype(cache.keys[s].dtype), mode="drop")
+            values[s] = cache.values[s].at[rows, slot].set(mean[..., dh:].astype(cache.values[s].dtype), mode="drop")
+            k_pos = jnp.broadcast_to((jnp.arange(slots, dtype=jnp.int32) + 1) * s - 1, (b, slots))
+            pooled.append((keys[s], values[s], k_pos, jnp.zeros((b, slots), jnp.int32)))
+        recent = raw[:, raw.shape[1] - cache.recent.shape[1]:]
+        return pooled, KVCache(keys, values, recent, cache.pos + l)
 
 
 class MLP(nnx.Module):
