@@ -11,7 +11,8 @@ samples with its own settings and PRNG key, so its output does not depend on its
 get a 4xx with an OpenAI-style error body (``{"error": {"message", "type", "param", "code"}}``).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads the request-body classes (local to create_app)
+# from the endpoints' annotations at definition time.
 
 import asyncio
 import contextlib

@@ -89,11 +89,13 @@ def test_sample_cli_names_a_missing_checkpoint(tmp_path):
     assert result.returncode == 2 and "config.json" in result.stderr
 
 
-@pytest.mark.parametrize("step", ["7", "-1", "best"])
-def test_sample_cli_lists_the_available_steps_for_a_missing_step(run_dir, step):
-    result = run_module("hrm.sample", "--checkpoint", run_dir, "--prompt", "x", "--step", step, check=False)
+def test_sample_cli_lists_the_available_steps_for_a_missing_step(run_dir):
+    result = run_module("hrm.sample", "--checkpoint", run_dir, "--prompt", "x", "--step", "-1", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"no checkpoint step '{step}'; available steps: 6, 12" in result.stderr
+    assert "no checkpoint step '-1'; available steps: 6, 12 (or latest)" in result.stderr
+    for step in ("7", "best"):
+        with pytest.raises(hrm.api.CheckpointError, match=f"no checkpoint step '{step}'; available steps: 6, 12"):
+            hrm.load(run_dir, step=step)
 
 
 def test_sample_cli_refuses_nan_temperature_and_a_file_as_checkpoint(run_dir):
