@@ -29,7 +29,8 @@ EXPORT_CHUNK = 256
 MANIFEST = "manifest.json"
 
 
-def export_decoding(model, out: str | Path, batch: int = 1) -> Path:
+def export_decoding(model, out: str | Path, batch: int = 1, chunk: int = EXPORT_CHUNK) -> Path:
+    """Write the folder described in the module docstring; prefill chunks of 1, 2, 4, ..., ``chunk`` tokens."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     graphdef, params = model.graphdef, model.params
@@ -57,7 +58,7 @@ def export_decoding(model, out: str | Path, batch: int = 1) -> Path:
 
     spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
     param_specs, cache_specs = [spec(x) for x in param_leaves], [spec(x) for x in cache_leaves]
-    for n in [1 << i for i in range(EXPORT_CHUNK.bit_length())]:
+    for n in [1 << i for i in range(chunk.bit_length())]:
         token_spec = jax.ShapeDtypeStruct((batch, n), jnp.int32)
         exported = jax.export.export(jax.jit(prefill))(*param_specs, token_spec, *cache_specs)
         (out / f"prefill_{n}.jaxexport").write_bytes(exported.serialize())
@@ -69,7 +70,7 @@ def export_decoding(model, out: str | Path, batch: int = 1) -> Path:
     np.savez(out / "params.npz", *[np.asarray(x) for x in param_leaves])
     (out / MANIFEST).write_text(json.dumps({
         "batch": batch, "vocab_size": vocab, "eos_id": model.tokenizer.eos_id, "tokenizer": model.config.data.tokenizer,
-        "chunk": EXPORT_CHUNK, "context_limit": limit,
+        "chunk": chunk, "context_limit": limit,
         "cache": [[list(x.shape), str(x.dtype)] for x in cache_leaves]}, indent=2) + "\n")
     return out
 

@@ -17,7 +17,7 @@ def test_exported_decode_reproduces_generate(tmp_path):
                     data=DataConfig(tokenizer="byte"))
     _, params = init_model(config)
     model = LoadedModel(config, params, step=0)
-    decoder = ExportedDecoder(export_decoding(model, tmp_path / "stablehlo"))
+    decoder = ExportedDecoder(export_decoding(model, tmp_path / "stablehlo", chunk=4))
     prompt = [[10, 20, 30, 40, 50, 60, 70]]                     # chunks 4 + 2 + 1
     for settings in (dict(temperature=0.0), dict(temperature=1.0, top_p=0.9, seed=5)):
         want = model.generator.generate_ids(model.params, prompt, 9, **settings)
