@@ -170,3 +170,21 @@ def test_chat_carries_the_conversation_through_stdin(run_dir):
     second = model.generate([dialogue_prompt(["hello"]) + first + "\n" + dialogue_prompt(["how are you"])],
                             max_new_tokens=5, temperature=0)[0]
     assert lines[2].startswith(first) and lines[5].startswith(second)
+
+
+def test_max_tokens_past_an_attention_models_context_is_capped_with_a_note(tmp_path, capsys):
+    from hrm.cli import UsageError
+    from hrm.config import Config, DataConfig, ModelConfig
+    from hrm.export import save_final
+    from hrm.sample import main
+    from hrm.training.state import init_model
+    config = Config(model=ModelConfig(family="hybrid_pattern", layer_pattern="A", d_model=16, n_layers=1, d_state=4,
+                                      n_heads=2, max_cache_len=32, vocab_size=264), data=DataConfig(tokenizer="byte"))
+    save_final(config, init_model(config)[1], tmp_path / "final")
+    main(["--checkpoint", str(tmp_path / "final"), "--prompt", "abc", "--max_tokens", "10000000",
+          "--temperature", "0"])
+    captured = capsys.readouterr()
+    assert "--max_tokens 10000000 capped to 29" in captured.err and "model.max_cache_len (32" in captured.err
+    assert captured.out.startswith("abc")
+    with pytest.raises(UsageError, match="the prompt has 40 tokens, model.max_cache_len is 32"):
+        main(["--checkpoint", str(tmp_path / "final"), "--prompt", "x" * 40])

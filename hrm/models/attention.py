@@ -20,9 +20,9 @@ and segment ids. Scale ``s`` therefore costs ``1/s`` of full attention (1.75x fo
 Decoding keeps, per scale, a buffer of pooled keys (RoPE applied once, at the window's end) and values,
 one slot per window, plus the raw keys and values of the last ``max(scales) - 1`` positions and a per-row
 write position. A chunk of l new positions writes its l scale-1 keys and the pooled keys of the windows it
-completes (each window once, when it completes) and attends over the buffers; key blocks past the current
-position are skipped, so a step costs O(current length), not O(buffer). A chunked prefill followed by
-one-token steps computes what one full forward does. The buffer holds ``length`` positions
+completes (each window once, when it completes) and attends over the buffers with ``cached_attention``,
+whose loop over key blocks stops at the current position. A chunked prefill followed by one-token steps
+computes what one full forward does. The buffer holds ``length`` positions
 (``init_cache(batch, length)``, default ``model.max_cache_len``); ``resize_kv_caches`` grows it, and
 ``hrm.inference`` sizes it to the request and refuses what does not fit, never writing past its end.
 """
@@ -258,6 +258,42 @@ def blocked_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, block_q: int, block_k
     return jnp.moveaxis(out, 0, 1).reshape(b, -1, *out.shape[3:])[:, :length]
 
 
+def cached_attention(q, k, v, q_pos, s: int, block_k: int) -> jax.Array:
+    """Queries q (b, l, h, d) at positions q_pos (b, l) over a decode cache's buffers k, v (b, n, h, d) of
+    scale ``s`` (slot j holds the window ending at (j + 1)·s - 1). The online softmax of ``flash_attention``
+    over key blocks, in a ``while_loop`` that stops at the first block past the last query position, so a
+    step reads O(current length) of the buffer, never all of it. Returns (b, l, h, d) in v's dtype."""
+    b, l, h, d = q.shape
+    n = k.shape[1]
+    block = math.gcd(n, block_k)              # a power of two dividing the buffer: no padding copy
+    last = jnp.max(q_pos)
+    zeros_q, zeros_k = jnp.zeros((b, l), jnp.int32), jnp.zeros((b, block), jnp.int32)
+
+    def block_positions(i):
+        return jnp.broadcast_to((i * block + jnp.arange(block, dtype=jnp.int32) + 1) * s - 1, (b, block))
+
+    def more(carry):
+        i = carry[0]
+        return (i < n // block) & ((i * block + 1) * s - 1 <= last)
+
+    def attend(carry):
+        i, m, total, acc = carry
+        k_j = jax.lax.dynamic_slice_in_dim(k, i * block, block, axis=1)
+        v_j = jax.lax.dynamic_slice_in_dim(v, i * block, block, axis=1)
+        logits, mask = _block_scores(q, k_j, q_pos, block_positions(i), zeros_q, zeros_k)
+        m_new = jnp.maximum(m, jnp.max(jnp.where(mask, logits, NEG_INF), axis=-1))
+        p = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
+        rescale = jnp.exp(m - m_new)
+        pv = jnp.einsum("bhqk,bkhd->bhqd", p.astype(v_j.dtype), v_j, preferred_element_type=jnp.float32)
+        return i + 1, m_new, total * rescale + p.sum(-1), acc * rescale[..., None] + pv
+
+    init = (jnp.zeros((), jnp.int32), jnp.full((b, h, l), NEG_INF, jnp.float32), jnp.zeros((b, h, l), jnp.float32),
+            jnp.zeros((b, h, l, d), jnp.float32))
+    _, _, total, acc = jax.lax.while_loop(more, attend, init)
+    out = acc / jnp.where(total > 0, total, 1.0)[..., None]
+    return jnp.swapaxes(out, 1, 2).astype(v.dtype)
+
+
 class MultiScaleAttention(nnx.Module):
     """Causal MHA with RoPE over the keys pooled at each of ``scales`` (see the module docstring).
 
@@ -309,16 +345,17 @@ class MultiScaleAttention(nnx.Module):
         q = rope(q, q_pos, self.cfg.rope_theta)
         if cache is None:
             q_seg = k_seg = jnp.zeros((b, l), jnp.int32) if segment_ids is None else segment_ids
-            pooled = [pool_windows(k, v, k_seg, s) for s in self.scales]
-            pooled = [(rope(pk, k_pos, self.cfg.rope_theta), pv, k_pos, seg) for pk, pv, k_pos, seg in pooled]
+            outs = []
+            for s in self.scales:
+                pooled_k, pooled_v, k_pos, pooled_seg = pool_windows(k, v, k_seg, s)
+                pooled_k = rope(pooled_k, k_pos, self.cfg.rope_theta)
+                outs.append(blocked_attention(q, pooled_k, pooled_v, q_pos, k_pos, q_seg, pooled_seg,
+                                              self.block_size, max(self.block_size // s, 1)))
             new_cache = None
         else:
-            pooled, new_cache = self._extend_cache(cache, k, v, q_pos)
-            q_seg = jnp.zeros((b, l), jnp.int32)
-
-        outs = [blocked_attention(q, pooled_k, pooled_v, q_pos, k_pos, q_seg, pooled_seg, self.block_size,
-                                  max(self.block_size // s, 1))
-                for s, (pooled_k, pooled_v, k_pos, pooled_seg) in zip(self.scales, pooled)]
+            new_cache = self._extend_cache(cache, k, v, q_pos)
+            outs = [cached_attention(q, new_cache.keys[s], new_cache.values[s], q_pos, s,
+                                     max(self.block_size // s, 1)) for s in self.scales]
         if len(outs) > 1:
             weights = jax.nn.softmax(self.scale_logits[...])
             out = sum(w.astype(o.dtype) * o for w, o in zip(weights, outs))
@@ -332,12 +369,12 @@ class MultiScaleAttention(nnx.Module):
         At scale s the chunk completes the windows ending at its positions e with (e + 1) % s == 0; each
         such window's mean (over its last s raw keys, the first ones possibly from ``cache.recent``) gets
         RoPE at e and goes to slot (e + 1) / s - 1; other positions write nowhere (an out-of-range slot,
-        dropped). Returns, per scale, the buffers with their slots' window-end positions, and the new cache.
+        dropped). Returns the new cache.
         """
         b, l, h, dh = k.shape
         raw = jnp.concatenate([cache.recent, jnp.concatenate([k, v], -1).astype(cache.recent.dtype)], axis=1)
         rows = jnp.arange(b)[:, None]
-        keys, values, pooled = {}, {}, []
+        keys, values = {}, {}
         for s in self.scales:
             slots = cache.keys[s].shape[1]
             window = raw[:, raw.shape[1] - l - s + 1:]                               # (b, s - 1 + l, h, 2dh)
@@ -347,10 +384,8 @@ class MultiScaleAttention(nnx.Module):
             new_k = rope(mean[..., :dh].astype(k.dtype), q_pos, self.cfg.rope_theta)
             keys[s] = cache.keys[s].at[rows, slot].set(new_k.astype(cache.keys[s].dtype), mode="drop")
             values[s] = cache.values[s].at[rows, slot].set(mean[..., dh:].astype(cache.values[s].dtype), mode="drop")
-            k_pos = jnp.broadcast_to((jnp.arange(slots, dtype=jnp.int32) + 1) * s - 1, (b, slots))
-            pooled.append((keys[s], values[s], k_pos, jnp.zeros((b, slots), jnp.int32)))
         recent = raw[:, raw.shape[1] - cache.recent.shape[1]:]
-        return pooled, KVCache(keys, values, recent, cache.pos + l)
+        return KVCache(keys, values, recent, cache.pos + l)
 
 
 class MLP(nnx.Module):
