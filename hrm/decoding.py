@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm.inference import DecodeState, Sampling, SamplingArrays, SamplingError, kv_positions
+from hrm.inference import DecodeState, Sampling, SamplingArrays, SamplingError
 
 STATE_FORMAT = "hrm-decode-state-1"
 
