@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hrm.inference import Generator
 from hrm.models import build_model
 from hrm.tokenizer import get_tokenizer
 from hrm.training import checkpoint
+from hrm.training.checkpoint import CheckpointError
 
 
 class LoadedModel:
@@ -33,35 +35,60 @@ class LoadedModel:
 
     def logits(self, token_ids) -> np.ndarray:
         """Logits (batch, length, vocab) for token ids (length,) or (batch, length)."""
-        tokens = np.asarray(token_ids, np.int32)
+        tokens = np.asarray(token_ids, np.int64)
         tokens = tokens[None] if tokens.ndim == 1 else tokens
+        self.generator.check_ids(self.params, tokens)
         return np.asarray(self._forward(self.params, jnp.asarray(tokens)))
 
     def generate(self, prompts, max_new_tokens: int = 64, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, seed: int = 0, stop_at_eos: bool = True) -> list[str]:
-        """Continuations (text) of each prompt string; ``temperature=0`` is greedy."""
+                 top_p: float | None = None, seed: int = 0, stop_at_eos: bool = True, **sampling) -> list[str]:
+        """Continuations (text) of each prompt string; ``temperature=0`` is greedy; ``sampling``: ``min_p``,
+        ``repetition_penalty`` (``hrm.inference.Sampling``)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = [self.tokenizer.encode(p) or [self.tokenizer.eos_id] for p in prompts]
-        outputs = self.generator.generate_ids(self.params, ids, max_new_tokens, temperature, top_k, top_p, seed)
+        outputs = self.generator.generate_ids(self.params, ids, max_new_tokens, temperature, top_k, top_p, seed,
+                                              **sampling)
         if stop_at_eos:
             outputs = [out[:out.index(self.tokenizer.eos_id)] if self.tokenizer.eos_id in out else out
                        for out in outputs]
         return [self.tokenizer.decode(out) for out in outputs]
 
 
-def load(path: str | Path, step: int | str | None = None) -> LoadedModel:
-    """Load a checkpoint of an ``hrm.train`` run directory, or a reference Mamba folder (transformers or
+def load(path: str | Path, step: int | str | None = None, max_context: int | None = None) -> LoadedModel:
+    """Load a trained model: a checkpoint of an ``hrm.train`` run directory, one step folder
+    ``DIR/checkpoints/N``, an ``hrm.export`` final-weights folder, or a reference Mamba folder (transformers or
     state-spaces layout, ``hrm.interop``) with its ``tokenizer.json`` when it has one.
 
     ``step``: a number, ``"best"`` (lowest eval loss), ``"final"`` (end of training) or ``None`` / ``"latest"``
     (the newest step whose files match their checksums; a damaged newer step is named on stderr). A missing or
-    damaged step raises ``CheckpointError`` naming it and the available steps (``checkpoint.resolve_step``)."""
-    from hrm import interop
-    if not (Path(path) / checkpoint.CHECKPOINT_DIR).is_dir() and interop.reference_layout(path):
+    damaged step raises ``CheckpointError`` naming it and the available steps (``checkpoint.resolve_step``).
+    ``max_context`` replaces ``model.max_cache_len``, the most positions (prompt + new tokens) an attention
+    model decodes."""
+    from hrm import export, interop
+    path = Path(path)
+    if path.is_file():
+        raise CheckpointError(f"'{path}' is a file; pass a run directory (hrm.train --output_dir), one of its "
+                              f"{checkpoint.CHECKPOINT_DIR}/N folders or an hrm.export folder")
+    if path.parent.name == checkpoint.CHECKPOINT_DIR and path.name.isdigit() and step is None:
+        path, step = path.parent.parent, int(path.name)
+    if not (path / checkpoint.CHECKPOINT_DIR).is_dir() and interop.reference_layout(path):
         config, params = interop.load_reference(path)
-        return LoadedModel(config, jax.tree.map(jnp.asarray, params), step=0)
-    checkpoint.quiet_orbax()
-    config = checkpoint.read_run_config(path)
-    from hrm.training.state import abstract_params
-    params, step = checkpoint.restore_params(Path(path), abstract_params(config), step)
-    return LoadedModel(config, params, step)
+        step = 0
+    elif path.is_dir() and export.is_final_folder(path):
+        config, params, step = export.load_final(path)
+    else:
+        checkpoint.quiet_orbax()
+        config = checkpoint.read_run_config(path)
+        from hrm.training.state import abstract_params
+        params, step = checkpoint.restore_params(path, abstract_params(config), step)
+    if max_context is not None:
+        config.model = dataclasses.replace(config.model, max_cache_len=max_context_for(config.model, max_context))
+    return LoadedModel(config, jax.tree.map(jnp.asarray, params), step)
+
+
+def max_context_for(cfg, max_context: int) -> int:
+    """``max_context`` rounded up to a multiple of the largest attention scale (a ConfigError rule)."""
+    if max_context < 1:
+        raise CheckpointError(f"max_context must be >= 1, got {max_context}")
+    scale = max(cfg.attention_scales)
+    return -(-max_context // scale) * scale

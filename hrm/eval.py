@@ -256,5 +256,10 @@ def main(argv: list[str]) -> None:
         print(f"written to {path}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml [project.scripts])."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

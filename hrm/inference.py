@@ -1,49 +1,144 @@
-"""Recurrent decoding: prefill each prompt once, then O(1) work per generated token.
+"""Recurrent decoding: prefill each prompt once, then O(1) work per generated token (O(current length) in
+attention layers).
 
-The model's cache (per layer: conv inputs and SSM state) is carried through a ``lax.scan`` of
-decode steps, so generating N tokens is one compiled loop.
+A prompt is prefilled in chunks whose lengths are powers of two (its binary expansion, at most
+``MAX_CHUNK``), so prefill compiles once per chunk length, never per prompt length, and each row of a batch
+is exactly its prompt alone (no padding ever enters a recurrent state). The rows' caches are concatenated
+into a ``DecodeState``, and ``decode`` carries it through a ``lax.scan`` of decode steps, so generating N
+tokens is one compiled loop (``stream`` runs it in chunks to print tokens as they arrive).
+
+Sampling settings are per row (``Sampling``), as are the PRNG keys (a row's key is folded with its own
+step count), so a row's tokens never depend on the other rows of its batch: ``hrm.serve`` adds and
+removes rows between steps (continuous batching) on the same state.
+
+Attention families keep a KV buffer (``hrm.models.attention``): it is sized to the next power of two of
+what a request needs (prompt + new tokens) and grown the same way, up to ``model.max_cache_len``; a
+request that cannot fit is refused up front (``SamplingError`` naming the limit), never decoded wrongly.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import Iterator, NamedTuple, Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from hrm.errors import UserError
+from hrm.models.attention import KVCache, resize_kv_caches
+
+MAX_CHUNK = 1024      # the longest prefill chunk (longer prompts are several chunks)
+MIN_CACHE = 64        # the smallest KV buffer allocated
 
 
 class SamplingError(UserError):
-    """Impossible sampling settings; the message names the setting."""
+    """Impossible sampling settings or inputs; the message names the setting."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How one row picks its tokens: ``temperature`` 0 is greedy; ``top_k``/``top_p``/``min_p`` filter
+    (None: off); ``repetition_penalty`` > 1 divides positive logits of tokens already in the row (prompt or
+    output) and multiplies negative ones (CTRL, arXiv:1909.05858 section 4.1)."""
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+
+    def check(self) -> "Sampling":
+        finite = lambda x: x is None or math.isfinite(x)
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            if not finite(getattr(self, name)):
+                raise SamplingError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise SamplingError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise SamplingError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.min_p is not None and not 0 <= self.min_p < 1:
+            raise SamplingError(f"min_p must be in [0, 1), got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise SamplingError(f"repetition_penalty must be > 0 (1 is off), got {self.repetition_penalty}")
+        return self
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
-    if temperature < 0:
-        raise SamplingError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise SamplingError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise SamplingError(f"top_p must be in (0, 1], got {top_p}")
+    Sampling(temperature, top_k, top_p).check()
     if max_new_tokens < 0:
         raise SamplingError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
 
 
-def sample_logits(logits, key, temperature: float, top_k: int | None, top_p: float | None):
-    """Next tokens (batch,) from logits (batch, vocab): greedy at temperature 0, else top-k/top-p sampling."""
-    if temperature == 0:
-        return jnp.argmax(logits, axis=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if top_p is not None and top_p < 1:
-        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-        # keep the smallest prefix whose mass reaches top_p (the top token always stays)
-        cutoff_index = jnp.sum(cumulative < top_p, axis=-1, keepdims=True)
-        cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
-        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1)
+class SamplingArrays(NamedTuple):
+    """``Sampling`` of each row as (batch,) arrays; 0 switches top_k and min_p off, 1 top_p and the penalty."""
+    temperature: jax.Array
+    top_k: jax.Array
+    top_p: jax.Array
+    min_p: jax.Array
+    penalty: jax.Array
+
+    @classmethod
+    def of(cls, rows: Sequence[Sampling]) -> "SamplingArrays":
+        column = lambda get, dtype: jnp.asarray([get(r) for r in rows], dtype)
+        return cls(column(lambda r: r.temperature, jnp.float32), column(lambda r: r.top_k or 0, jnp.int32),
+                   column(lambda r: r.top_p or 1.0, jnp.float32), column(lambda r: r.min_p or 0.0, jnp.float32),
+                   column(lambda r: r.repetition_penalty, jnp.float32))
+
+
+def sample_logits(logits, keys, settings: SamplingArrays, seen=None, greedy_only: bool = False):
+    """Next tokens (batch,) from logits (batch, vocab) with each row's settings and PRNG key (batch,).
+
+    Filters apply in the order of Hugging Face's samplers: temperature, top-k, top-p over what top-k kept,
+    min-p (a token needs at least min_p times the top token's probability)."""
+    if seen is not None:
+        p = settings.penalty[:, None]
+        logits = jnp.where(seen & (p != 1), jnp.where(logits > 0, logits / p, logits * p), logits)
+    greedy = jnp.argmax(logits, axis=-1)
+    if greedy_only:
+        return greedy
+    t = settings.temperature[:, None]
+    scaled = logits / jnp.where(t > 0, t, 1.0)
+    vocab = logits.shape[-1]
+    descending = -jnp.sort(-scaled, axis=-1)
+    k = jnp.where(settings.top_k > 0, jnp.minimum(settings.top_k, vocab), vocab)[:, None]
+    descending = jnp.where(jnp.arange(vocab) < k, descending, -jnp.inf)
+    cumulative = jnp.cumsum(jax.nn.softmax(descending, axis=-1), axis=-1)
+    # keep the smallest prefix whose mass reaches top_p (the top token always stays)
+    last = jnp.minimum(jnp.sum(cumulative < settings.top_p[:, None], axis=-1, keepdims=True), k - 1)
+    threshold = jnp.maximum(jnp.take_along_axis(descending, last, axis=-1),
+                            descending[:, :1] + jnp.log(settings.min_p[:, None]))
+    filtered = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    sampled = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
+    return jnp.where(settings.temperature == 0, greedy, sampled)
+
+
+class DecodeState(NamedTuple):
+    """What decoding carries per row (all batch-first, so rows concatenate and are replaced one by one)."""
+    logits: jax.Array   # (batch, vocab) float32: the next token's logits
+    cache: object       # the model's decode cache after every token fed so far
+    seen: jax.Array     # (batch, vocab) bool: tokens of the prompt and the output (repetition penalty)
+    keys: jax.Array     # (batch, 2) uint32: each row's PRNG key data
+    steps: jax.Array    # (batch,) int32: tokens sampled so far
+
+
+def row_key(seed: int, row: int = 0) -> jax.Array:
+    """The (2,) uint32 key data of a row: the seed's key folded with the row's index."""
+    return jax.random.key_data(jax.random.fold_in(jax.random.key(seed), row))
+
+
+def power_of_two_chunks(length: int, largest: int = MAX_CHUNK) -> list[int]:
+    """``length`` as descending powers of two of at most ``largest`` (a power of two): 300 → [256, 32, 8, 4]."""
+    chunks = [largest] * (length // largest)
+    rest = length % largest
+    return chunks + [1 << bit for bit in range(rest.bit_length() - 1, -1, -1) if rest >> bit & 1]
+
+
+def stack_rows(states: Sequence[DecodeState]) -> DecodeState:
+    return jax.tree.map(lambda *rows: jnp.concatenate(rows), *states)
 
 
 class Generator:
@@ -51,42 +146,151 @@ class Generator:
 
     def __init__(self, graphdef):
         self.graphdef = graphdef
-        self._prefill = jax.jit(self._prefill_fn)
-        self._decode = jax.jit(self._decode_fn, static_argnums=(3, 4, 5, 6))
+        self._cfg = None
+        self._has_kv = None
+        self._extend = jax.jit(self._extend_fn)
+        self._empty = jax.jit(self._empty_fn, static_argnums=(1, 2))
+        self._decode = jax.jit(self._decode_fn, static_argnums=(3, 4))
 
-    def _prefill_fn(self, params, tokens):
-        """Run a prompt (1, length); the last position's logits and the cache after it."""
+    # --- the compiled pieces ------------------------------------------------------------------------------
+
+    def _empty_fn(self, params, batch: int, length: int):
         model = nnx.merge(self.graphdef, params)
-        logits, cache = model(tokens, model.init_cache(tokens.shape[0]))
+        return resize_kv_caches(model.init_cache(batch), length)
+
+    def _extend_fn(self, params, tokens, cache):
+        """Feed tokens (batch, length) after ``cache``; the last position's logits and the new cache."""
+        model = nnx.merge(self.graphdef, params)
+        logits, cache = model(tokens, cache)
         return logits[:, -1], cache
 
-    def _decode_fn(self, params, logits, cache, steps, temperature, top_k, top_p, key):
+    def _decode_fn(self, params, state: DecodeState, settings: SamplingArrays, steps: int, greedy_only: bool):
         """Sample ``steps`` tokens (batch, steps), feeding each back through the recurrent cache.
 
         The model is merged (copied) inside the loop body: nnx transforms in the model (recursive_ssm's
         ``nnx.scan``) reject modules whose variables belong to an outer trace."""
-        def step(carry, step_key):
-            logits, cache = carry
-            token = sample_logits(logits, step_key, temperature, top_k, top_p)
-            model = nnx.merge(self.graphdef, params, copy=True)
-            next_logits, cache = model(token[:, None], cache)
-            return (next_logits[:, -1], cache), token
+        rows = jnp.arange(state.logits.shape[0])
 
-        _, tokens = jax.lax.scan(step, (logits, cache), jax.random.split(key, steps))
-        return tokens.T
+        def step(state, _):
+            keys = jax.vmap(lambda k, n: jax.random.fold_in(jax.random.wrap_key_data(k), n))(state.keys, state.steps)
+            token = sample_logits(state.logits, keys, settings, state.seen, greedy_only)
+            model = nnx.merge(self.graphdef, params, copy=True)
+            logits, cache = model(token[:, None], state.cache)
+            state = DecodeState(logits[:, -1], cache, state.seen.at[rows, token].set(True), state.keys,
+                                state.steps + 1)
+            return state, token
+
+        state, tokens = jax.lax.scan(step, state, None, length=steps)
+        return tokens.T, state
+
+    # --- limits -------------------------------------------------------------------------------------------
+
+    def _inspect(self, params) -> None:
+        if self._cfg is None:
+            model = nnx.merge(self.graphdef, params)
+            self._cfg = model.cfg
+            cache = jax.eval_shape(lambda: model.init_cache(1))
+            self._has_kv = any(isinstance(x, KVCache)
+                               for x in jax.tree.leaves(cache, is_leaf=lambda x: isinstance(x, KVCache)))
+
+    def context_limit(self, params) -> int | None:
+        """The most positions (prompt + new tokens) a row may reach: ``model.max_cache_len`` for models with
+        attention, None (unbounded) for pure SSMs."""
+        self._inspect(params)
+        return self._cfg.max_cache_len if self._has_kv else None
+
+    def check_ids(self, params, ids) -> None:
+        """A clear error for token ids outside the vocabulary (an embedding lookup would return NaN)."""
+        self._inspect(params)
+        vocab, ids = self._cfg.vocab_size, np.asarray(ids, np.int64).ravel()
+        bad = ids[(ids < 0) | (ids >= vocab)]
+        if bad.size:
+            raise SamplingError(f"token ids must be in [0, {vocab}) (model.vocab_size); got {bad[0]}"
+                                + (f" and {bad.size - 1} more" if bad.size > 1 else ""))
+
+    def cache_length(self, params, needed: int) -> int:
+        """The KV buffer for ``needed`` positions: the next power of two (at least MIN_CACHE, at most the
+        limit); a request past ``model.max_cache_len`` is refused."""
+        limit = self.context_limit(params)
+        if limit is None:
+            return MIN_CACHE     # unused: no KV buffer
+        if needed > limit:
+            raise SamplingError(f"the prompt plus new tokens need {needed} positions, more than "
+                                f"model.max_cache_len ({limit}) of this attention model; shorten them or "
+                                f"raise the limit (--max_context)")
+        return min(max(MIN_CACHE, 1 << (needed - 1).bit_length()), limit)
+
+    # --- prefill and decode -------------------------------------------------------------------------------
+
+    def prefill(self, params, ids: Sequence[int], length: int, cache=None):
+        """(logits (1, vocab), cache) after feeding ``ids`` to ``cache`` (default: an empty one of ``length``
+        positions), in power-of-two chunks."""
+        cache = self._empty(params, 1, length) if cache is None else cache
+        logits = None
+        start = 0
+        for size in power_of_two_chunks(len(ids)):
+            logits, cache = self._extend(params, jnp.asarray([ids[start:start + size]], jnp.int32), cache)
+            start += size
+        return logits, cache
+
+    def start_row(self, params, ids: Sequence[int], length: int, key_data, prefix: DecodeState | None = None):
+        """A one-row ``DecodeState`` after ``ids`` (continuing ``prefix`` when given: a saved state)."""
+        self.check_ids(params, ids)
+        if prefix is None:
+            if not ids:
+                raise SamplingError("every prompt needs at least one token")
+            logits, cache = self.prefill(params, ids, length)
+            seen = jnp.zeros((1, self._cfg.vocab_size), bool)
+        else:
+            cache = resize_kv_caches(prefix.cache, length)
+            logits, cache = self.prefill(params, ids, length, cache) if ids else (prefix.logits, cache)
+            seen = prefix.seen
+        seen = seen.at[0, jnp.asarray(ids, jnp.int32)].set(True) if ids else seen
+        return DecodeState(logits, cache, seen, jnp.asarray(key_data)[None], jnp.zeros((1,), jnp.int32))
+
+    def decode(self, params, state: DecodeState, settings: SamplingArrays, steps: int):
+        """(tokens (batch, steps) numpy, state after them)."""
+        greedy_only = bool(np.all(np.asarray(settings.temperature) == 0))
+        tokens, state = self._decode(params, state, settings, steps, greedy_only)
+        return np.asarray(tokens), state
+
+    def stream(self, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling,
+               seed: int = 0, chunk: int = 16, prefix: DecodeState | None = None) -> Iterator[np.ndarray]:
+        """Token arrays (batch, <= chunk) as they are decoded, ``max_new_tokens`` per row in all."""
+        sampling.check()
+        if max_new_tokens < 0:
+            raise SamplingError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if max_new_tokens == 0 or not prompts:
+            return
+        state = self.start(params, prompts, max_new_tokens, seed, prefix)
+        settings = SamplingArrays.of([sampling] * len(prompts))
+        steps, done = min(chunk, max_new_tokens), 0
+        while done < max_new_tokens:     # a last chunk's extra steps write past the buffer: dropped, unread
+            tokens, state = self.decode(params, state, settings, steps)
+            yield tokens[:, :max_new_tokens - done]
+            done += steps
+
+    def start(self, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, seed: int = 0,
+              prefix: DecodeState | None = None) -> DecodeState:
+        """The state after each prompt (after ``prefix`` when given), with room for ``max_new_tokens``."""
+        before = 0 if prefix is None else kv_positions(prefix)
+        length = self.cache_length(params, before + max(len(p) for p in prompts) + max_new_tokens)
+        return stack_rows([self.start_row(params, p, length, row_key(seed, i), prefix)
+                           for i, p in enumerate(prompts)])
 
     def generate_ids(self, params, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
-                     top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[list[int]]:
-        """New token ids for each prompt. Prompts of any lengths are prefilled one by one (no padding
-        enters the recurrent state), then decoded together as one batch."""
-        check_sampling(temperature, top_k, top_p, max_new_tokens)
-        if any(len(p) == 0 for p in prompts):
-            raise SamplingError("every prompt needs at least one token")
-        if max_new_tokens == 0 or not prompts:
+                     top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                     **sampling) -> list[list[int]]:
+        """New token ids for each prompt (one compiled decode loop for all of them)."""
+        chunks = list(self.stream(params, prompts, max_new_tokens, Sampling(temperature, top_k, top_p, **sampling),
+                                  seed, chunk=max(max_new_tokens, 1)))
+        if not chunks:
             return [[] for _ in prompts]
-        firsts = [self._prefill(params, jnp.asarray([p], jnp.int32)) for p in prompts]
-        logits = jnp.concatenate([f[0] for f in firsts])
-        cache = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[f[1] for f in firsts])
-        tokens = self._decode(params, logits, cache, max_new_tokens, float(temperature), top_k, top_p,
-                              jax.random.key(seed))
-        return jax.device_get(tokens).tolist()
+        return np.concatenate(chunks, axis=1).tolist()
+
+
+def kv_positions(state: DecodeState) -> int:
+    """Positions a (one-row) state has consumed, read from its KV cache (0 for a pure SSM's state)."""
+    kvs = [x for x in jax.tree.leaves(state.cache, is_leaf=lambda x: isinstance(x, KVCache))
+           if isinstance(x, KVCache)]
+    return int(jnp.max(kvs[0].pos)) if kvs else 0

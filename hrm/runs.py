@@ -38,5 +38,10 @@ def main(argv: list[str]) -> None:
             print(f"  step {row['step']:>8}  eval_loss {loss:>8}{names}{status}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml [project.scripts])."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

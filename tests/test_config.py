@@ -72,6 +72,7 @@ def test_cli_config_errors_are_one_line_with_exit_code_2():
 def test_an_installed_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
     """A regular (non-editable) install has no checkout beside it: ``--model_size`` must find the configs the
     wheel installs as ``hrm.configs``, and the console scripts must be declared."""
+    import importlib
     import os
     import shutil
     import subprocess
@@ -86,7 +87,11 @@ def test_an_installed_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     assert (site / "hrm/configs/hybrid_small.py").is_file() and not (site / "configs").exists()
     entry_points = next(site.glob("hrm-*.dist-info/entry_points.txt")).read_text()
-    assert "hrm-train = hrm.train:cli" in entry_points and "hrm-sample = hrm.sample:cli" in entry_points
+    scripts = dict(line.split(" = ") for line in entry_points.split("[console_scripts]")[1].split("\n") if " = " in line)
+    assert {"hrm-train", "hrm-sample", "hrm-serve", "hrm-eval"} <= set(scripts)
+    for target in scripts.values():                     # every script names a real zero-argument entry point
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
     env = {**os.environ, "PYTHONPATH": str(site), "JAX_PLATFORMS": "cpu"}
     script = "import hrm.info, sys; print(hrm.info.__file__); sys.argv[1:] = ['--model_size', 'hybrid-small']; " \
              "hrm.info.cli()"

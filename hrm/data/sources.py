@@ -145,8 +145,14 @@ def dialogue_documents(path: str, skipped: Skipped) -> Iterator[Document]:
                 or not all(isinstance(turn, str) for turn in context)):
             skipped.add("dialogue lines without a context list and a response string", f"{path.name}:{number}")
             continue
-        prompt = "".join(turn + "\n" for turn in context)
+        prompt = dialogue_prompt(context)
         yield Document(prompt + response, prompt_chars=len(prompt))
+
+
+def dialogue_prompt(turns: list[str]) -> str:
+    """The dialogue template: each context turn on its own line, the response follows (then end-of-text).
+    Training's ``data_path`` documents and chat/serving prompts (hrm.chat, hrm.serve) both use it."""
+    return "".join(turn + "\n" for turn in turns)
 
 
 def _table_rows(name: str, split: str, skipped: Skipped) -> tuple[Iterator[dict], list[str]]:

@@ -17,11 +17,14 @@ scores query blocks against key blocks with causal and same-document masks built
 and segment ids. Scale ``s`` therefore costs ``1/s`` of full attention (1.75x for (1, 2, 4)) and no
 (length x length) array exists, forward or backward.
 
-Decoding keeps the raw (pre-RoPE) keys and the values of every position in a buffer of
-``model.max_cache_len`` positions plus a per-row write position, so a chunked prefill followed by
-one-token steps computes the same thing as one full forward (jit-friendly: fixed shapes). Prompt plus
-generated tokens must fit in ``max_cache_len``; writes past the end are clamped (and wrong). The same
-kernel runs over the buffer and skips its key blocks past the write position.
+Decoding keeps, per scale, a buffer of pooled keys (RoPE applied once, at the window's end) and values,
+one slot per window, plus the raw keys and values of the last ``max(scales) - 1`` positions and a per-row
+write position. A chunk of l new positions writes its l scale-1 keys and the pooled keys of the windows it
+completes (each window once, when it completes) and attends over the buffers with ``cached_attention``,
+whose loop over key blocks stops at the current position. A chunked prefill followed by one-token steps
+computes what one full forward does. The buffer holds ``length`` positions
+(``init_cache(batch, length)``, default ``model.max_cache_len``); ``resize_kv_caches`` grows it, and
+``hrm.inference`` sizes it to the request and refuses what does not fit, never writing past its end.
 """
 
 from __future__ import annotations
@@ -44,9 +47,36 @@ BLOCK_SIZE = 512                  # queries per flash_attention block
 
 
 class KVCache(NamedTuple):
-    k: jax.Array     # (batch, max_cache_len, heads, head_dim): keys before RoPE
-    v: jax.Array     # (batch, max_cache_len, heads, head_dim)
-    pos: jax.Array   # (batch,) int32: positions written so far
+    keys: dict         # scale s -> (batch, ceil(length / s), heads, head_dim): pooled keys, RoPE applied
+    values: dict       # scale s -> (batch, ceil(length / s), heads, head_dim): pooled values
+    recent: jax.Array  # (batch, max(scales) - 1, heads, 2 * head_dim): raw keys and values of the last positions
+    pos: jax.Array     # (batch,) int32: positions written so far
+
+
+def kv_slots(length: int, s: int) -> int:
+    """Pooled slots of scale ``s`` in a buffer of ``length`` positions (one per window)."""
+    return -(-length // s)
+
+
+def resize_kv_caches(cache, length: int):
+    """``cache`` (any model's decode cache) with every KVCache's buffers grown (or cut) to ``length``
+    positions; slots past a row's position are never read, so growing leaves every result unchanged."""
+    def fit(buffers: dict) -> dict:
+        out = {}
+        for s, buffer in buffers.items():
+            slots = kv_slots(length, s)
+            pad = [(0, 0), (0, max(slots - buffer.shape[1], 0))] + [(0, 0)] * (buffer.ndim - 2)
+            out[s] = jnp.pad(buffer[:, :slots], pad)
+        return out
+
+    resize = lambda kv: kv._replace(keys=fit(kv.keys), values=fit(kv.values)) if isinstance(kv, KVCache) else kv
+    return jax.tree.map(resize, cache, is_leaf=lambda x: isinstance(x, KVCache))
+
+
+def kv_cache_length(cache) -> int | None:
+    """The positions the KV buffers of a model's decode cache hold; None for a cache without attention."""
+    kvs = [x for x in jax.tree.leaves(cache, is_leaf=lambda x: isinstance(x, KVCache)) if isinstance(x, KVCache)]
+    return min(buffer.shape[1] * s for s, buffer in kvs[0].keys.items()) if kvs else None
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -217,6 +247,42 @@ def blocked_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, block_q: int, block_k
     return jnp.moveaxis(out, 0, 1).reshape(b, -1, *out.shape[3:])[:, :length]
 
 
+def cached_attention(q, k, v, q_pos, s: int, block_k: int) -> jax.Array:
+    """Queries q (b, l, h, d) at positions q_pos (b, l) over a decode cache's buffers k, v (b, n, h, d) of
+    scale ``s`` (slot j holds the window ending at (j + 1)·s - 1). The online softmax of ``flash_attention``
+    over key blocks, in a ``while_loop`` that stops at the first block past the last query position, so a
+    step reads O(current length) of the buffer, never all of it. Returns (b, l, h, d) in v's dtype."""
+    b, l, h, d = q.shape
+    n = k.shape[1]
+    block = math.gcd(n, block_k)              # a power of two dividing the buffer: no padding copy
+    last = jnp.max(q_pos)
+    zeros_q, zeros_k = jnp.zeros((b, l), jnp.int32), jnp.zeros((b, block), jnp.int32)
+
+    def block_positions(i):
+        return jnp.broadcast_to((i * block + jnp.arange(block, dtype=jnp.int32) + 1) * s - 1, (b, block))
+
+    def more(carry):
+        i = carry[0]
+        return (i < n // block) & ((i * block + 1) * s - 1 <= last)
+
+    def attend(carry):
+        i, m, total, acc = carry
+        k_j = jax.lax.dynamic_slice_in_dim(k, i * block, block, axis=1)
+        v_j = jax.lax.dynamic_slice_in_dim(v, i * block, block, axis=1)
+        logits, mask = _block_scores(q, k_j, q_pos, block_positions(i), zeros_q, zeros_k)
+        m_new = jnp.maximum(m, jnp.max(jnp.where(mask, logits, NEG_INF), axis=-1))
+        p = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
+        rescale = jnp.exp(m - m_new)
+        pv = jnp.einsum("bhqk,bkhd->bhqd", p.astype(v_j.dtype), v_j, preferred_element_type=jnp.float32)
+        return i + 1, m_new, total * rescale + p.sum(-1), acc * rescale[..., None] + pv
+
+    init = (jnp.zeros((), jnp.int32), jnp.full((b, h, l), NEG_INF, jnp.float32), jnp.zeros((b, h, l), jnp.float32),
+            jnp.zeros((b, h, l, d), jnp.float32))
+    _, _, total, acc = jax.lax.while_loop(more, attend, init)
+    out = acc / jnp.where(total > 0, total, 1.0)[..., None]
+    return jnp.swapaxes(out, 1, 2).astype(v.dtype)
+
+
 class MultiScaleAttention(nnx.Module):
     """Causal MHA with RoPE over the keys pooled at each of ``scales`` (see the module docstring).
 
@@ -242,10 +308,14 @@ class MultiScaleAttention(nnx.Module):
         if len(self.scales) > 1:
             self.scale_logits = nnx.Param(jnp.zeros((len(self.scales),), jnp.float32))
 
-    def init_cache(self, batch: int) -> KVCache:
-        shape = (batch, self.cfg.max_cache_len, self.n_heads, self.head_dim)
+    def init_cache(self, batch: int, length: int | None = None) -> KVCache:
+        """An empty cache of ``length`` positions (default ``model.max_cache_len``)."""
+        length = self.cfg.max_cache_len if length is None else length
         dtype = jnp.dtype(self.cfg.dtype)
-        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
+        buffer = lambda s: jnp.zeros((batch, kv_slots(length, s), self.n_heads, self.head_dim), dtype)
+        return KVCache({s: buffer(s) for s in self.scales}, {s: buffer(s) for s in self.scales},
+                       jnp.zeros((batch, max(self.scales) - 1, self.n_heads, 2 * self.head_dim), dtype),
+                       jnp.zeros((batch,), jnp.int32))
 
     def __call__(self, x: jax.Array, cache: KVCache | None = None, segment_ids: jax.Array | None = None):
         """x (batch, length, d_model) → (out (batch, length, d_model), cache).
@@ -259,35 +329,52 @@ class MultiScaleAttention(nnx.Module):
         q = self.q_proj(x).reshape(b, l, h, dh)
         k = self.k_proj(x).reshape(b, l, h, dh)
         v = self.v_proj(x).reshape(b, l, h, dh)
-        if cache is None:
-            start = jnp.zeros((b,), jnp.int32)
-            keys, values, new_cache = k, v, None
-        else:
-            start = cache.pos
-            write = jax.vmap(lambda buf, new, p: jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype),
-                                                                              (p, 0, 0)))
-            keys, values = write(cache.k, k, start), write(cache.v, v, start)
-            new_cache = KVCache(keys, values, start + l)
-            segment_ids = None
+        start = jnp.zeros((b,), jnp.int32) if cache is None else cache.pos
         q_pos = start[:, None] + jnp.arange(l, dtype=jnp.int32)[None]            # (b, l)
         q = rope(q, q_pos, self.cfg.rope_theta)
-        if segment_ids is None:                                                 # one document per row
-            q_seg, k_seg = jnp.zeros((b, l), jnp.int32), jnp.zeros((b, keys.shape[1]), jnp.int32)
+        if cache is None:
+            q_seg = k_seg = jnp.zeros((b, l), jnp.int32) if segment_ids is None else segment_ids
+            outs = []
+            for s in self.scales:
+                pooled_k, pooled_v, k_pos, pooled_seg = pool_windows(k, v, k_seg, s)
+                pooled_k = rope(pooled_k, k_pos, self.cfg.rope_theta)
+                outs.append(blocked_attention(q, pooled_k, pooled_v, q_pos, k_pos, q_seg, pooled_seg,
+                                              self.block_size, max(self.block_size // s, 1)))
+            new_cache = None
         else:
-            q_seg = k_seg = segment_ids
-
-        outs = []
-        for s in self.scales:
-            pooled_k, pooled_v, k_pos, pooled_seg = pool_windows(keys, values, k_seg, s)
-            pooled_k = rope(pooled_k, k_pos, self.cfg.rope_theta)
-            outs.append(blocked_attention(q, pooled_k, pooled_v, q_pos, k_pos, q_seg, pooled_seg,
-                                          self.block_size, max(self.block_size // s, 1)))
+            new_cache = self._extend_cache(cache, k, v, q_pos)
+            outs = [cached_attention(q, new_cache.keys[s], new_cache.values[s], q_pos, s,
+                                     max(self.block_size // s, 1)) for s in self.scales]
         if len(outs) > 1:
             weights = jax.nn.softmax(self.scale_logits[...])
             out = sum(w.astype(o.dtype) * o for w, o in zip(weights, outs))
         else:
             out = outs[0]
         return self.out_proj(out.reshape(b, l, d)), new_cache
+
+    def _extend_cache(self, cache: KVCache, k, v, q_pos):
+        """Write a chunk's keys and values (b, l, h, dh) at positions ``q_pos`` (b, l) into the cache.
+
+        At scale s the chunk completes the windows ending at its positions e with (e + 1) % s == 0; each
+        such window's mean (over its last s raw keys, the first ones possibly from ``cache.recent``) gets
+        RoPE at e and goes to slot (e + 1) / s - 1; other positions write nowhere (an out-of-range slot,
+        dropped). Returns the new cache.
+        """
+        b, l, h, dh = k.shape
+        raw = jnp.concatenate([cache.recent, jnp.concatenate([k, v], -1).astype(cache.recent.dtype)], axis=1)
+        rows = jnp.arange(b)[:, None]
+        keys, values = {}, {}
+        for s in self.scales:
+            slots = cache.keys[s].shape[1]
+            window = raw[:, raw.shape[1] - l - s + 1:]                               # (b, s - 1 + l, h, 2dh)
+            mean = sum(window[:, i:i + l].astype(jnp.float32) for i in range(s)) / s
+            ends = (q_pos + 1) % s == 0
+            slot = jnp.where(ends, (q_pos + 1) // s - 1, slots)
+            new_k = rope(mean[..., :dh].astype(k.dtype), q_pos, self.cfg.rope_theta)
+            keys[s] = cache.keys[s].at[rows, slot].set(new_k.astype(cache.keys[s].dtype), mode="drop")
+            values[s] = cache.values[s].at[rows, slot].set(mean[..., dh:].astype(cache.values[s].dtype), mode="drop")
+        recent = raw[:, raw.shape[1] - cache.recent.shape[1]:]
+        return KVCache(keys, values, recent, cache.pos + l)
 
 
 class MLP(nnx.Module):

@@ -1,0 +1,115 @@
+"""hrm/inference.py: the sized and grown KV cache, power-of-two prefill chunks, per-row sampling and
+refusals; the decode path of every family against the full forward."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hrm.config import ModelConfig
+from hrm.inference import (Generator, Sampling, SamplingArrays, SamplingError, power_of_two_chunks,
+                           sample_logits)
+from hrm.models import build_model
+from hrm.models.attention import kv_cache_length, resize_kv_caches
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
+VOCAB = 48
+SMALL = {
+    "mamba": ModelConfig(family="mamba", d_model=32, n_layers=2, d_state=8, vocab_size=VOCAB),
+    "hybrid_recursive": ModelConfig(family="hybrid_recursive", d_model=32, n_layers=1, d_state=8, n_heads=4,
+                                    max_recursion_depth=2, max_cache_len=96, vocab_size=VOCAB),
+    "recursive_ssm": ModelConfig(family="recursive_ssm", d_model=32, n_layers=2, d_state=8, recurrent_depth=2,
+                                 vocab_size=VOCAB),
+    "hybrid_pattern": ModelConfig(family="hybrid_pattern", d_model=32, n_layers=2, layer_pattern="AM", d_state=8,
+                                  n_heads=4, max_cache_len=96, vocab_size=VOCAB),
+}
+
+
+def setup(name, **overrides):
+    model = build_model(dataclasses.replace(SMALL[name], **overrides), seed=2)
+    graphdef, params = nnx.split(model)
+    forward = jax.jit(lambda p, tokens: nnx.merge(graphdef, p)(tokens)[0])
+    return Generator(graphdef), params, forward
+
+
+def assert_stepwise_argmax(forward, params, prompt, generated, length=80):
+    """Each generated token is the argmax of one full forward over prompt + generated (zero-padded to one
+    length, so one compile; causality makes the padding irrelevant), up to float ties."""
+    sequence = list(prompt) + list(generated)
+    logits = np.asarray(forward(params, jnp.asarray([sequence + [0] * (length - len(sequence))])))[0]
+    for i, token in enumerate(generated):
+        step = logits[len(prompt) - 1 + i]
+        assert step[token] >= step.max() - 1e-5, (i, token, int(step.argmax()))
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_greedy_decode_past_the_first_buffer_equals_stepwise_argmax(name):
+    """A 70-token prompt (chunks 64 + 4 + 2) and 6 new tokens, next to a 3-token prompt: the KV buffer (96
+    positions, the limit) and the pooled windows completing during decode give the full forward's argmax."""
+    generator, params, forward = setup(name)
+    prompt = np.random.default_rng(0).integers(0, VOCAB, 70).tolist()
+    short = [5, 6, 7]
+    generated = generator.generate_ids(params, [prompt, short], 6, temperature=0)
+    assert len(generated[0]) == len(generated[1]) == 6
+    assert_stepwise_argmax(forward, params, prompt, generated[0])
+    assert_stepwise_argmax(forward, params, short, generated[1])
+
+
+def test_growing_the_kv_cache_keeps_decoding_exact():
+    generator, params, forward = setup("hybrid_recursive")
+    prompt = [3, 1, 4, 1, 5, 9, 2]
+    state = generator.start(params, [prompt], 4)
+    assert kv_cache_length(state.cache) == 64
+    grown = state._replace(cache=resize_kv_caches(state.cache, 96))
+    assert kv_cache_length(grown.cache) == 96
+    settings = SamplingArrays.of([Sampling(0.0)])
+    tokens, _ = generator.decode(params, grown, settings, 5)
+    assert_stepwise_argmax(forward, params, prompt, tokens[0].tolist())
+
+
+def test_a_request_past_max_cache_len_is_refused_up_front():
+    generator, params, _ = setup("hybrid_pattern")
+    with pytest.raises(SamplingError, match=r"model.max_cache_len \(96\)"):
+        generator.generate_ids(params, [[1] * 90], 7, temperature=0)
+    assert len(generator.generate_ids(params, [[1] * 90], 6, temperature=0)[0]) == 6
+    # a pure SSM has no such limit
+    generator, params, _ = setup("mamba")
+    assert generator.context_limit(params) is None
+    with pytest.raises(SamplingError, match=r"token ids must be in \[0, 48\)"):
+        generator.generate_ids(params, [[1, 48]], 2)
+
+
+def test_prefill_compiles_per_power_of_two_chunk_not_per_prompt_length():
+    assert power_of_two_chunks(300) == [256, 32, 8, 4] and power_of_two_chunks(2049) == [1024, 1024, 1]
+    generator, params, _ = setup("mamba")
+    for length in (5, 6, 7, 12, 13, 15):       # chunks 8, 4, 2, 1 only
+        generator.start(params, [[1] * length], 1)
+    assert generator._extend._cache_size() == 4
+
+
+def test_per_row_sampling_settings_and_keys():
+    logits = jax.random.normal(jax.random.key(0), (4, 50)) * 3
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(1), i))(jnp.arange(4))
+    rows = [Sampling(0.0), Sampling(1.0, top_k=1), Sampling(1.0, top_p=1e-6), Sampling(1.0, min_p=0.999)]
+    tokens = sample_logits(logits, keys, SamplingArrays.of(rows))
+    np.testing.assert_array_equal(tokens, jnp.argmax(logits, -1))
+    # a row's token depends only on its own logits, settings and key
+    hot = Sampling(1.5, top_k=20)
+    alone = sample_logits(logits[2:3], keys[2:3], SamplingArrays.of([hot]))
+    mixed = sample_logits(logits, keys, SamplingArrays.of([Sampling(0.0), hot, hot, Sampling(0.7)]))
+    assert int(mixed[2]) == int(alone[0])
+    # the repetition penalty moves the argmax off a seen token
+    seen = jnp.zeros((1, 50), bool).at[0, int(jnp.argmax(logits[0]))].set(True)
+    penalised = sample_logits(logits[:1], keys[:1], SamplingArrays.of([Sampling(0.0, repetition_penalty=1e3)]), seen)
+    assert int(penalised[0]) != int(jnp.argmax(logits[0]))
+
+
+@pytest.mark.parametrize("bad,message", [(dict(temperature=float("nan")), "finite"),
+                                         (dict(temperature=-1.0), ">= 0"), (dict(top_k=0), "top_k"),
+                                         (dict(min_p=1.0), "min_p"), (dict(repetition_penalty=0.0), "repetition")])
+def test_impossible_settings_are_refused(bad, message):
+    with pytest.raises(SamplingError, match=message):
+        Sampling(**bad).check()
