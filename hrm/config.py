@@ -59,14 +59,14 @@ class ModelConfig:
                                                    # (on the command line and in JSON also "1,2,4")
     max_cache_len: int = 2048      # KV-cache positions for decoding (prompt + generated tokens must fit)
     mlp_ratio: int = 4             # hidden width / d_model of the MLPs (attention layers, recursive transform)
-    # --- hybrid_recursive (seeds 000/002) ---
+    # --- hybrid_recursive (docs/MODELS.md) ---
     max_recursion_depth: int = 3   # applications of the shared recursive transform
     gate_per_token: bool = False   # depth gate per token; False: per sequence (causal running mean)
     ponder_prior: float = 0.0      # depth prior: truncated geometric(p); 0 = uniform over depths
     gate_reg_weight: float = 0.01  # weight of KL(gate || prior), the anti-collapse term (0 disables)
-    # --- hybrid_pattern (seeds 003/004) ---
+    # --- hybrid_pattern (docs/MODELS.md) ---
     layer_pattern: str = ""        # one letter per layer: M = Mamba, A = attention + MLP; length n_layers
-    # --- recursive_ssm (seed 001): n_layers physical blocks applied recurrent_depth times ---
+    # --- recursive_ssm: n_layers physical blocks applied recurrent_depth times ---
     recurrent_depth: int = 1
     adapter_rank: int = 0          # per-depth low-rank adapter rank (per-depth scale/shift always present)
     checkpoint_segments: int = 1   # recursive_ssm: blocks per remat segment (when remat is not "none")
@@ -147,7 +147,7 @@ class Config:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-# Seed 002's --training_preset table: train.* values (``hrm.train --training_preset`` applies one).
+# The trainer guide's --training_preset table (docs/MODELS.md): train.* values (``hrm.train --training_preset`` applies one).
 TRAINING_PRESETS = {
     "fast": {"steps": 50_000, "lr": 5e-4, "warmup_steps": 1000, "save_every": 2500, "eval_every": 2500},
     "default": {"steps": 100_000, "lr": 3e-4, "warmup_steps": 2000, "save_every": 5000, "eval_every": 5000},
@@ -159,8 +159,8 @@ DEFAULT_SAFETY_MARGIN_MB = 2048   # --vram_safety_margin: device memory (MB) kep
 
 def documented_size_config(model: ModelConfig, *, seq_len: int = 2048, batch_size: int = 32,
                            dtype: str = "bfloat16", **train) -> Config:
-    """A model size from the user's documents: GPT-2 BPE, rows of ``seq_len`` tokens, a global batch of 32 rows
-    (seed 002's effective batch, 4 x 8 accumulation), bf16 compute (the documents train in mixed precision)
+    """A documented model size (docs/MODELS.md): GPT-2 BPE, rows of ``seq_len`` tokens, a global batch of 32 rows
+    (the trainer guide's effective batch, 4 x 8 accumulation), bf16 compute (the guide trains in mixed precision)
     and the 'default' training preset; ``train`` overrides single ``TrainConfig`` fields (each config sets the
     ``accumulation_steps`` that fits its documented VRAM, measured with ``python -m hrm.memtest``)."""
     model.vocab_size = model.vocab_size or GPT2_VOCAB

@@ -1,7 +1,7 @@
 """python -m hrm.info --config configs/X.py [--config.section.key=value ...]
 
 Prints the model's parameters per component, effective depth, forward FLOPs per token and, when the config
-file states it (``DOCUMENTED_PARAMS``), the size the user's documents give next to ours. Shapes come from
+file states it (``DOCUMENTED_PARAMS``), the documented size (docs/MODELS.md) next to ours. Shapes come from
 ``nnx.eval_shape`` (``jax.eval_shape``): nothing is allocated, so the largest configs inspect instantly.
 No tokenizer is needed when ``model.vocab_size`` is set; otherwise the data tokenizer sets it.
 """

@@ -15,8 +15,8 @@ from hrm.cli import ArgumentParser, UsageError, add_config_source, run_main
 from hrm.config import DEFAULT_SAFETY_MARGIN_MB
 from hrm.training.memory import GIB, MIB, parse_vram
 
-# The documents' VRAM figure per config (seed 002's tables: the upper end of each range; seeds 001/003 and
-# issue 11 for the others), in GB (GiB); --test_all checks every config against it.
+# The documented VRAM figure per config (docs/BENCHMARKS.md: the trainer guide's tables, the upper end of each
+# range; the source projects for the others), in GB (GiB); --test_all checks every config against it.
 DOCUMENTED_VRAM_GB = {
     "mamba_small": 6, "mamba_medium_lite": 10, "mamba_medium_plus": 12, "mamba_medium_x": 14, "mamba_medium": 16,
     "mamba_medium_extra": 18, "mamba_large_lite": 20, "mamba_large_plus": 24, "mamba_large": 32,

@@ -17,7 +17,7 @@ from hrm.config import (DEFAULT_SAFETY_MARGIN_MB, TRAINING_PRESETS, Config, appl
                         model_size_config)
 
 OVERRIDE_PREFIX = "--config."
-DATA_FLAGS = {  # the user's documents' data flags, shorthands for --config.data.<flag>
+DATA_FLAGS = {  # the trainer guide's data flags, shorthands for --config.data.<flag>
     "data_dir": "a folder of .txt/.py/.md/.json files",
     "data_path": "a dialogue JSONL file ({context: [...], response, source} per line)",
     "dataset": "a local .jsonl/.json/.parquet/.csv file, a save_to_disk folder or a Hugging Face dataset name",

@@ -1,4 +1,4 @@
-"""The hybrid families: ``hybrid_recursive`` (seeds 000/002) and ``hybrid_pattern`` (seeds 003/004).
+"""The hybrid families: ``hybrid_recursive`` and ``hybrid_pattern`` (docs/MODELS.md).
 
 Both reuse ``LanguageModel`` (embedding → layers → RMSNorm → tied head) and ``ResidualBlock`` from lm.py.
 """

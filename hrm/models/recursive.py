@@ -1,5 +1,5 @@
 """Recursion with shared parameters: hybrid_recursive's gated recursive processor and the
-``recursive_ssm`` family (n physical Mamba blocks applied ``recurrent_depth`` times, seed 001).
+``recursive_ssm`` family (n physical Mamba blocks applied ``recurrent_depth`` times; docs/MODELS.md).
 """
 
 from __future__ import annotations
@@ -147,8 +147,8 @@ class DepthAdapters(nnx.Module):
 
 
 class RecursiveSSM(LanguageModel):
-    """``n_layers`` physical Mamba residual blocks applied ``recurrent_depth`` times (seed 001's
-    RecursiveStateSpace: 48 × 5 = 240 effective layers).
+    """``n_layers`` physical Mamba residual blocks applied ``recurrent_depth`` times (the
+    48 × 5 = 240-effective-layer recursive state space of docs/MODELS.md).
 
     The depth loop is ``nnx.scan`` over ``recurrent_depth`` with the blocks broadcast (one copy of their
     parameters for every depth) and the per-depth adapters scanned; inside it the blocks run in
