@@ -124,6 +124,8 @@ def flops_per_token(cfg, counts: dict[str, int], context: int) -> int:
 
 
 def documented(config_path: str) -> tuple[int | None, str]:
+    if not config_path.endswith(".py"):   # a JSON config states no documented size
+        return None, ""
     module = runpy.run_path(config_path)
     return module.get("DOCUMENTED_PARAMS"), module.get("DOCUMENTED_SOURCE", "")
 

@@ -99,6 +99,7 @@ def test_help_shows_overrides_resuming_and_an_example_per_data_source():
         assert expected in text, expected
 
 
+@pytest.mark.slow
 def test_resume_from_a_path_into_a_new_directory_continues_exactly(tmp_path):
     config = small_config(steps=8, save_every=4)
     train(config, tmp_path / "straight", log=lambda *_: None)
@@ -151,7 +152,7 @@ def test_epochs_set_the_steps_from_the_training_tokens(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("--config.model.d_model=1000000", "parameters: their weights, gradients and AdamW moments need"),
     ("--config.model.n_layers=10000", "parameters: their weights, gradients and AdamW moments need"),
-    ("--config.data.seq_len=10000000", "does not fit: its train step needs"),
+    pytest.param("--config.data.seq_len=10000000", "does not fit: its train step needs", marks=pytest.mark.slow),
 ])
 def test_impossible_sizes_are_one_line_before_anything_is_allocated(tmp_path, override, message):
     started = time.time()
@@ -187,3 +188,17 @@ def test_train_background_starts_detached_logs_and_stops(tmp_path):
     assert stopped.returncode == 0 and f"stopped training process {pid}" in stopped.stdout, stopped
     assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
     assert not pid_file.exists()
+
+
+def test_an_unreadable_data_file_is_skipped_and_counted(tmp_path, monkeypatch):
+    from hrm.data.sources import Skipped, read_text
+    secret = tmp_path / "secret.txt"
+    secret.write_text("text")
+    secret.chmod(0)
+    if os.access(secret, os.R_OK):   # root reads anything: make the read fail as it would for a user
+        real = Path.read_bytes
+        monkeypatch.setattr(Path, "read_bytes", lambda p: (_ for _ in ()).throw(PermissionError(13, "denied"))
+                            if p == secret else real(p))
+    skipped = Skipped()
+    assert read_text(secret, skipped) is None
+    assert skipped.summary() == "skipped 1 unreadable files (e.g. secret.txt)"
