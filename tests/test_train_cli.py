@@ -202,3 +202,12 @@ def test_an_unreadable_data_file_is_skipped_and_counted(tmp_path, monkeypatch):
     skipped = Skipped()
     assert read_text(secret, skipped) is None
     assert skipped.summary() == "skipped 1 unreadable files (e.g. secret.txt)"
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_hybrid", "tiny_recursive", "tiny_pattern"])
+def test_the_size_check_counts_parameters_exactly(name):
+    """hrm.info.parameter_table extrapolates from 1- and 2-layer shapes; it equals tracing every layer."""
+    from hrm.config import resolve_config
+    from hrm.info import _full_parameter_table, parameter_table
+    model = resolve_config(load_config_file(ROOT / "configs" / f"{name}.py")).model
+    assert parameter_table(model) == _full_parameter_table(model)
