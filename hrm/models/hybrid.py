@@ -9,8 +9,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hrm.config import ModelConfig
-from hrm.models.dropout import dropout
 from hrm.models.attention import MLP, MultiScaleAttention, parse_scales
+from hrm.models.dropout import dropout
 from hrm.models.lm import LanguageModel, ResidualBlock
 from hrm.models.mamba import Mamba
 from hrm.models.recursive import RecursiveProcessor
