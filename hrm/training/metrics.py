@@ -60,7 +60,7 @@ class MetricsWriter:
         summary = f"loss {record['loss']:.4f} lr {record['lr']:.2e} tok/s {record['tokens_per_sec']:,.0f}"
         summary += f" mfu {record['mfu']:.1%}" if "mfu" in record else " mfu n/a"
         if "epoch" in record:
-            summary += f" epoch {record['epoch']:.2f}"
+            summary += f" epoch {record['epoch']:.2f}" if record["epoch"] >= 0.1 else f" epoch {record['epoch']:.2g}"
         if "peak_mem_gb" in record:
             summary += f" mem={record['peak_mem_gb']:.1f}GB"
         if self.bar is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hrm.training.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, CheckpointError, manager
+from hrm.training.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, CheckpointError, manager, quiet_orbax
 
 
 def resume_point(path: str | Path) -> tuple[Path, int]:
@@ -26,6 +26,7 @@ def resume_point(path: str | Path) -> tuple[Path, int]:
         what = "does not exist" if not path.exists() else "is a file" if path.is_file() else "is no hrm run"
         raise CheckpointError(f"--resume '{path}' {what}; pass a run directory (with {CONFIG_FILE} and "
                               f"{CHECKPOINT_DIR}/) or one of its steps, DIR/{CHECKPOINT_DIR}/N")
+    quiet_orbax()
     mgr = manager(run_dir, read_only=True)
     steps = sorted(mgr.all_steps())
     mgr.close()
