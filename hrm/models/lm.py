@@ -22,6 +22,13 @@ def rms(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
 
 
+def record_probe(module: nnx.Module, name: str, value: jax.Array) -> None:
+    """Sow ``value`` for the activation probe's ``nnx.capture``; nothing outside a capture (flax's
+    ``Module.sow`` would otherwise keep it on the module, flax/nnx/module.py ``sow``)."""
+    if hasattr(module, "__captures__"):
+        module.sow(nnx.Intermediate, name, value)
+
+
 def rematerialised(fn, cfg: ModelConfig):
     """``fn`` under ``nnx.remat`` with the policy ``cfg.remat`` names; ``fn`` itself for "none"."""
     if cfg.remat == "none":
@@ -100,7 +107,7 @@ class LanguageModel(nnx.Module):
             run = rematerialised(lambda layer, x, segment_ids: layer(x, segment_ids=segment_ids)[0], self.cfg)
             for layer in self.layers:
                 x = run(layer, x, segment_ids)
-                self.sow(nnx.Intermediate, "probe_act_rms", rms(x))
+                record_probe(self, "probe_act_rms", rms(x))
             return x, None
         new_cache = []
         for layer, layer_cache in zip(self.layers, cache):

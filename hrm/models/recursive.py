@@ -14,7 +14,7 @@ from flax import nnx
 from hrm.config import ModelConfig
 from hrm.models.attention import MLP
 from hrm.models.dropout import dropout, fold_in_dropout_key
-from hrm.models.lm import LanguageModel, ResidualBlock, rematerialised, rms
+from hrm.models.lm import LanguageModel, ResidualBlock, record_probe, rematerialised, rms
 from hrm.models.mamba import Mamba
 
 # Training collects the gate's sown values with nnx.capture (hrm.training.state); other forwards
@@ -104,7 +104,7 @@ class RecursiveProcessor(nnx.Module):
             state_rms.append(rms(state))
         if cache is None:   # a full forward (training, evaluation); decoding steps record nothing
             self._record_gate(w)
-            self.sow(nnx.Intermediate, "probe_state_rms", jnp.stack(state_rms))
+            record_probe(self, "probe_state_rms", jnp.stack(state_rms))
         return (u.astype(jnp.float32) + state).astype(u.dtype), cache
 
     def _record_gate(self, w):
@@ -200,6 +200,6 @@ class RecursiveSSM(LanguageModel):
         x, (new_caches, norms) = over_depth(x.astype(residual_dtype), segments, self.adapters.per_depth(), caches,
                                             jnp.arange(self.cfg.recurrent_depth))
         if cache is None:   # the residual stream after each segment (depth-major) and after each depth
-            self.sow(nnx.Intermediate, "probe_act_rms", jnp.ravel(norms))
-            self.sow(nnx.Intermediate, "probe_state_rms", norms[:, -1])
+            record_probe(self, "probe_act_rms", jnp.ravel(norms))
+            record_probe(self, "probe_state_rms", norms[:, -1])
         return x, None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), new_caches)
