@@ -71,6 +71,8 @@ class ModelConfig:
     adapter_rank: int = 0          # per-depth low-rank adapter rank (per-depth scale/shift always present)
     checkpoint_segments: int = 1   # recursive_ssm: blocks per remat segment (when remat is not "none")
     # --- memory ---
+    dropout: float = 0.0           # residual dropout on every branch (Mamba, attention, MLP, recursion, fusion)
+                                   # while training; never in evaluation or decoding; 0 = none
     remat: Remat = "none"          # rematerialise each layer in the backward pass: "none", "block" (keep only
                                    # its input) or a jax.checkpoint_policies name (dots_with_no_batch_dims_saveable)
 
@@ -105,6 +107,7 @@ class DataConfig:
 @dataclasses.dataclass
 class TrainConfig:
     steps: int = 1000
+    epochs: float = 0.0           # > 0: train.steps follows from this many passes over the training tokens
     batch_size: int = 8           # global batch per optimizer step (all devices, all micro-batches)
     accumulation_steps: int = 1   # micro-batches per step, run in sequence: batch_size / this rows at a time
     shard_params: bool = False    # FSDP: shard parameters and optimizer state over the devices
@@ -117,6 +120,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     save_every: int = 500
     log_every: int = 10
+    log_activations: bool = True  # log steps also record activation RMS per layer and recursion depth
     eval_every: int = 0           # 0: evaluate at every checkpoint save and at the end
     eval_batches: int = 8
     keep_checkpoints: int = 3     # the newest N steps; the best (lowest eval loss) and final ones are kept too
@@ -247,12 +251,16 @@ def apply_override(config: Config, key: str, value: str) -> None:
     known = all_keys(config)
     if key not in known:
         raise ConfigError(_unknown_key(key, known))
+    _set(config, key, value)
+
+
+def _set(config: Config, key: str, value) -> None:
+    """``config.<key> = value`` parsed with the field's type (``value``: a command-line string or JSON value)."""
     *parents, leaf = key.split(".")
     target = config
     for part in parents:
         target = getattr(target, part)
-    kind = typing.get_type_hints(type(target))[leaf]
-    setattr(target, leaf, _coerce(key, kind, value))
+    setattr(target, leaf, _coerce(key, typing.get_type_hints(type(target))[leaf], value))
 
 
 def config_dir() -> Path:
@@ -294,11 +302,31 @@ def model_size_config(name: str) -> Path:
 
 
 def load_config_file(path: str | Path) -> Config:
-    """Run ``get_config()`` from a Python config file; its stem becomes the default run name."""
+    """The config of a Python file's ``get_config()`` or of a JSON file (hrm's saved ``config.json`` or the
+    documents' format, ``config_from_json``); the file's stem becomes the default run name."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config '{path}' is a folder; pass a config file such as configs/tiny.py or a "
+                          f"run's config.json (--resume/--init_from take run folders)")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found; pass a file such as configs/tiny.py")
+    if path.suffix.lower() == ".json":
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"config file '{path}' is not readable JSON: {error}") from error
+        config = config_from_json(raw, str(path))
+    else:
+        config = _run_get_config(path)
+    if config.name == Config.name:
+        config.name = path.stem
+    return config
+
+
+def _run_get_config(path: Path) -> Config:
     spec = importlib.util.spec_from_file_location(f"hrm_config_{path.stem}", path)
+    if spec is None:
+        raise ConfigError(f"config file '{path}' is neither a Python file with get_config() nor a .json file")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
@@ -306,12 +334,83 @@ def load_config_file(path: str | Path) -> Config:
         raise ConfigError(f"config file '{path}' failed to run: {type(error).__name__}: {error}") from error
     if not isinstance(getattr(module, "get_config", None), types.FunctionType):
         raise ConfigError(f"config file '{path}' must define get_config() returning hrm.config.Config")
-    config = module.get_config()
+    try:
+        config = module.get_config()
+    except Exception as error:
+        raise ConfigError(f"get_config() in config file '{path}' failed: {type(error).__name__}: {error}") from error
     if not isinstance(config, Config):
         raise ConfigError(f"get_config() in '{path}' returned {type(config).__name__}, expected Config")
-    if config.name == Config.name:
-        config.name = path.stem
     return config
+
+
+# The documents' JSON config (seed 002, "Custom config format") → hrm's keys. Every section also takes hrm's own
+# field names, so hrm's saved config.json is the same format with no aliases.
+JSON_SECTIONS = {"model": "model", "data": "data", "train": "train", "training": "train"}
+JSON_ALIASES = {
+    "model": {"expand_factor": "model.expand", "max_seq_len": "data.seq_len", "n_blocks": "model.n_layers"},
+    "train": {"learning_rate": "train.lr", "max_steps": "train.steps", "save_steps": "train.save_every",
+              "eval_steps": "train.eval_every", "max_grad_norm": "train.grad_clip"},
+}
+
+
+def config_from_json(raw, source: str) -> Config:
+    """A ``Config`` from a JSON object: hrm's saved ``config.json`` ({name, model, data, train}) or the
+    documents' ``{"model": {d_model, n_layers, d_state, expand_factor, dropout, max_seq_len, vocab_size},
+    "training": {learning_rate, warmup_steps, max_steps, save_steps, eval_steps}, "vram": {batch_size,
+    gradient_accumulation_steps, effective_batch_size}}`` (``vram.batch_size`` is the micro-batch; the documents'
+    models use GPT-2 BPE, so that format's ``data.tokenizer`` defaults to ``gpt2``). Keys not given keep
+    ``Config()``'s defaults; unknown keys are one ``ConfigError`` naming all of them."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{source}' must hold a JSON object with sections model, data, train")
+    flat, unknown = {}, []
+    for section, values in raw.items():
+        if section == "name":
+            flat["name"] = values
+        elif section == "vram":
+            flat.update(_vram_section(values, source))
+        elif section in JSON_SECTIONS and isinstance(values, dict):
+            target = JSON_SECTIONS[section]
+            fields = {f.name for f in dataclasses.fields(getattr(Config(), target))}
+            for key, value in values.items():
+                alias = JSON_ALIASES.get(target, {}).get(key)
+                if alias or key in fields:
+                    flat[alias or f"{target}.{key}"] = value
+                else:
+                    unknown.append(f"{section}.{key}")
+        else:
+            unknown.append(section)
+    if unknown:
+        known = [f"{s}.{k}" for s in ("model", "data", "train") for k in all_keys(getattr(Config(), s))]
+        close = difflib.get_close_matches(unknown[0], known, n=2, cutoff=0.6)
+        raise ConfigError(f"config file '{source}' has unknown keys {', '.join(map(repr, unknown))}"
+                          + (f"; did you mean {' or '.join(close)}?" if close else
+                             "; sections are model, data, train (or training) and vram"))
+    config = Config()
+    if {"training", "vram"} & set(raw) and "data.tokenizer" not in flat:
+        config.data.tokenizer = "gpt2"
+    for key, value in flat.items():
+        if key == "name":
+            config.name = str(value)
+        else:
+            _set(config, key, value)
+    return config
+
+
+def _vram_section(values, source: str) -> dict:
+    """The documents' "vram" section → train.batch_size (the global batch) and train.accumulation_steps."""
+    if not isinstance(values, dict) or set(values) - {"batch_size", "gradient_accumulation_steps",
+                                                     "effective_batch_size"}:
+        raise ConfigError(f"config file '{source}': section 'vram' takes batch_size, gradient_accumulation_steps "
+                          f"and effective_batch_size, got {values!r}")
+    micro, accumulation = values.get("batch_size"), values.get("gradient_accumulation_steps", 1)
+    effective = values.get("effective_batch_size")
+    if micro is not None and effective is not None and micro * accumulation != effective:
+        raise ConfigError(f"config file '{source}': vram.effective_batch_size ({effective}) must equal "
+                          f"vram.batch_size x vram.gradient_accumulation_steps ({micro} x {accumulation})")
+    out = {"train.accumulation_steps": accumulation}
+    if effective is not None or micro is not None:
+        out["train.batch_size"] = effective if effective is not None else micro * accumulation
+    return out
 
 
 def resolve_config(config: Config) -> Config:
@@ -351,6 +450,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"config key 'train.min_lr_ratio' must be in [0, 1], got {t.min_lr_ratio}")
     if t.profile_steps < 0:
         raise ConfigError(f"config key 'train.profile_steps' must be >= 0, got {t.profile_steps}")
+    if t.epochs < 0:
+        raise ConfigError(f"config key 'train.epochs' must be >= 0 (0: train.steps decides), got {t.epochs}")
     if t.warmup_steps < 0:
         raise ConfigError(f"config key 'train.warmup_steps' must be >= 0, got {t.warmup_steps}")
     if not 0 < m.dt_min <= m.dt_max:
@@ -370,6 +471,8 @@ def _validate_families(m: ModelConfig) -> None:
                 "checkpoint_segments"):
         if getattr(m, key) <= 0:
             raise ConfigError(f"config key 'model.{key}' must be positive, got {getattr(m, key)}")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {m.dropout}")
     for key in ("adapter_rank", "gate_reg_weight"):
         if getattr(m, key) < 0:
             raise ConfigError(f"config key 'model.{key}' must be >= 0, got {getattr(m, key)}")

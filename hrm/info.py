@@ -43,7 +43,35 @@ def component_of(path) -> str:
 
 
 def parameter_table(cfg) -> dict[str, int]:
-    """Parameter count per component, from shapes only."""
+    """Parameter count per component, from shapes only: those of 1- and 2-layer versions of the model, as every
+    family's count is linear in its layers (for ``hybrid_pattern``, in each letter's layers). Tracing every
+    layer abstractly would take minutes for thousands of layers, and sizes are checked before that."""
+    import dataclasses
+    def table(**change) -> dict[str, int]:
+        return _full_parameter_table(dataclasses.replace(cfg, **change))
+
+    def per_layer(letter: str) -> tuple[dict, dict]:
+        one = table(n_layers=1, layer_pattern=letter) if letter else table(n_layers=1)
+        two = table(n_layers=2, layer_pattern=2 * letter) if letter else table(n_layers=2)
+        return one, {k: two.get(k, 0) - one.get(k, 0) for k in two}
+
+    if cfg.family == "hybrid_pattern":
+        letters = {c: cfg.layer_pattern.count(c) for c in "MA" if c in cfg.layer_pattern}
+    else:
+        letters = {"": cfg.n_layers}
+    base = None
+    counts = defaultdict(int)
+    for letter, n in letters.items():
+        one, step = per_layer(letter)
+        base = base or {k: one.get(k, 0) - step.get(k, 0) for k in one}
+        for k, v in step.items():
+            counts[k] += v * n
+    for k, v in base.items():
+        counts[k] += v
+    return {k: v for k, v in counts.items() if v}
+
+
+def _full_parameter_table(cfg) -> dict[str, int]:
     import jax
     from flax import nnx
     from hrm.models import build_model
@@ -77,6 +105,8 @@ def flops_per_token(cfg, counts: dict[str, int], context: int) -> int:
 
 
 def documented(config_path: str) -> tuple[int | None, str]:
+    if not config_path.endswith(".py"):   # a JSON config states no documented size
+        return None, ""
     module = runpy.run_path(config_path)
     return module.get("DOCUMENTED_PARAMS"), module.get("DOCUMENTED_SOURCE", "")
 

@@ -76,8 +76,12 @@ def directory_files(data_dir: str | Path) -> list[Path]:
 
 
 def read_text(path: Path, skipped: Skipped) -> str | None:
-    """The file's text, or None (counted) for binary content or invalid UTF-8."""
-    raw = Path(path).read_bytes()
+    """The file's text, or None (counted) for an unreadable file (permissions), binary content or invalid UTF-8."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        skipped.add("unreadable files", path.name)
+        return None
     if b"\x00" in raw:
         skipped.add("binary files", path.name)
         return None
@@ -135,6 +139,8 @@ def jsonl_records(path: Path, skipped: Skipped) -> Iterator[tuple[int, dict]]:
 def dialogue_documents(path: str, skipped: Skipped) -> Iterator[Document]:
     """Dialogue JSONL: the context turns (one per line) are the prompt, the response the completion."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"--data_path '{path}' is a folder; pass a dialogue JSONL file, or the folder as --data_dir")
     if not path.is_file():
         raise DataError(f"dialogue file '{path}' does not exist; pass an existing --data_path")
     for number, record in jsonl_records(path, skipped):

@@ -10,6 +10,7 @@ from flax import nnx
 
 from hrm.config import ModelConfig
 from hrm.models.attention import MLP, MultiScaleAttention
+from hrm.models.dropout import dropout
 from hrm.models.lm import LanguageModel, ResidualBlock, Work, residual_dtype
 from hrm.models.mamba import Mamba
 from hrm.models.recursive import RecursiveProcessor
@@ -19,7 +20,7 @@ class HybridRecursiveLayer(nnx.Module):
     """Mamba → recursive processor → hierarchical (1x/2x/4x) attention → fusion.
 
     ``m = Mamba(norm(x))``; ``r = Recursive(m)``; ``r = r + Attention(norm(r))``;
-    ``x + α · RMSNorm(Linear([m, r]))`` with a learned scalar α (the adaptive weight, starting at 0.1
+    ``x + α · dropout(RMSNorm(Linear([m, r])))`` with a learned scalar α (the adaptive weight, starting at 0.1
     so the fused branch enters the residual stream gently).
     """
 
@@ -35,6 +36,7 @@ class HybridRecursiveLayer(nnx.Module):
         self.fuse_norm = norm()
         self.alpha = nnx.Param(jnp.full((), 0.1, jnp.float32))
         self.residual_dtype = residual_dtype(cfg)
+        self.dropout = cfg.dropout
 
     def init_cache(self, batch: int):
         return (self.mamba.init_cache(batch), self.recursive.init_cache(batch), self.attention.init_cache(batch))
@@ -45,7 +47,7 @@ class HybridRecursiveLayer(nnx.Module):
         r, gate_cache = self.recursive(m, gate_cache, segment_ids=segment_ids)
         a, attn_cache = self.attention(self.attn_norm(r), attn_cache, segment_ids=segment_ids)
         r = r + a.astype(r.dtype)
-        fused = self.fuse_norm(self.fuse(jnp.concatenate([m, r.astype(m.dtype)], axis=-1)))
+        fused = dropout(self.fuse_norm(self.fuse(jnp.concatenate([m, r.astype(m.dtype)], axis=-1))), self.dropout)
         out = x.astype(self.residual_dtype) + self.alpha[...] * fused.astype(self.residual_dtype)
         return out, (mamba_cache, gate_cache, attn_cache)
 

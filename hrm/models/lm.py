@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hrm.config import ModelConfig
+from hrm.models.dropout import dropout
 from hrm.models.mamba import Mamba
 
 # model.remat → what a rematerialised layer keeps for the backward pass (jax.checkpoint policies; "block" keeps
@@ -16,6 +17,18 @@ from hrm.models.mamba import Mamba
 REMAT_POLICIES = {"block": jax.checkpoint_policies.nothing_saveable,
                   "dots_saveable": jax.checkpoint_policies.dots_saveable,
                   "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def rms(x: jax.Array) -> jax.Array:
+    """The root mean square of ``x`` (float32): what the activation probes record (hrm/training/monitor.py)."""
+    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+
+
+def record_probe(module: nnx.Module, name: str, value: jax.Array) -> None:
+    """Sow ``value`` for the activation probe's ``nnx.capture``; nothing outside a capture (flax's
+    ``Module.sow`` would otherwise keep it on the module, flax/nnx/module.py ``sow``)."""
+    if hasattr(module, "__captures__"):
+        module.sow(nnx.Intermediate, name, value)
 
 
 def rematerialised(fn, cfg: ModelConfig):
@@ -32,18 +45,20 @@ def residual_dtype(cfg: ModelConfig):
 
 
 class ResidualBlock(nnx.Module):
-    """x + mixer(RMSNorm(x)); the residual stream stays float32 when ``residual_in_fp32``."""
+    """x + dropout(mixer(RMSNorm(x))); the residual stream stays float32 when ``residual_in_fp32``."""
 
     def __init__(self, cfg: ModelConfig, mixer: nnx.Module, *, rngs: nnx.Rngs):
         self.norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
         self.mixer = mixer
         self.residual_dtype = residual_dtype(cfg)
+        self.dropout = cfg.dropout
 
     def init_cache(self, batch: int):
         return self.mixer.init_cache(batch)
 
     def __call__(self, x, cache=None, segment_ids=None):
         out, cache = self.mixer(self.norm(x), cache, segment_ids=segment_ids)
+        out = dropout(out, self.dropout)
         return x.astype(self.residual_dtype) + out.astype(self.residual_dtype), cache
 
 
@@ -108,11 +123,13 @@ class LanguageModel(nnx.Module):
     def body(self, x, cache=None, segment_ids=None):
         """The layers in order, each with its own cache; families with other wiring override this.
 
-        A full forward (no cache: training, evaluation) runs each layer under ``model.remat``."""
+        A full forward (no cache: training, evaluation) runs each layer under ``model.remat`` and sows the RMS of
+        the residual stream after each one (``probe_act_rms``, hrm/training/monitor.py)."""
         if cache is None:
             run = rematerialised(lambda layer, x, segment_ids: layer(x, segment_ids=segment_ids)[0], self.cfg)
             for layer in self.layers:
                 x = run(layer, x, segment_ids)
+                record_probe(self, "probe_act_rms", rms(x))
             return x, None
         new_cache = []
         for layer, layer_cache in zip(self.layers, cache):

@@ -13,7 +13,8 @@ from flax import nnx
 
 from hrm.config import ModelConfig
 from hrm.models.attention import MLP
-from hrm.models.lm import LanguageModel, ResidualBlock, Work, rematerialised, residual_dtype
+from hrm.models.dropout import dropout, fold_in_dropout_key
+from hrm.models.lm import LanguageModel, ResidualBlock, Work, record_probe, rematerialised, residual_dtype, rms
 from hrm.models.mamba import Mamba
 from hrm.models.segments import document_starts
 
@@ -92,11 +93,14 @@ class RecursiveProcessor(nnx.Module):
         w, cache = self.gate_weights(u, cache, segment_ids)                    # (b, l, depth)
         state = jnp.zeros(u.shape, jnp.float32)
         transform = self.transform.mixer
+        state_rms = []
         for k in range(self.depth):
             out, _ = transform(self.transform.norm(state.astype(u.dtype) + u))
-            state = state + w[..., k:k + 1] * out.astype(jnp.float32)
+            state = state + w[..., k:k + 1] * dropout(out, self.cfg.dropout).astype(jnp.float32)
+            state_rms.append(rms(state))
         if cache is None:   # a full forward (training, evaluation); decoding steps record nothing
             self._record_gate(w)
+            record_probe(self, "probe_state_rms", jnp.stack(state_rms))
         return (u.astype(jnp.float32) + state).astype(u.dtype), cache
 
     def _record_gate(self, w):
@@ -191,15 +195,21 @@ class RecursiveSSM(LanguageModel):
         if cache is None:
             run_segment = rematerialised(run_segment, self.cfg)
 
-        @nnx.scan(in_axes=(nnx.Carry, None, 0, 0), out_axes=(nnx.Carry, 0), length=self.cfg.recurrent_depth)
-        def over_depth(x, segments, adapter, depth_caches):
+        @nnx.scan(in_axes=(nnx.Carry, None, 0, 0, 0), out_axes=(nnx.Carry, 0), length=self.cfg.recurrent_depth)
+        def over_depth(x, segments, adapter, depth_caches, depth):
             x = DepthAdapters.apply(x, adapter)
             depth_caches = depth_caches if depth_caches is not None else (None,) * n
-            new = ()
-            for i, blocks in enumerate(segments):
-                x, block_caches = run_segment(blocks, x, tuple(depth_caches[i * seg:(i + 1) * seg]))
-                new = new + block_caches
-            return x, new
+            new, norms = (), []
+            with fold_in_dropout_key(depth):
+                for i, blocks in enumerate(segments):
+                    x, block_caches = run_segment(blocks, x, tuple(depth_caches[i * seg:(i + 1) * seg]))
+                    new = new + block_caches
+                    norms.append(rms(x))
+            return x, (new, jnp.stack(norms))
 
-        x, new_caches = over_depth(x.astype(residual_dtype(self.cfg)), segments, self.adapters.per_depth(), caches)
+        x, (new_caches, norms) = over_depth(x.astype(residual_dtype(self.cfg)), segments, self.adapters.per_depth(), caches,
+                                            jnp.arange(self.cfg.recurrent_depth))
+        if cache is None:   # the residual stream after each segment (depth-major) and after each depth
+            record_probe(self, "probe_act_rms", jnp.ravel(norms))
+            record_probe(self, "probe_state_rms", norms[:, -1])
         return x, None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), new_caches)

@@ -306,15 +306,7 @@ class Checkpoints:
 
     def restore(self, step: int, abstract_state, data_iterator=None):
         """The train state at ``step``; the data iterator (when given) is moved to its saved position."""
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(ExactIteratorState(data_iterator))
-        try:
-            return self.mgr.restore(step, args=ocp.args.Composite(**items))["state"]
-        except (ValueError, KeyError, TypeError, OSError) as error:
-            raise CheckpointError(f"cannot resume from '{checkpoint_root(self.run_dir) / str(step)}' "
-                                  f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); it was "
-                                  f"written by another model or hrm version: pass a new --output_dir") from None
+        return _restore_state(self.mgr, self.run_dir, step, abstract_state, data_iterator)
 
     def newest_good_step(self, log) -> int | None:
         """The newest finished step that checks out; damaged newer ones are moved to ``DIR/damaged/`` (process
@@ -352,6 +344,28 @@ def remove_tmp_dirs(run_dir: Path) -> None:
     if jax.process_index() == 0 and checkpoint_root(run_dir).is_dir():
         for tmp in checkpoint_root(run_dir).glob(f"*{TMP_SUFFIX}*"):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _restore_state(mgr, run_dir: Path, step: int, abstract_state, data_iterator=None):
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(ExactIteratorState(data_iterator))
+    try:
+        return mgr.restore(step, args=ocp.args.Composite(**items))["state"]
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        raise CheckpointError(f"cannot resume from '{checkpoint_root(run_dir) / str(step)}' "
+                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); it was "
+                              f"written by another model or hrm version: pass a new --output_dir") from None
+
+
+def restore_state(run_dir: Path, step: int, abstract_state, data_iterator=None):
+    """The train state (and data position) at ``step`` of another run, read-only (``--resume PATH``)."""
+    mgr = ocp.CheckpointManager(checkpoint_root(run_dir), options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False, save_interval_steps=0, max_to_keep=None))
+    try:
+        return _restore_state(mgr, Path(run_dir), step, abstract_state, data_iterator)
+    finally:
+        mgr.close()
 
 
 def restore_params(run_dir: Path, abstract_params, step: int | str | None = None, log=warn):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import time
@@ -22,7 +23,9 @@ from hrm.training import checkpoint, faults, memory, runinfo
 from hrm.training.evaluation import held_out_loss
 from hrm.training.faults import TrainingError
 from hrm.training.metrics import MetricsWriter
+from hrm.training.monitor import Utilisation, make_probe
 from hrm.training.profiling import StepProfiler
+from hrm.training.resume import resume_point
 from hrm.training.state import init_train_state, make_train_step, next_token_loss
 
 
@@ -93,20 +96,25 @@ def fit_batch_to_vram(config: Config, request: VramRequest, log) -> Config:
 
 def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | None = None,
           vram: VramRequest | None = None, allow_data_change: bool = False,
-          init_from: str | Path | None = None, time_limit_s: float | None = None) -> list[dict]:
+          init_from: str | Path | None = None, resume_from: str | Path | None = None, wandb: bool = False,
+          time_limit_s: float | None = None) -> list[dict]:
     """Train (or resume) the run in ``run_dir``; returns the metrics records written this call.
 
     ``stop_at_step`` ends this call early with a checkpoint, as a preemption would (the schedule
     still spans ``train.steps``); calling again resumes. ``vram`` sizes the micro-batch to a memory budget.
     A resumed run refuses data other than it started with unless ``allow_data_change``
     (``--allow_data_change``).
-    ``init_from`` (a run directory) supplies the starting weights when ``run_dir`` has no checkpoint yet.
+    ``init_from`` (a run directory) supplies the starting weights when ``run_dir`` has no checkpoint yet;
+    ``resume_from`` (a run directory or ``DIR/checkpoints/N``, hrm/training/resume.py) the whole state: weights,
+    optimizer, step and data position. ``wandb`` also logs the records to Weights & Biases.
     ``time_limit_s`` ends this call (with a checkpoint) once that many seconds of training have passed;
     training seconds (``seconds`` in the metrics) start after this call's first step, so compilation is
-    not counted.
+    not counted. Sizes that cannot fit (``memory.check_parameters_fit``, then the compiled step's memory) stop
+    the run before anything is allocated.
     """
     checkpoint.quiet_orbax()
     config = resolve_config(config)
+    n_params = memory.check_parameters_fit(config, jax.device_count())
     if vram is not None:
         config = fit_batch_to_vram(config, vram, log)
     run_dir = Path(run_dir)
@@ -124,19 +132,27 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     lock = faults.RunLock(run_dir, jax.process_index()).acquire()
     check_same_run(run_dir, config)
     is_main = jax.process_index() == 0
+
+    mesh = data_mesh()
+    sharded = NamedSharding(mesh, P("data"))
+    graphdef, abstract_state = memory.abstract_train_state(config)
+    state_sharding = state_shardings(abstract_state, mesh, t.shard_params)
+    step_fn = compile_train_step(graphdef, config, abstract_state, state_sharding, mesh)   # checks its memory
+    run_dir.mkdir(parents=True, exist_ok=True)
+    corpus = tokenized_corpus(config.data, tokenizer, log)
+    for line in packing_summary(config.data, corpus, t.batch_size, t.seed):
+        log(line)
+    epoch_tokens = training_tokens(config.data, corpus)
+    if t.epochs:
+        config = with_epoch_steps(config, epoch_tokens, log)
+        t = config.train
+        step_fn = compile_train_step(graphdef, config, abstract_state, state_sharding, mesh)   # the new schedule
     if is_main:
         tmp = run_dir / (checkpoint.CONFIG_FILE + ".tmp")
         config.save_json(tmp)
         os.replace(tmp, run_dir / checkpoint.CONFIG_FILE)
-
-    mesh = data_mesh()
-    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     graphdef, state = init_train_state(config)
-    state_sharding = state_shardings(state, mesh, t.shard_params)
     state = jax.device_put(state, state_sharding)
-    corpus = tokenized_corpus(config.data, tokenizer, log)
-    for line in packing_summary(config.data, corpus, t.batch_size, t.seed):
-        log(line)
     # Every process reads the same global batches and feeds its own rows, so losses, data order and
     # checkpoints do not depend on the number of processes (the pipeline is far faster than training).
     data_iterator = iter(training_batches(config.data, corpus, t.batch_size, t.seed))
@@ -144,35 +160,44 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
 
     mgr = checkpoint.Checkpoints(run_dir, keep=t.keep_checkpoints, config=config)
     start = mgr.newest_good_step(log) or 0
-    check_data_fingerprint(run_dir, data_fingerprint(config.data, corpus), bool(start), allow_data_change, log,
-                           write=is_main)
+    source = resume_point(resume_from) if resume_from and not start else None
+    fingerprint = data_fingerprint(config.data, corpus)
+    if source:   # the data must be the one the resumed run read, or its position means nothing
+        check_data_fingerprint(source[0], fingerprint, True, allow_data_change, log, write=False)
+    check_data_fingerprint(run_dir, fingerprint, bool(start), allow_data_change, log, write=is_main)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     if start:
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         state = mgr.restore(start, abstract, data_iterator)
         log(f"resumed from {run_dir / checkpoint.CHECKPOINT_DIR / str(start)}")
+    elif source:
+        state = checkpoint.restore_state(source[0], source[1], abstract, data_iterator)
+        start = source[1]
+        log(f"resumed from {source[0] / checkpoint.CHECKPOINT_DIR / str(start)} into {run_dir}")
     elif init_from:
         state = with_initial_params(state, Path(init_from), log)
-    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     log(f"model {config.model.family}: {n_params:,} parameters; "
         f"{kernels.banner(config.model.scan_backend, config.model.dtype)}")
+    utilisation = Utilisation(config)
+    log(utilisation.describe())
 
     local_batch = t.batch_size // jax.process_count()
     rows = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
 
     def to_device(batch):
-        return {k: jax.make_array_from_process_local_data(sharded, v[rows]) for k, v in batch.items()}
+        return {k: jax.make_array_from_process_local_data(sharded, v[rows].astype(BATCH_DTYPES[k]))
+                for k, v in batch.items()}
 
     eval_fn = jax.jit(partial(next_token_loss, graphdef), in_shardings=(state_sharding["params"], sharded))
 
     def evaluate(step):
         if held_out:
             loss = held_out_loss(lambda b: eval_fn(state["params"], to_device(b)), held_out)
-            writer.write_eval({"step": step, "eval_loss": loss})
+            loss = float(loss)
+            writer.write_eval({"step": step, "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0))})
             return loss
 
-    step_fn = jax.jit(make_train_step(graphdef, config), in_shardings=(state_sharding, sharded),
-                      out_shardings=(state_sharding, replicated), donate_argnums=0)
-    writer = MetricsWriter(run_dir, start, t.steps, enabled=is_main)
+    probe = make_probe(graphdef, state_sharding["params"], sharded) if t.log_activations else None
+    writer = MetricsWriter(run_dir, start, t.steps, enabled=is_main, wandb_config=config.to_dict() if wandb else None)
     records = []
     step, batch, eval_loss = start, None, None
     stop, bad = faults.StopSignals().install(), faults.BadSteps(t.max_bad_steps)
@@ -206,13 +231,19 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
                 elapsed = time.perf_counter() - timer
                 record = {"step": step, **values, "tokens_per_sec": tokens / elapsed,
                           "packing_efficiency": float(np.mean(packed)), "skipped_steps": bad.total,
-                          "seconds": time.perf_counter() - clock}
+                          "seconds": time.perf_counter() - clock,
+                          "epoch": step * t.batch_size * (config.data.seq_len + 1) / max(epoch_tokens, 1)}
+                mfu = utilisation.mfu(record["tokens_per_sec"])
+                if mfu is not None:
+                    record["mfu"] = mfu
                 peak = memory.peak_memory_in_use()
                 if peak is not None:
                     record["peak_mem_gb"] = peak / memory.GIB
+                timer, tokens, packed = time.perf_counter(), 0, []   # the probe and the writes count in the next
+                if probe is not None:
+                    record.update({k: float(v) for k, v in jax.device_get(probe(state["params"], batch)).items()})
                 writer.write(record)
                 records.append(record)
-                timer, tokens, packed = time.perf_counter(), 0, []
             # A step's records are written before the checkpoint that covers them (and dropped when resuming
             # from an older one), so each is written exactly once across kills.
             eval_loss = None
@@ -243,6 +274,45 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
         runinfo.write_summary(run_dir)
     log(f"done: step {step}, checkpoint in {run_dir / checkpoint.CHECKPOINT_DIR / str(step)}")
     return records
+
+
+BATCH_DTYPES = {"inputs": np.int32, "targets": np.int32, "mask": np.bool_, "segment_ids": np.int32}
+
+
+def compile_train_step(graphdef, config: Config, abstract_state, state_sharding, mesh: Mesh):
+    """The jitted train step compiled ahead of time for the run's shapes and shardings, after checking XLA's
+    memory estimate of it against the device (``memory.check_step_fits``): nothing is allocated yet."""
+    sharded = NamedSharding(mesh, P("data"))
+    t = config.train
+    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                  abstract_state, state_sharding)
+    batch = {k: jax.ShapeDtypeStruct((t.batch_size, config.data.seq_len), dtype, sharding=sharded)
+             for k, dtype in BATCH_DTYPES.items()}
+    step = jax.jit(make_train_step(graphdef, config), in_shardings=(state_sharding, sharded),
+                   out_shardings=(state_sharding, NamedSharding(mesh, P())), donate_argnums=0)
+    compiled = step.lower(abstract_state, batch).compile()
+    devices = mesh.shape["data"]
+    memory.check_step_fits(memory.step_memory(compiled, abstract_state, batch, t.batch_size // t.accumulation_steps
+                                              // devices, t.accumulation_steps, config.data.seq_len), config)
+    return compiled
+
+
+def training_tokens(cfg_data, corpus) -> int:
+    """Row tokens (inputs and targets) of one pass over the training documents' pieces: an epoch."""
+    from hrm.data import document_pieces, split_documents
+    pieces = document_pieces(corpus, split_documents(len(corpus), cfg_data.eval_fraction)[0], cfg_data.seq_len)
+    return int(np.sum(pieces[:, 1] - pieces[:, 0]))
+
+
+def with_epoch_steps(config: Config, epoch_tokens: int, log) -> Config:
+    """``config`` with ``train.steps`` = ceil(train.epochs x the epoch's tokens / the tokens of a global batch);
+    rows are packed ~98-100% full (docs/BENCHMARKS.md), so an epoch's last steps may repeat a few pieces."""
+    t = config.train
+    steps = max(1, math.ceil(t.epochs * epoch_tokens / (t.batch_size * (config.data.seq_len + 1))))
+    log(f"epochs: {t.epochs:g} x {epoch_tokens:,} tokens / ({t.batch_size} rows x {config.data.seq_len + 1} "
+        f"tokens) = {steps:,} steps")
+    train = dataclasses.replace(t, steps=steps, save_every=min(t.save_every, steps))
+    return dataclasses.replace(config, train=train)
 
 
 def with_initial_params(state: dict, init_from: Path, log) -> dict:

@@ -99,17 +99,67 @@ def train_step_memory(config: Config, micro_batch_size: int | None = None, devic
                           f"of the {devices} devices")
     share = dataclasses.replace(t, batch_size=t.batch_size // devices, accumulation_steps=steps)
     config = dataclasses.replace(config, train=share)
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config.model)))
-    state = jax.eval_shape(lambda: init_train_state(config)[1])
+    graphdef, state = abstract_train_state(config)
     batch = _abstract_batch(share.batch_size, config.data.seq_len)
     step = jax.jit(make_train_step(graphdef, config), donate_argnums=0)
-    analysis = step.lower(state, batch).compile().memory_analysis()
+    return step_memory(step.lower(state, batch).compile(), state, batch, micro, steps, config.data.seq_len)
+
+
+def abstract_train_state(config: Config):
+    """(graphdef, the train state's shapes and dtypes): nothing is allocated or initialised."""
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config.model)))
+    return graphdef, jax.eval_shape(lambda: init_train_state(config)[1])
+
+
+def step_memory(compiled, state, batch, micro_batch_size: int, accumulation_steps: int, seq_len: int) -> StepMemory:
+    """One device's ``StepMemory`` from a compiled train step's memory analysis (the state donated)."""
+    analysis = compiled.memory_analysis()
     total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
              + analysis.temp_size_in_bytes)
-    return StepMemory(micro_batch_size=micro, accumulation_steps=steps, seq_len=config.data.seq_len,
+    return StepMemory(micro_batch_size=micro_batch_size, accumulation_steps=accumulation_steps, seq_len=seq_len,
                       param_bytes=_nbytes(state["params"]), optimizer_bytes=_nbytes(state["opt_state"]),
                       batch_bytes=_nbytes(batch), temp_bytes=int(analysis.temp_size_in_bytes),
                       total_bytes=int(total))
+
+
+# float32 parameters, gradients and AdamW's two moments: the least a train step holds per parameter.
+TRAIN_BYTES_PER_PARAM = 16
+
+
+def memory_budget() -> tuple[int, str]:
+    """(bytes, what they are) one device may use: the device's memory limit, or on a CPU the host memory
+    available now shared by the local devices."""
+    limit = device_memory_limit()
+    if limit is not None:
+        return limit, f"{jax.local_devices()[0].device_kind} memory"
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return available // jax.local_device_count(), "available host memory" + (
+        f" / {jax.local_device_count()} devices" if jax.local_device_count() > 1 else "")
+
+
+def check_parameters_fit(config: Config, devices: int = 1) -> int:
+    """The parameter count (from shapes, ``hrm.info.parameter_table``); a ``ConfigError`` before anything is
+    traced or allocated when their weights, gradients and optimizer moments alone exceed ``memory_budget``."""
+    from hrm.info import parameter_table
+    n_params = sum(parameter_table(config.model).values())
+    need = n_params * TRAIN_BYTES_PER_PARAM // (devices if config.train.shard_params else 1)
+    budget, what = memory_budget()
+    if need > budget:
+        raise ConfigError(f"{config.name} has {n_params:,} parameters: their weights, gradients and AdamW moments "
+                          f"need {need / GIB:,.1f} GB per device, more than the {budget / GIB:,.1f} GB of {what}; "
+                          f"lower model.d_model or model.n_layers")
+    return n_params
+
+
+def check_step_fits(memory: StepMemory, config: Config) -> None:
+    """A ``ConfigError`` naming the need, the budget and the fix when a compiled train step needs more than
+    ``memory_budget`` (XLA's estimate, before the state is allocated)."""
+    budget, what = memory_budget()
+    if memory.total_bytes > budget:
+        raise ConfigError(f"{config.name} does not fit: its train step needs {memory.total_bytes / GIB:,.1f} GB per "
+                          f"device (micro-batch {memory.micro_batch_size} x {memory.seq_len} tokens; XLA estimate), "
+                          f"more than the {budget / GIB:,.1f} GB of {what}; lower data.seq_len or the micro-batch "
+                          f"(--accumulation_steps), or set model.remat=block")
 
 
 @functools.cache

@@ -9,6 +9,7 @@ from flax import nnx
 
 from hrm.config import Config
 from hrm.models import build_model
+from hrm.models.dropout import dropout_key
 from hrm.training.optimizer import learning_rate_schedule, make_optimizer
 
 
@@ -31,24 +32,32 @@ def init_train_state(config: Config):
     return graphdef, state
 
 
-def forward_terms(graphdef, params, batch) -> tuple[jax.Array, dict]:
-    """(cross-entropy summed over the unmasked targets, sown values) of one batch.
+def forward_terms(graphdef, params, batch, dropout_rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """(cross-entropy summed over the unmasked targets, sown values) of one batch; with ``dropout_rng`` the
+    model's dropout is on (hrm/models/dropout.py), as in training.
 
     The sown values are ``aux_loss``, the sum of every ``aux_loss`` the model sowed (``nnx.Intermediate``,
     collected with ``nnx.capture``), when it sowed any, and the mean of each sown ``metric_<name>`` scalar as
     ``<name>``."""
     model = nnx.merge(graphdef, params)
-    (features, _), sown_state = nnx.capture(model.features, nnx.Intermediate)(
-        batch["inputs"], segment_ids=batch.get("segment_ids"))
+    with dropout_key(dropout_rng):
+        (features, _), sown_state = nnx.capture(model.features, nnx.Intermediate)(
+            batch["inputs"], segment_ids=batch.get("segment_ids"))
     ce_sum = chunked_cross_entropy(features, model.head_weight(), batch["targets"], batch["mask"])
-    sown = {}
-    for path, value in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(sown_state)):
-        name = next(str(k.key) for k in reversed(path) if isinstance(getattr(k, "key", None), str))
-        sown.setdefault(name, []).append(jnp.asarray(value, jnp.float32))
+    sown = sown_values(sown_state)
     values = {"aux_loss": sum(sown.pop("aux_loss"))} if "aux_loss" in sown else {}
     values.update({name[len("metric_"):]: jnp.mean(jnp.stack(v)) for name, v in sown.items()
                    if name.startswith("metric_")})
     return ce_sum, values
+
+
+def sown_values(sown_state) -> dict[str, list[jax.Array]]:
+    """Every value sown under each name (``nnx.capture``'s state), float32, in model order."""
+    sown = {}
+    for path, value in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(sown_state)):
+        name = next(str(k.key) for k in reversed(path) if isinstance(getattr(k, "key", None), str))
+        sown.setdefault(name, []).append(jnp.asarray(value, jnp.float32))
+    return sown
 
 
 LOSS_CHUNK_TOKENS = 1024
@@ -102,7 +111,7 @@ def micro_batches(batch: dict, steps: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def accumulated_gradients(graphdef, params, batch, steps: int) -> tuple[dict, dict]:
+def accumulated_gradients(graphdef, params, batch, steps: int, dropout_rng=None) -> tuple[dict, dict]:
     """(gradients, metrics) of the batch's objective, computed over ``steps`` micro-batches in sequence.
 
     A ``lax.scan`` over the micro-batches sums their gradients inside one jitted step, so peak activation
@@ -110,24 +119,27 @@ def accumulated_gradients(graphdef, params, batch, steps: int) -> tuple[dict, di
     the global batch (``optax.MultiSteps`` would instead make every micro-batch an optimizer call and carry
     the accumulator in the checkpointed optimizer state). Each micro-batch's cross-entropy sum is divided by
     the whole batch's target count and its (per-batch mean) auxiliary loss by ``steps``, so the result equals
-    the gradient over the whole batch at once."""
+    the gradient over the whole batch at once. ``dropout_rng`` (None: no dropout) gives each micro-batch its
+    own dropout key."""
     n_targets = target_count(batch)
 
-    def micro_objective(params, micro):
-        ce_sum, sown = forward_terms(graphdef, params, micro)
+    def micro_objective(params, micro, rng):
+        ce_sum, sown = forward_terms(graphdef, params, micro, rng)
         return ce_sum / n_targets + sown.get("aux_loss", 0.0) / steps, (ce_sum, sown)
 
     grad_fn = jax.grad(micro_objective, has_aux=True)
     if steps == 1:   # no accumulator: one params-sized buffer less
-        grads, (ce_sum, sown) = grad_fn(params, batch)
+        grads, (ce_sum, sown) = grad_fn(params, batch, dropout_rng)
         return grads, {"loss": ce_sum / n_targets, **sown}
 
-    def accumulate(total, micro):
-        grads, terms = grad_fn(params, micro)
+    def accumulate(total, micro_and_rng):
+        micro, rng = micro_and_rng
+        grads, terms = grad_fn(params, micro, rng)
         return jax.tree.map(jnp.add, total, grads), terms
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    grads, (ce_sums, sown) = jax.lax.scan(accumulate, zeros, micro_batches(batch, steps))
+    rngs = None if dropout_rng is None else jax.random.split(dropout_rng, steps)
+    grads, (ce_sums, sown) = jax.lax.scan(accumulate, zeros, (micro_batches(batch, steps), rngs))
     return grads, {"loss": jnp.sum(ce_sums) / n_targets, **jax.tree.map(jnp.mean, sown)}
 
 
@@ -141,8 +153,10 @@ def make_train_step(graphdef, config: Config):
     schedule = learning_rate_schedule(config.train)
 
     def train_step(state, batch):
+        dropout_rng = (jax.random.fold_in(jax.random.PRNGKey(config.train.seed), state["step"])
+                       if config.model.dropout else None)   # masks follow the seed and the step
         grads, model_metrics = accumulated_gradients(graphdef, state["params"], batch,
-                                                     config.train.accumulation_steps)
+                                                     config.train.accumulation_steps, dropout_rng)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         grad_norm = optax.tree.norm(grads)
