@@ -10,5 +10,6 @@ DOCUMENTED_SOURCE = "an ablation size, not in the documents"
 
 
 def get_config():
-    return cpu_sized_config(ModelConfig(family="hybrid_pattern", d_model=84, n_layers=4, layer_pattern="MAMA",
-                                        n_heads=6, max_cache_len=512))
+    return cpu_sized_config(
+        ModelConfig(family="hybrid_pattern", d_model=84, n_layers=4, layer_pattern="MAMA", n_heads=6, max_cache_len=512)
+    )

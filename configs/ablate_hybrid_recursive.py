@@ -12,5 +12,8 @@ DOCUMENTED_SOURCE = "an ablation size, not in the documents"
 
 
 def get_config():
-    return cpu_sized_config(ModelConfig(family="hybrid_recursive", d_model=80, n_layers=2, n_heads=4,
-                                        max_recursion_depth=3, max_cache_len=512))
+    return cpu_sized_config(
+        ModelConfig(
+            family="hybrid_recursive", d_model=80, n_layers=2, n_heads=4, max_recursion_depth=3, max_cache_len=512
+        )
+    )

@@ -11,5 +11,6 @@ DOCUMENTED_SOURCE = "an ablation size, not in the documents"
 
 
 def get_config():
-    return cpu_sized_config(ModelConfig(family="recursive_ssm", d_model=96, n_layers=4, recurrent_depth=2,
-                                        adapter_rank=4))
+    return cpu_sized_config(
+        ModelConfig(family="recursive_ssm", d_model=96, n_layers=4, recurrent_depth=2, adapter_rank=4)
+    )

@@ -1,4 +1,4 @@
-"""hybrid_7030_small: hybrid Mamba/attention 70/30: hidden 512, 8 layers (5 Mamba, then 3 attention), context 1024 (docs/MODELS.md).
+"""hybrid_7030_small: hybrid Mamba/attention 70/30: hidden 512, 8 layers (5 Mamba, 3 attention), context 1024.
 
 Documents: ~100M ('configurable', docs/MODELS.md); ours: 43.7M (0.44x). The source's stated dimensions (d 512,
 5 Mamba + 3 attention/MLP layers) give ~16M in the blocks + ~16M in its 32K embedding, ~33M. hrm ships no 32K

@@ -1,4 +1,4 @@
-"""hybrid_amam_1b: hybrid Mamba/attention 'AMAMAMAMAMAMAMAM': hidden 1024, 16 layers, 16 heads, d_state 48 (docs/MODELS.md).
+"""hybrid_amam_1b: hybrid Mamba/attention 'AMAMAMAMAMAMAMAM': hidden 1024, 16 layers, 16 heads, d_state 48.
 
 Documents: ~1B (docs/MODELS.md); ours: 207.1M (0.21x). The source's own dimensions cannot give 1B: 8 Mamba blocks
 (d_state 48) + 8 attention layers with a 4x MLP (12 d^2 each) at d 1024 and a tied embedding are ~0.2B
@@ -14,7 +14,16 @@ DOCUMENTED_SOURCE = "docs/MODELS.md, documented sizes: '~1B parameters'"
 
 
 def get_config():
-    model = ModelConfig(family="hybrid_pattern", d_model=1024, n_layers=16, layer_pattern="AMAMAMAMAMAMAMAM",
-                        n_heads=16, d_state=48)
-    return documented_size_config(model, seq_len=512, batch_size=64, accumulation_steps=4, steps=30_000,
-                                  warmup_steps=3000, save_every=2500, eval_every=2500)
+    model = ModelConfig(
+        family="hybrid_pattern", d_model=1024, n_layers=16, layer_pattern="AMAMAMAMAMAMAMAM", n_heads=16, d_state=48
+    )
+    return documented_size_config(
+        model,
+        seq_len=512,
+        batch_size=64,
+        accumulation_steps=4,
+        steps=30_000,
+        warmup_steps=3000,
+        save_every=2500,
+        eval_every=2500,
+    )

@@ -1,4 +1,4 @@
-"""hybrid_small_mini: hybrid recursive Mamba 'hybrid-small-mini': d_model 576, 9 layers, recursion depth 3 (docs/MODELS.md).
+"""hybrid_small_mini: hybrid recursive Mamba 'hybrid-small-mini': d_model 576, 9 layers, recursion depth 3.
 
 Documents: ~100M (docs/MODELS.md, documented sizes, 'hybrid-small-mini'); ours: 90.1M (0.90x).
 A layer stores ~20 d^2 (Mamba 6, the shared recursive MLP 8 - applied 3x, stored once - attention 4,

@@ -1,4 +1,4 @@
-"""hybrid_small_plus: hybrid recursive Mamba 'hybrid-small-plus': d_model 640, 10 layers, recursion depth 3 (docs/MODELS.md).
+"""hybrid_small_plus: hybrid recursive Mamba 'hybrid-small-plus': d_model 640, 10 layers, recursion depth 3.
 
 Documents: ~125M (docs/MODELS.md, documented sizes, 'hybrid-small-plus'); ours: 115.9M (0.93x).
 A layer stores ~20 d^2 (Mamba 6, the shared recursive MLP 8 - applied 3x, stored once - attention 4,

@@ -1,4 +1,4 @@
-"""hybrid_small_pro: hybrid recursive Mamba 'hybrid-small-pro': d_model 704, 11 layers, recursion depth 3 (docs/MODELS.md).
+"""hybrid_small_pro: hybrid recursive Mamba 'hybrid-small-pro': d_model 704, 11 layers, recursion depth 3.
 
 Documents: ~165M (docs/MODELS.md, documented sizes, 'hybrid-small-pro'); ours: 146.7M (0.89x).
 A layer stores ~20 d^2 (Mamba 6, the shared recursive MLP 8 - applied 3x, stored once - attention 4,

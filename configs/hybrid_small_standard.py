@@ -1,9 +1,10 @@
-"""hybrid_small_standard: hybrid recursive Mamba 'hybrid-small-standard': d_model 608, 10 layers, recursion depth 3 (docs/MODELS.md).
+"""hybrid_small_standard: hybrid recursive Mamba 'hybrid-small-standard': d_model 608, 10 layers, depth 3.
 
 Documents: ~112M (docs/MODELS.md, documented sizes, 'hybrid-small-standard'); ours: 106.2M (0.95x).
 A layer stores ~20 d^2 (Mamba 6, the shared recursive MLP 8 - applied 3x, stored once - attention 4,
 fusion 2) plus the tied GPT-2 embedding; the documents estimate '1.5x a standard Mamba' and round up.
-docs/MODELS.md itemises every size; ``python -m hrm.info --config configs/hybrid_small_standard.py`` counts per component.
+docs/MODELS.md itemises every size;
+``python -m hrm.info --config configs/hybrid_small_standard.py`` counts per component.
 """
 
 from hrm.config import ModelConfig, documented_size_config

@@ -13,6 +13,13 @@ DOCUMENTED_SOURCE = "the 48 x 5 source gives no parameter count (docs/MODELS.md)
 
 
 def get_config():
-    model = ModelConfig(family="recursive_ssm", d_model=384, n_layers=48, recurrent_depth=5, adapter_rank=8,
-                        checkpoint_segments=8, remat="block")
+    model = ModelConfig(
+        family="recursive_ssm",
+        d_model=384,
+        n_layers=48,
+        recurrent_depth=5,
+        adapter_rank=8,
+        checkpoint_segments=8,
+        remat="block",
+    )
     return documented_size_config(model, seq_len=256, batch_size=16, accumulation_steps=16)

@@ -10,5 +10,8 @@ DOCUMENTED_SOURCE = "a test-sized variant, not in the documents"
 
 
 def get_config():
-    return cpu_sized_config(ModelConfig(family="hybrid_pattern", d_model=128, n_layers=4, layer_pattern="AMAM",
-                                        n_heads=4, max_cache_len=512))
+    return cpu_sized_config(
+        ModelConfig(
+            family="hybrid_pattern", d_model=128, n_layers=4, layer_pattern="AMAM", n_heads=4, max_cache_len=512
+        )
+    )

@@ -10,5 +10,14 @@ DOCUMENTED_SOURCE = "a test-sized variant, not in the documents"
 
 
 def get_config():
-    return cpu_sized_config(ModelConfig(family="recursive_ssm", d_model=128, n_layers=2, recurrent_depth=3,
-                                        adapter_rank=4, checkpoint_segments=1, remat="block"))
+    return cpu_sized_config(
+        ModelConfig(
+            family="recursive_ssm",
+            d_model=128,
+            n_layers=2,
+            recurrent_depth=3,
+            adapter_rank=4,
+            checkpoint_segments=1,
+            remat="block",
+        )
+    )

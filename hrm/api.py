@@ -40,17 +40,28 @@ class LoadedModel:
         self.generator.check_ids(self.params, tokens)
         return np.asarray(self._forward(self.params, jnp.asarray(tokens)))
 
-    def generate(self, prompts, max_new_tokens: int = 64, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, seed: int = 0, stop_at_eos: bool = True, **sampling) -> list[str]:
+    def generate(
+        self,
+        prompts,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        stop_at_eos: bool = True,
+        **sampling,
+    ) -> list[str]:
         """Continuations (text) of each prompt string; ``temperature=0`` is greedy; ``sampling``: ``min_p``,
         ``repetition_penalty`` (``hrm.inference.Sampling``)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = [self.tokenizer.encode(p) or [self.tokenizer.eos_id] for p in prompts]
-        outputs = self.generator.generate_ids(self.params, ids, max_new_tokens, temperature, top_k, top_p, seed,
-                                              **sampling)
+        outputs = self.generator.generate_ids(
+            self.params, ids, max_new_tokens, temperature, top_k, top_p, seed, **sampling
+        )
         if stop_at_eos:
-            outputs = [out[:out.index(self.tokenizer.eos_id)] if self.tokenizer.eos_id in out else out
-                       for out in outputs]
+            outputs = [
+                out[: out.index(self.tokenizer.eos_id)] if self.tokenizer.eos_id in out else out for out in outputs
+            ]
         return [self.tokenizer.decode(out) for out in outputs]
 
 
@@ -65,10 +76,13 @@ def load(path: str | Path, step: int | str | None = None, max_context: int | Non
     ``max_context`` replaces ``model.max_cache_len``, the most positions (prompt + new tokens) an attention
     model decodes."""
     from hrm import export, interop
+
     path = Path(path)
     if path.is_file():
-        raise CheckpointError(f"'{path}' is a file; pass a run directory (hrm.train --output_dir), one of its "
-                              f"{checkpoint.CHECKPOINT_DIR}/N folders or an hrm.export folder")
+        raise CheckpointError(
+            f"'{path}' is a file; pass a run directory (hrm.train --output_dir), one of its "
+            f"{checkpoint.CHECKPOINT_DIR}/N folders or an hrm.export folder"
+        )
     if path.parent.name == checkpoint.CHECKPOINT_DIR and path.name.isdigit() and step is None:
         path, step = path.parent.parent, int(path.name)
     if not (path / checkpoint.CHECKPOINT_DIR).is_dir() and interop.reference_layout(path):
@@ -80,6 +94,7 @@ def load(path: str | Path, step: int | str | None = None, max_context: int | Non
         checkpoint.quiet_orbax()
         config = checkpoint.read_run_config(path)
         from hrm.training.state import abstract_params
+
         params, step = checkpoint.restore_params(path, abstract_params(config), step)
     if max_context is not None:
         config.model = dataclasses.replace(config.model, max_cache_len=max_context_for(config.model, max_context))

@@ -14,8 +14,10 @@ from hrm.data.sources import dialogue_prompt
 from hrm.decoding import TextStream
 from hrm.inference import DecodeState, Sampling, SamplingArrays, SamplingError, kv_positions, row_key
 
-HELP = ("commands: /temp T (0 is greedy), /top_p P, /top_k K, /tokens N (reply length), /reset (forget the "
-        "conversation), /help, /quit")
+HELP = (
+    "commands: /temp T (0 is greedy), /top_p P, /top_k K, /tokens N (reply length), /reset (forget the "
+    "conversation), /help, /quit"
+)
 
 
 class ChatSession:
@@ -41,7 +43,7 @@ class ChatSession:
             tokens, next_state = generator.decode(params, state, settings, 1)
             if piece := stream.add(tokens[0]):
                 on_text(piece)
-            if stream.finished:          # the end-of-text token: keep the state before it
+            if stream.finished:  # the end-of-text token: keep the state before it
                 break
             state = next_state
         if piece := stream.flush():
@@ -71,7 +73,7 @@ class ChatSession:
                 field, kind = settings[name]
                 self.sampling = dataclasses.replace(self.sampling, **{field: kind(value)}).check()
                 return f"{field} = {getattr(self.sampling, field)}"
-        except ValueError as error:   # SamplingError included
+        except ValueError as error:  # SamplingError included
             return f"error: {error if isinstance(error, SamplingError) else f'{name} needs a number'}"
         return f"unknown command {name}; {HELP}"
 

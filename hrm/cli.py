@@ -23,15 +23,17 @@ def add_config_source(parser: argparse.ArgumentParser):
     """The required choice of a config: ``--config FILE`` or ``--model_size NAME``; returns the group."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="a Python config file with get_config()")
-    source.add_argument("--model_size",
-                        help="a documented model size such as hybrid-small (an unknown name lists them all)")
+    source.add_argument(
+        "--model_size", help="a documented model size such as hybrid-small (an unknown name lists them all)"
+    )
     return source
 
 
 def run_main(main, argv=None) -> None:
     """Call ``main(argv)``; a ``UserError`` (or a scan backend that cannot run here) prints ``error: ...`` on one
     line and exits with its code (2; 1 for training that cannot go on)."""
-    from kernels import BackendUnavailable   # kernels/ stays free of hrm imports, so its error is not a UserError
+    from kernels import BackendUnavailable  # kernels/ stays free of hrm imports, so its error is not a UserError
+
     try:
         main(sys.argv[1:] if argv is None else argv)
     except (UserError, BackendUnavailable) as error:

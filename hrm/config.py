@@ -24,9 +24,9 @@ class ConfigError(UserError):
     """A configuration problem the user can fix; the message is one line naming it."""
 
 
-Family = Literal["mamba", "hybrid_recursive", "recursive_ssm", "hybrid_pattern"]    # hrm.models.FAMILIES
+Family = Literal["mamba", "hybrid_recursive", "recursive_ssm", "hybrid_pattern"]  # hrm.models.FAMILIES
 Dtype = Literal["float32", "bfloat16"]
-ScanBackend = Literal[BACKENDS]                                   # kernels.selective_scan's backends
+ScanBackend = Literal[BACKENDS]  # kernels.selective_scan's backends
 # model.remat: what each layer keeps for the backward pass (hrm.models.lm.REMAT_POLICIES maps them to jax's).
 Remat = Literal["none", "block", "dots_saveable", "dots_with_no_batch_dims_saveable"]
 
@@ -39,66 +39,67 @@ class ModelConfig:
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
-    dt_rank: int = 0              # 0: ceil(d_model / 16), as the reference
+    dt_rank: int = 0  # 0: ceil(d_model / 16), as the reference
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     dt_init_floor: float = 1e-4
     conv_bias: bool = True
     bias: bool = False
     norm_eps: float = 1e-5
-    vocab_size: int = 0           # 0: the tokenizer's size rounded up to a multiple of 8
+    vocab_size: int = 0  # 0: the tokenizer's size rounded up to a multiple of 8
     tie_embeddings: bool = True
     rescale_prenorm_residual: bool = True
     residual_in_fp32: bool = True
-    dtype: Dtype = "float32"      # compute dtype; parameters stay float32
+    dtype: Dtype = "float32"  # compute dtype; parameters stay float32
     scan_backend: ScanBackend = "auto"
     # --- attention (hybrid_recursive's hierarchical attention, hybrid_pattern's "A" layers) ---
-    n_heads: int = 4               # attention heads; d_model must be a multiple
-    rope_theta: float = 10000.0    # RoPE base
+    n_heads: int = 4  # attention heads; d_model must be a multiple
+    rope_theta: float = 10000.0  # RoPE base
     attention_scales: tuple[int, ...] = (1, 2, 4)  # hybrid_recursive: pooling factors of the multi-scale attention
-                                                   # (on the command line and in JSON also "1,2,4")
-    max_cache_len: int = 2048      # KV-cache positions for decoding (prompt + generated tokens must fit)
-    mlp_ratio: int = 4             # hidden width / d_model of the MLPs (attention layers, recursive transform)
+    # (on the command line and in JSON also "1,2,4")
+    max_cache_len: int = 2048  # KV-cache positions for decoding (prompt + generated tokens must fit)
+    mlp_ratio: int = 4  # hidden width / d_model of the MLPs (attention layers, recursive transform)
     # --- hybrid_recursive (docs/MODELS.md) ---
-    max_recursion_depth: int = 3   # applications of the shared recursive transform
-    gate_per_token: bool = False   # depth gate per token; False: per sequence (causal running mean)
-    ponder_prior: float = 0.0      # depth prior: truncated geometric(p); 0 = uniform over depths
+    max_recursion_depth: int = 3  # applications of the shared recursive transform
+    gate_per_token: bool = False  # depth gate per token; False: per sequence (causal running mean)
+    ponder_prior: float = 0.0  # depth prior: truncated geometric(p); 0 = uniform over depths
     gate_reg_weight: float = 0.01  # weight of KL(gate || prior), the anti-collapse term (0 disables)
     # --- hybrid_pattern (docs/MODELS.md) ---
-    layer_pattern: str = ""        # one letter per layer: M = Mamba, A = attention + MLP; length n_layers
+    layer_pattern: str = ""  # one letter per layer: M = Mamba, A = attention + MLP; length n_layers
     # --- recursive_ssm: n_layers physical blocks applied recurrent_depth times ---
     recurrent_depth: int = 1
-    adapter_rank: int = 0          # per-depth low-rank adapter rank (per-depth scale/shift always present)
-    checkpoint_segments: int = 1   # recursive_ssm: blocks per remat segment (when remat is not "none")
+    adapter_rank: int = 0  # per-depth low-rank adapter rank (per-depth scale/shift always present)
+    checkpoint_segments: int = 1  # recursive_ssm: blocks per remat segment (when remat is not "none")
     # --- memory ---
-    dropout: float = 0.0           # residual dropout on every branch (Mamba, attention, MLP, recursion, fusion)
-                                   # while training; never in evaluation or decoding; 0 = none
-    remat: Remat = "none"          # rematerialise each layer in the backward pass: "none", "block" (keep only
-                                   # its input) or a jax.checkpoint_policies name (dots_with_no_batch_dims_saveable)
+    dropout: float = 0.0  # residual dropout on every branch (Mamba, attention, MLP, recursion, fusion)
+    # while training; never in evaluation or decoding; 0 = none
+    remat: Remat = "none"  # rematerialise each layer in the backward pass: "none", "block" (keep only
+    # its input) or a jax.checkpoint_policies name (dots_with_no_batch_dims_saveable)
 
 
 @dataclasses.dataclass
 class SyntheticConfig:
     """``--dataset synthetic:NAME``: generated task examples (hrm/data/synthetic.py; sizes 0 = task default)."""
-    examples: int = 20000         # training documents generated (data.eval_fraction of them held out)
-    length: int = 0               # task size: sequence length, key-value pairs, digits or operations
-    targets: int = 0              # tokens to copy (selective_copying), queries (mqar)
-    vocab: int = 0                # alphabet size (selective_copying, induction_heads)
-    seed: int = 0                 # the examples' seed (independent of train.seed)
+
+    examples: int = 20000  # training documents generated (data.eval_fraction of them held out)
+    length: int = 0  # task size: sequence length, key-value pairs, digits or operations
+    targets: int = 0  # tokens to copy (selective_copying), queries (mqar)
+    vocab: int = 0  # alphabet size (selective_copying, induction_heads)
+    seed: int = 0  # the examples' seed (independent of train.seed)
 
 
 @dataclasses.dataclass
 class DataConfig:
     tokenizer: str = "byte"
     seq_len: int = 256
-    data_dir: str = ""            # a folder of .txt/.py/.md/.json files
-    data_path: str = ""           # a dialogue JSONL file: {"context": [...], "response": "...", "source": "..."}
-    dataset: str = ""             # a local .jsonl/.json/.parquet/.csv file, a save_to_disk folder or a hub name
+    data_dir: str = ""  # a folder of .txt/.py/.md/.json files
+    data_path: str = ""  # a dialogue JSONL file: {"context": [...], "response": "...", "source": "..."}
+    dataset: str = ""  # a local .jsonl/.json/.parquet/.csv file, a save_to_disk folder or a hub name
     dataset_split: str = "train"
-    text_column: str = "text"     # comma-separated columns, joined with a blank line
+    text_column: str = "text"  # comma-separated columns, joined with a blank line
     completion_only: bool = False  # loss only on the last column / the dialogue response
-    eval_fraction: float = 0.01   # documents held out for evaluation (deterministic)
-    cache_dir: str = ""           # tokenized-data cache (default ~/.cache/hrm/tokens)
+    eval_fraction: float = 0.01  # documents held out for evaluation (deterministic)
+    cache_dir: str = ""  # tokenized-data cache (default ~/.cache/hrm/tokens)
     num_threads: int = 2
     prefetch: int = 8
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
@@ -107,10 +108,10 @@ class DataConfig:
 @dataclasses.dataclass
 class TrainConfig:
     steps: int = 1000
-    epochs: float = 0.0           # > 0: train.steps follows from this many passes over the training tokens
-    batch_size: int = 8           # global batch per optimizer step (all devices, all micro-batches)
-    accumulation_steps: int = 1   # micro-batches per step, run in sequence: batch_size / this rows at a time
-    shard_params: bool = False    # FSDP: shard parameters and optimizer state over the devices
+    epochs: float = 0.0  # > 0: train.steps follows from this many passes over the training tokens
+    batch_size: int = 8  # global batch per optimizer step (all devices, all micro-batches)
+    accumulation_steps: int = 1  # micro-batches per step, run in sequence: batch_size / this rows at a time
+    shard_params: bool = False  # FSDP: shard parameters and optimizer state over the devices
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -121,11 +122,11 @@ class TrainConfig:
     save_every: int = 500
     log_every: int = 10
     log_activations: bool = True  # log steps also record activation RMS per layer and recursion depth
-    eval_every: int = 0           # 0: evaluate at every checkpoint save and at the end
+    eval_every: int = 0  # 0: evaluate at every checkpoint save and at the end
     eval_batches: int = 8
-    keep_checkpoints: int = 3     # the newest N steps; the best (lowest eval loss) and final ones are kept too
-    profile_steps: int = 0        # > 0: a jax.profiler trace of this many steps in RUN_DIR/profile
-    max_bad_steps: int = 10       # non-finite steps in a row (each update skipped) that stop the run
+    keep_checkpoints: int = 3  # the newest N steps; the best (lowest eval loss) and final ones are kept too
+    profile_steps: int = 0  # > 0: a jax.profiler trace of this many steps in RUN_DIR/profile
+    max_bad_steps: int = 10  # non-finite steps in a row (each update skipped) that stop the run
     seed: int = 42
 
 
@@ -151,34 +152,40 @@ class Config:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-# The trainer guide's --training_preset table (docs/MODELS.md): train.* values (``hrm.train --training_preset`` applies one).
+# The trainer guide's --training_preset table (docs/MODELS.md): train.* values (hrm.train --training_preset).
 TRAINING_PRESETS = {
     "fast": {"steps": 50_000, "lr": 5e-4, "warmup_steps": 1000, "save_every": 2500, "eval_every": 2500},
     "default": {"steps": 100_000, "lr": 3e-4, "warmup_steps": 2000, "save_every": 5000, "eval_every": 5000},
     "careful": {"steps": 200_000, "lr": 1e-4, "warmup_steps": 5000, "save_every": 10_000, "eval_every": 10_000},
 }
 GPT2_VOCAB = 50264  # GPT-2 BPE's 50257 tokens padded to a multiple of 8
-DEFAULT_SAFETY_MARGIN_MB = 2048   # --vram_safety_margin: device memory (MB) kept free when sizing the batch
+DEFAULT_SAFETY_MARGIN_MB = 2048  # --vram_safety_margin: device memory (MB) kept free when sizing the batch
 
 
-def documented_size_config(model: ModelConfig, *, seq_len: int = 2048, batch_size: int = 32,
-                           dtype: str = "bfloat16", **train) -> Config:
+def documented_size_config(
+    model: ModelConfig, *, seq_len: int = 2048, batch_size: int = 32, dtype: str = "bfloat16", **train
+) -> Config:
     """A documented model size (docs/MODELS.md): GPT-2 BPE, rows of ``seq_len`` tokens, a global batch of 32 rows
     (the trainer guide's effective batch, 4 x 8 accumulation), bf16 compute (the guide trains in mixed precision)
     and the 'default' training preset; ``train`` overrides single ``TrainConfig`` fields (each config sets the
     ``accumulation_steps`` that fits its documented VRAM, measured with ``python -m hrm.memtest``)."""
     model.vocab_size = model.vocab_size or GPT2_VOCAB
     model.dtype = dtype
-    return Config(model=model, data=DataConfig(tokenizer="gpt2", seq_len=seq_len),
-                  train=TrainConfig(batch_size=batch_size, **{**TRAINING_PRESETS["default"], **train}))
+    return Config(
+        model=model,
+        data=DataConfig(tokenizer="gpt2", seq_len=seq_len),
+        train=TrainConfig(batch_size=batch_size, **{**TRAINING_PRESETS["default"], **train}),
+    )
 
 
 def cpu_sized_config(model: ModelConfig) -> Config:
     """A CPU-sized demo/test model: bytes, 128-token rows, 300 steps at lr 2e-3 (minutes on 2 cores); with no
     data flag it trains on the embedded default corpus (the interpreter's stdlib sources)."""
-    return Config(model=model, data=DataConfig(tokenizer="byte", seq_len=128),
-                  train=TrainConfig(steps=300, batch_size=8, lr=2e-3, warmup_steps=30, save_every=100,
-                                    log_every=10, seed=0))
+    return Config(
+        model=model,
+        data=DataConfig(tokenizer="byte", seq_len=128),
+        train=TrainConfig(steps=300, batch_size=8, lr=2e-3, warmup_steps=30, save_every=100, log_every=10, seed=0),
+    )
 
 
 def _build(cls, raw: dict, prefix: str):
@@ -270,6 +277,7 @@ def config_dir() -> Path:
     if checkout.is_dir():
         return checkout
     from importlib.resources import files
+
     return Path(str(files("hrm.configs")))
 
 
@@ -306,8 +314,10 @@ def load_config_file(path: str | Path) -> Config:
     documents' format, ``config_from_json``); the file's stem becomes the default run name."""
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"--config '{path}' is a folder; pass a config file such as configs/tiny.py or a "
-                          f"run's config.json (--resume/--init_from take run folders)")
+        raise ConfigError(
+            f"--config '{path}' is a folder; pass a config file such as configs/tiny.py or a "
+            f"run's config.json (--resume/--init_from take run folders)"
+        )
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found; pass a file such as configs/tiny.py")
     if path.suffix.lower() == ".json":
@@ -348,8 +358,13 @@ def _run_get_config(path: Path) -> Config:
 JSON_SECTIONS = {"model": "model", "data": "data", "train": "train", "training": "train"}
 JSON_ALIASES = {
     "model": {"expand_factor": "model.expand", "max_seq_len": "data.seq_len", "n_blocks": "model.n_layers"},
-    "train": {"learning_rate": "train.lr", "max_steps": "train.steps", "save_steps": "train.save_every",
-              "eval_steps": "train.eval_every", "max_grad_norm": "train.grad_clip"},
+    "train": {
+        "learning_rate": "train.lr",
+        "max_steps": "train.steps",
+        "save_steps": "train.save_every",
+        "eval_steps": "train.eval_every",
+        "max_grad_norm": "train.grad_clip",
+    },
 }
 
 
@@ -382,9 +397,14 @@ def config_from_json(raw, source: str) -> Config:
     if unknown:
         known = [f"{s}.{k}" for s in ("model", "data", "train") for k in all_keys(getattr(Config(), s))]
         close = difflib.get_close_matches(unknown[0], known, n=2, cutoff=0.6)
-        raise ConfigError(f"config file '{source}' has unknown keys {', '.join(map(repr, unknown))}"
-                          + (f"; did you mean {' or '.join(close)}?" if close else
-                             "; sections are model, data, train (or training) and vram"))
+        raise ConfigError(
+            f"config file '{source}' has unknown keys {', '.join(map(repr, unknown))}"
+            + (
+                f"; did you mean {' or '.join(close)}?"
+                if close
+                else "; sections are model, data, train (or training) and vram"
+            )
+        )
     config = Config()
     if {"training", "vram"} & set(raw) and "data.tokenizer" not in flat:
         config.data.tokenizer = "gpt2"
@@ -398,15 +418,22 @@ def config_from_json(raw, source: str) -> Config:
 
 def _vram_section(values, source: str) -> dict:
     """The documents' "vram" section → train.batch_size (the global batch) and train.accumulation_steps."""
-    if not isinstance(values, dict) or set(values) - {"batch_size", "gradient_accumulation_steps",
-                                                     "effective_batch_size"}:
-        raise ConfigError(f"config file '{source}': section 'vram' takes batch_size, gradient_accumulation_steps "
-                          f"and effective_batch_size, got {values!r}")
+    if not isinstance(values, dict) or set(values) - {
+        "batch_size",
+        "gradient_accumulation_steps",
+        "effective_batch_size",
+    }:
+        raise ConfigError(
+            f"config file '{source}': section 'vram' takes batch_size, gradient_accumulation_steps "
+            f"and effective_batch_size, got {values!r}"
+        )
     micro, accumulation = values.get("batch_size"), values.get("gradient_accumulation_steps", 1)
     effective = values.get("effective_batch_size")
     if micro is not None and effective is not None and micro * accumulation != effective:
-        raise ConfigError(f"config file '{source}': vram.effective_batch_size ({effective}) must equal "
-                          f"vram.batch_size x vram.gradient_accumulation_steps ({micro} x {accumulation})")
+        raise ConfigError(
+            f"config file '{source}': vram.effective_batch_size ({effective}) must equal "
+            f"vram.batch_size x vram.gradient_accumulation_steps ({micro} x {accumulation})"
+        )
     out = {"train.accumulation_steps": accumulation}
     if effective is not None or micro is not None:
         out["train.batch_size"] = effective if effective is not None else micro * accumulation
@@ -418,6 +445,7 @@ def resolve_config(config: Config) -> Config:
     config = dataclasses.replace(config, model=dataclasses.replace(config.model))
     if config.model.vocab_size == 0:
         from hrm.tokenizer import get_tokenizer, padded_vocab_size
+
         config.model.vocab_size = padded_vocab_size(get_tokenizer(config.data.tokenizer))
     validate(config)
     return config
@@ -429,21 +457,33 @@ _SECTIONS = {ModelConfig: "model", DataConfig: "data", TrainConfig: "train"}
 def validate(config: Config) -> None:
     """Reject impossible sizes and settings before any work starts."""
     m, d, t = config.model, config.data, config.train
-    for section in (m, d, t):       # fields set in Python (config files) get the command line's parse
+    for section in (m, d, t):  # fields set in Python (config files) get the command line's parse
         for name, kind in typing.get_type_hints(type(section)).items():
             setattr(section, name, _coerce(f"{_SECTIONS[type(section)]}.{name}", kind, getattr(section, name)))
-    positive = {"model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.d_state": m.d_state,
-                "model.d_conv": m.d_conv, "model.expand": m.expand, "data.seq_len": d.seq_len,
-                "data.num_threads": d.num_threads, "train.steps": t.steps, "train.batch_size": t.batch_size,
-                "train.save_every": t.save_every, "train.log_every": t.log_every,
-                "train.keep_checkpoints": t.keep_checkpoints, "train.accumulation_steps": t.accumulation_steps,
-                "train.max_bad_steps": t.max_bad_steps}
+    positive = {
+        "model.d_model": m.d_model,
+        "model.n_layers": m.n_layers,
+        "model.d_state": m.d_state,
+        "model.d_conv": m.d_conv,
+        "model.expand": m.expand,
+        "data.seq_len": d.seq_len,
+        "data.num_threads": d.num_threads,
+        "train.steps": t.steps,
+        "train.batch_size": t.batch_size,
+        "train.save_every": t.save_every,
+        "train.log_every": t.log_every,
+        "train.keep_checkpoints": t.keep_checkpoints,
+        "train.accumulation_steps": t.accumulation_steps,
+        "train.max_bad_steps": t.max_bad_steps,
+    }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
     if t.batch_size % t.accumulation_steps:
-        raise ConfigError(f"config key 'train.accumulation_steps' ({t.accumulation_steps}) must divide "
-                          f"train.batch_size ({t.batch_size}), the global batch per optimizer step")
+        raise ConfigError(
+            f"config key 'train.accumulation_steps' ({t.accumulation_steps}) must divide "
+            f"train.batch_size ({t.batch_size}), the global batch per optimizer step"
+        )
     if not 0 < t.lr < 1:
         raise ConfigError(f"config key 'train.lr' must be in (0, 1), got {t.lr}")
     if not 0 <= t.min_lr_ratio <= 1:
@@ -467,8 +507,14 @@ def validate(config: Config) -> None:
 
 def _validate_families(m: ModelConfig) -> None:
     """The family-specific model fields (attention, recursion, pattern)."""
-    for key in ("n_heads", "max_cache_len", "mlp_ratio", "max_recursion_depth", "recurrent_depth",
-                "checkpoint_segments"):
+    for key in (
+        "n_heads",
+        "max_cache_len",
+        "mlp_ratio",
+        "max_recursion_depth",
+        "recurrent_depth",
+        "checkpoint_segments",
+    ):
         if getattr(m, key) <= 0:
             raise ConfigError(f"config key 'model.{key}' must be positive, got {getattr(m, key)}")
     if not 0 <= m.dropout < 1:
@@ -482,19 +528,27 @@ def _validate_families(m: ModelConfig) -> None:
         raise ConfigError(f"config key 'model.ponder_prior' must be in [0, 1), got {m.ponder_prior}")
     uses_attention = m.family == "hybrid_recursive" or (m.family == "hybrid_pattern" and "A" in m.layer_pattern)
     if uses_attention and (m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2):
-        raise ConfigError(f"config key 'model.n_heads' ({m.n_heads}) must divide d_model ({m.d_model}) "
-                          f"into even head sizes")
+        raise ConfigError(
+            f"config key 'model.n_heads' ({m.n_heads}) must divide d_model ({m.d_model}) into even head sizes"
+        )
     scales = m.attention_scales
     if not scales or any(s <= 0 for s in scales) or len(set(scales)) != len(scales):
-        raise ConfigError(f"config key 'model.attention_scales' must be distinct positive integers such as "
-                          f"'1,2,4', got {m.attention_scales!r}")
+        raise ConfigError(
+            f"config key 'model.attention_scales' must be distinct positive integers such as "
+            f"'1,2,4', got {m.attention_scales!r}"
+        )
     if m.max_cache_len % max(scales):
-        raise ConfigError(f"config key 'model.max_cache_len' ({m.max_cache_len}) must be a multiple of the "
-                          f"largest attention scale ({max(scales)})")
+        raise ConfigError(
+            f"config key 'model.max_cache_len' ({m.max_cache_len}) must be a multiple of the "
+            f"largest attention scale ({max(scales)})"
+        )
     if m.family == "hybrid_pattern":
         if not m.layer_pattern or set(m.layer_pattern) - set("MA"):
-            raise ConfigError(f"config key 'model.layer_pattern' must be letters M (Mamba) and A (attention), "
-                              f"got {m.layer_pattern!r}")
+            raise ConfigError(
+                f"config key 'model.layer_pattern' must be letters M (Mamba) and A (attention), got {m.layer_pattern!r}"
+            )
         if len(m.layer_pattern) != m.n_layers:
-            raise ConfigError(f"config key 'model.layer_pattern' has {len(m.layer_pattern)} letters but "
-                              f"model.n_layers is {m.n_layers}")
+            raise ConfigError(
+                f"config key 'model.layer_pattern' has {len(m.layer_pattern)} letters but "
+                f"model.n_layers is {m.n_layers}"
+            )

@@ -12,16 +12,21 @@ from hrm.cli import ArgumentParser, UsageError, run_main
 
 def main(argv: list[str]) -> None:
     parser = ArgumentParser(prog="python -m hrm.convert", description=__doc__.splitlines()[0])
-    parser.add_argument("src", help="a transformers (model.safetensors) or state-spaces (pytorch_model.bin) "
-                                    "Mamba folder with its config.json")
+    parser.add_argument(
+        "src",
+        help="a transformers (model.safetensors) or state-spaces (pytorch_model.bin) Mamba folder with its config.json",
+    )
     parser.add_argument("out", help="the hrm run directory to write (new or empty)")
     args = parser.parse_args(argv)
     from hrm import interop
     from hrm.training import checkpoint
+
     src, out = Path(args.src), Path(args.out)
     if not interop.reference_layout(src):
-        raise UsageError(f"'{src}' is not a reference Mamba folder: it needs a config.json with model_type "
-                         f"'mamba' (transformers) or d_model and n_layer (state-spaces) next to its weights")
+        raise UsageError(
+            f"'{src}' is not a reference Mamba folder: it needs a config.json with model_type "
+            f"'mamba' (transformers) or d_model and n_layer (state-spaces) next to its weights"
+        )
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"'{out}' already exists and is not empty; pass a new OUT directory")
     config, params = interop.load_reference(src)
@@ -37,9 +42,11 @@ def main(argv: list[str]) -> None:
     mgr.save(0, {"step": 0, "params": params}, final=True)
     mgr.close()
     m = config.model
-    print(f"wrote {out}: mamba d_model {m.d_model}, {m.n_layers} layers, vocab {m.vocab_size}, tokenizer "
-          f"{config.data.tokenizer or 'none (no tokenizer.json in SRC)'}; fine-tune with "
-          f"python -m hrm.train --init_from {out} --data_dir DIR --output_dir NEW_RUN")
+    print(
+        f"wrote {out}: mamba d_model {m.d_model}, {m.n_layers} layers, vocab {m.vocab_size}, tokenizer "
+        f"{config.data.tokenizer or 'none (no tokenizer.json in SRC)'}; fine-tune with "
+        f"python -m hrm.train --init_from {out} --data_dir DIR --output_dir NEW_RUN"
+    )
 
 
 def cli() -> None:

@@ -25,7 +25,7 @@ class TextStream:
         self.tokenizer, self.stop, self.eos_id = tokenizer, [s for s in stop if s], eos_id
         self.ids: list[int] = []
         self.emitted = ""
-        self.finish_reason: str | None = None     # "stop" (eos or a stop string) once finished
+        self.finish_reason: str | None = None  # "stop" (eos or a stop string) once finished
 
     @property
     def finished(self) -> bool:
@@ -42,11 +42,11 @@ class TextStream:
         text = self.tokenizer.decode(self.ids)
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         if hits:
-            text, self.finish_reason = text[:min(hits)], "stop"
+            text, self.finish_reason = text[: min(hits)], "stop"
         elif not self.finished:
             hold = max([k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])], default=0)
-            text = text[:len(text) - hold].rstrip("\ufffd")
-        new = text[len(self.emitted):] if text.startswith(self.emitted) else ""
+            text = text[: len(text) - hold].rstrip("\ufffd")
+        new = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
         self.emitted += new
         return new
 
@@ -54,7 +54,7 @@ class TextStream:
         """The held-back rest once the row ran out of tokens (a partial stop string or character stays text)."""
         if self.finished:
             return ""
-        new = self.tokenizer.decode(self.ids)[len(self.emitted):]
+        new = self.tokenizer.decode(self.ids)[len(self.emitted) :]
         self.emitted += new
         return new
 
@@ -63,8 +63,17 @@ class TextStream:
         return self.emitted
 
 
-def text_streams(model, prompts: list[str], max_new_tokens: int, sampling: Sampling, seed: int = 0,
-                 stop=(), stop_at_eos: bool = True, chunk: int = 16, prefix: DecodeState | None = None):
+def text_streams(
+    model,
+    prompts: list[str],
+    max_new_tokens: int,
+    sampling: Sampling,
+    seed: int = 0,
+    stop=(),
+    stop_at_eos: bool = True,
+    chunk: int = 16,
+    prefix: DecodeState | None = None,
+):
     """(one ``TextStream`` per prompt, an iterator of (row, new text) as tokens are decoded). A stream's
     ``finish_reason`` stays None when it ran out of tokens; decoding ends early once every row finished."""
     tokenizer = model.tokenizer
@@ -87,11 +96,11 @@ def text_streams(model, prompts: list[str], max_new_tokens: int, sampling: Sampl
 
 # --- saved decode states ----------------------------------------------------------------------------------
 
+
 def save_state(path: str | Path, state: DecodeState, model, tokens: int) -> None:
     """One row's decode state after a prompt of ``tokens`` tokens, with the model config it belongs to."""
     leaves = jax.tree.leaves(state)
-    meta = {"format": STATE_FORMAT, "model": model.config.model.__dict__ | {"max_cache_len": None},
-            "tokens": tokens}
+    meta = {"format": STATE_FORMAT, "model": model.config.model.__dict__ | {"max_cache_len": None}, "tokens": tokens}
     with open(path, "wb") as f:
         np.savez(f, meta=np.asarray(json.dumps(meta)), **{f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)})
 
@@ -120,6 +129,7 @@ def load_state(path: str | Path, model) -> tuple[DecodeState, int]:
 
 # --- benchmark --------------------------------------------------------------------------------------------
 
+
 def benchmark(model, contexts=(128, 1024, 8192), batches=(1, 8), new_tokens: int = 32, log=print) -> list[dict]:
     """Prefill and decode tokens/s per (context, batch): each shape runs once to compile, then is timed.
     Prefill is per row (``hrm.inference``'s power-of-two chunks), decode is one batched loop (greedy)."""
@@ -142,15 +152,25 @@ def benchmark(model, contexts=(128, 1024, 8192), batches=(1, 8), new_tokens: int
                 tokens, _ = generator.decode(params, state, settings_of(batch), new_tokens)
                 timings.append((prefilled - start, time.perf_counter() - prefilled))
             prefill_s, decode_s = timings[-1]
-            rows.append({"context": context, "batch": batch, "prefill_tokens_per_s": batch * context / prefill_s,
-                         "decode_tokens_per_s": batch * new_tokens / decode_s})
-            log(f"context {context} batch {batch}: prefill {rows[-1]['prefill_tokens_per_s']:,.0f} tokens/s, "
-                f"decode {rows[-1]['decode_tokens_per_s']:,.0f} tokens/s")
+            rows.append(
+                {
+                    "context": context,
+                    "batch": batch,
+                    "prefill_tokens_per_s": batch * context / prefill_s,
+                    "decode_tokens_per_s": batch * new_tokens / decode_s,
+                }
+            )
+            log(
+                f"context {context} batch {batch}: prefill {rows[-1]['prefill_tokens_per_s']:,.0f} tokens/s, "
+                f"decode {rows[-1]['decode_tokens_per_s']:,.0f} tokens/s"
+            )
     return rows
 
 
 def benchmark_table(rows: list[dict]) -> str:
     lines = ["| context | batch | prefill tokens/s | decode tokens/s |", "|---:|---:|---:|---:|"]
-    lines += [f"| {r['context']} | {r['batch']} | {r['prefill_tokens_per_s']:,.0f} | {r['decode_tokens_per_s']:,.0f} |"
-              for r in rows]
+    lines += [
+        f"| {r['context']} | {r['batch']} | {r['prefill_tokens_per_s']:,.0f} | {r['decode_tokens_per_s']:,.0f} |"
+        for r in rows
+    ]
     return "\n".join(lines)

@@ -33,15 +33,15 @@ from hrm.models import build_model
 from kernels import check
 
 DTYPES = ("float32", "bfloat16")
-DT_RANGES = ((1e-4, 1e-1), (1e-4, 1e-3))   # the Mamba init's range and its small end, where softplus is hard
-DECODE_TOLERANCE = 1e-4   # float32 logits through two layers, scan backend vs single steps
+DT_RANGES = ((1e-4, 1e-1), (1e-4, 1e-3))  # the Mamba init's range and its small end, where softplus is hard
+DECODE_TOLERANCE = 1e-4  # float32 logits through two layers, scan backend vs single steps
 
 
 def decode_error(scan_backend: str, length: int = 16, seed: int = 0) -> float:
     """Relative error of prefill + step-by-step decoding against one forward pass, tiny Mamba model."""
     cfg = ModelConfig(d_model=32, n_layers=2, d_state=8, vocab_size=64, scan_backend=scan_backend)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(cfg, seed)))
-    params = jax.jit(lambda: nnx.split(build_model(cfg, seed))[1])()   # one compiled init, not op by op
+    params = jax.jit(lambda: nnx.split(build_model(cfg, seed))[1])()  # one compiled init, not op by op
     tokens = jax.random.randint(jax.random.key(seed), (2, length), 0, cfg.vocab_size)
     prefill = length // 2
 
@@ -59,27 +59,35 @@ def decode_error(scan_backend: str, length: int = 16, seed: int = 0) -> float:
         _, rest = jax.lax.scan(step, cache, tokens[:, prefill:].T)
         return jnp.concatenate([first, jnp.swapaxes(rest, 0, 1)], axis=1)
 
-    with jax.default_matmul_precision("highest"):   # the check is of the recurrence, not of TF32
+    with jax.default_matmul_precision("highest"):  # the check is of the recurrence, not of TF32
         return check.rel_err(jax.jit(recurrent)(params, tokens), jax.jit(full)(params, tokens))
 
 
 def _report(label: str, results: list[tuple[str, float, float]]) -> bool:
     name, err, tol = max(results, key=lambda r: r[1] / r[2])
     failed = [f"{n} {e:.1e}" for n, e, t in results if not e <= t]
-    print(f"  {label}: worst {name} {err:.1e} (tolerance {tol:.0e}) "
-          + ("ok" if not failed else "FAIL: " + ", ".join(failed)))
+    print(
+        f"  {label}: worst {name} {err:.1e} (tolerance {tol:.0e}) "
+        + ("ok" if not failed else "FAIL: " + ", ".join(failed))
+    )
     return not failed
 
 
 def main(argv=None) -> None:
     parser = ArgumentParser(prog="python -m hrm.doctor", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--scan_backend", default="auto", choices=kernels.BACKENDS,
-                        help="the backend to check (default: what auto picks here)")
+    parser.add_argument(
+        "--scan_backend",
+        default="auto",
+        choices=kernels.BACKENDS,
+        help="the backend to check (default: what auto picks here)",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     devices = jax.devices()
-    print(f"hrm doctor: Python {platform.python_version()}, jax {jax.__version__}, jaxlib {jaxlib.__version__}; "
-          f"{len(devices)} {jax.default_backend()} device(s): {devices[0].device_kind}")
+    print(
+        f"hrm doctor: Python {platform.python_version()}, jax {jax.__version__}, jaxlib {jaxlib.__version__}; "
+        f"{len(devices)} {jax.default_backend()} device(s): {devices[0].device_kind}"
+    )
     for dtype in DTYPES:
         print(f"{dtype}: {kernels.banner(args.scan_backend, dtype)}")
     print("self-check (relative error vs float64, all outputs and gradients):")
@@ -88,10 +96,13 @@ def main(argv=None) -> None:
         backend = kernels.resolve_backend(args.scan_backend, dtype=dtype)
         scan = functools.partial(kernels.selective_scan, backend=backend, return_last_state=True)
         for low, high in DT_RANGES:
-            ok &= _report(f"scan {backend} {dtype}, dt {low:.0e}..{high:.0e}",
-                          check.parity(scan, dtype, dt_range=(low, high)))
-    ok &= _report(f"decode vs forward, scan {kernels.resolve_backend(args.scan_backend)} float32",
-                  [("logits", decode_error(args.scan_backend), DECODE_TOLERANCE)])
+            ok &= _report(
+                f"scan {backend} {dtype}, dt {low:.0e}..{high:.0e}", check.parity(scan, dtype, dt_range=(low, high))
+            )
+    ok &= _report(
+        f"decode vs forward, scan {kernels.resolve_backend(args.scan_backend)} float32",
+        [("logits", decode_error(args.scan_backend), DECODE_TOLERANCE)],
+    )
     print(f"{'PASS' if ok else 'FAIL'} ({time.perf_counter() - start:.1f} s)")
     if not ok:
         sys.exit(1)

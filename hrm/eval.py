@@ -41,19 +41,19 @@ def token_byte_lengths(tokenizer, vocab_size: int) -> np.ndarray:
             continue
         try:
             lengths[i] = len(encoding.decode_single_token_bytes(i))
-        except AttributeError:            # a tokenizer.json (hrm.tokenizer.TokenizersEncoding)
+        except AttributeError:  # a tokenizer.json (hrm.tokenizer.TokenizersEncoding)
             lengths[i] = len(tokenizer.decode([i]).encode())
-        except KeyError:                  # an id tiktoken does not use
+        except KeyError:  # an id tiktoken does not use
             pass
     return lengths
 
 
-def perplexity(model, cfg_data, documents: str = "auto", batch_size: int = 8, max_batches: int = 0,
-               log=print) -> dict:
+def perplexity(model, cfg_data, documents: str = "auto", batch_size: int = 8, max_batches: int = 0, log=print) -> dict:
     """Loss per token and bits per byte over every target of ``documents`` (``held_out``: the
     ``data.eval_fraction`` split the run never trained on; ``all``; ``auto``: held out when ``cfg_data``'s
     sources are the run's, else all) of ``cfg_data``, at most ``max_batches`` batches (0: all)."""
     import jax
+
     from hrm.data import document_batches, split_documents, tokenized_corpus
     from hrm.data.sources import source_descriptions
     from hrm.training.evaluation import held_out_loss
@@ -65,8 +65,9 @@ def perplexity(model, cfg_data, documents: str = "auto", batch_size: int = 8, ma
         own = source_descriptions(cfg_data) == source_descriptions(model.config.data)
         documents = "held_out" if own and cfg_data.eval_fraction > 0 else "all"
     corpus = tokenized_corpus(cfg_data, model.tokenizer, log)
-    indices = (split_documents(len(corpus), cfg_data.eval_fraction)[1] if documents == "held_out"
-               else np.arange(len(corpus)))
+    indices = (
+        split_documents(len(corpus), cfg_data.eval_fraction)[1] if documents == "held_out" else np.arange(len(corpus))
+    )
     if len(indices) == 0:
         raise UsageError("no held-out documents (data.eval_fraction is 0); pass --documents all")
     batches = []
@@ -80,17 +81,25 @@ def perplexity(model, cfg_data, documents: str = "auto", batch_size: int = 8, ma
     byte_lengths = token_byte_lengths(model.tokenizer, model.config.model.vocab_size)
     n_bytes = sum(int(byte_lengths[b["targets"][b["mask"]]].sum()) for b in batches)
     sources = "; ".join(f"{kind} {location}" for kind, location in source_descriptions(cfg_data))
-    return {"data": sources, "split": cfg_data.dataset_split, "documents": documents,
-            "n_documents": int(len(indices)), "batches": len(batches), "targets": targets, "bytes": n_bytes,
-            "loss_per_token": loss, "perplexity": math.exp(min(loss, 700)),
-            "bits_per_byte": loss * targets / max(1, n_bytes) / math.log(2)}
+    return {
+        "data": sources,
+        "split": cfg_data.dataset_split,
+        "documents": documents,
+        "n_documents": int(len(indices)),
+        "batches": len(batches),
+        "targets": targets,
+        "bytes": n_bytes,
+        "loss_per_token": loss,
+        "perplexity": math.exp(min(loss, 700)),
+        "bits_per_byte": loss * targets / max(1, n_bytes) / math.log(2),
+    }
 
 
 def greedy_continuations(model, prompts: list[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
     """Greedy continuations (to EOS or ``max_new_tokens``) of ``prompts``, ``batch_size`` decoded at a time."""
     outputs = []
     for start in range(0, len(prompts), batch_size):
-        outputs += model.generate(prompts[start:start + batch_size], max_new_tokens=max_new_tokens, temperature=0)
+        outputs += model.generate(prompts[start : start + batch_size], max_new_tokens=max_new_tokens, temperature=0)
     return outputs
 
 
@@ -102,31 +111,47 @@ def char_match(generated: str, answer: str) -> float:
 
 def scored(name: str, prompts: list[str], answers: list[str], generated: list[str], correct, **info) -> dict:
     hits = [bool(correct(g, a)) for g, a in zip(generated, answers)]
-    return {"task": name, **info, "examples": len(hits), "correct": sum(hits),
-            "exact_match": sum(hits) / max(1, len(hits)),
-            "char_match": sum(map(char_match, generated, answers)) / max(1, len(hits)),
-            "samples": [{"prompt": p, "answer": a, "generated": g} for p, a, g in
-                        list(zip(prompts, answers, generated))[:3]]}
+    return {
+        "task": name,
+        **info,
+        "examples": len(hits),
+        "correct": sum(hits),
+        "exact_match": sum(hits) / max(1, len(hits)),
+        "char_match": sum(map(char_match, generated, answers)) / max(1, len(hits)),
+        "samples": [
+            {"prompt": p, "answer": a, "generated": g} for p, a, g in list(zip(prompts, answers, generated))[:3]
+        ],
+    }
 
 
 def task_accuracy(model, spec: str, synthetic_cfg, n_examples: int, batch_size: int = 32) -> dict:
     """Exact match of greedy generation on ``n_examples`` fresh (test-stream) examples of ``synthetic:NAME``."""
     from hrm.data import synthetic
+
     name = synthetic.task_name(spec)
     examples = synthetic.examples(name, synthetic_cfg, n_examples, stream=synthetic.TEST_STREAM)
     prompts, answers = [e.prompt for e in examples], [e.answer for e in examples]
-    max_new = max(len(model.tokenizer.encode(a)) for a in answers) + 1            # + EOS
+    max_new = max(len(model.tokenizer.encode(a)) for a in answers) + 1  # + EOS
     generated = greedy_continuations(model, prompts, max_new, batch_size)
     length, targets, vocab = synthetic.sizes(name, synthetic_cfg)
-    return scored(synthetic.PREFIX + name, prompts, answers, generated,
-                  lambda g, a: synthetic.is_correct(name, g, a), length=length, targets=targets, vocab=vocab,
-                  seed=synthetic_cfg.seed)
+    return scored(
+        synthetic.PREFIX + name,
+        prompts,
+        answers,
+        generated,
+        lambda g, a: synthetic.is_correct(name, g, a),
+        length=length,
+        targets=targets,
+        vocab=vocab,
+        seed=synthetic_cfg.seed,
+    )
 
 
 def gsm8k_examples(path: str | Path, limit: int = 0) -> list[tuple[str, str]]:
     """(question, answer) pairs of a GSM8K-format JSONL file whose answer has a ``#### N`` result."""
     from hrm.data.sources import DataError, Skipped, jsonl_records
     from hrm.data.synthetic import final_answer
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"--gsm8k file '{path}' does not exist; pass a JSONL file with question and answer")
@@ -140,25 +165,41 @@ def gsm8k_examples(path: str | Path, limit: int = 0) -> list[tuple[str, str]]:
         if len(pairs) == limit:
             break
     if not pairs:
-        raise DataError(f"no GSM8K examples in '{path}' ({skipped.summary()}); each line needs \"question\" and "
-                        f"\"answer\" ending in '#### N'")
+        raise DataError(
+            f"no GSM8K examples in '{path}' ({skipped.summary()}); each line needs \"question\" and "
+            f"\"answer\" ending in '#### N'"
+        )
     return pairs
 
 
-def gsm8k_accuracy(model, path: str | Path, n_examples: int = 0, max_new_tokens: int = 256,
-                   batch_size: int = 32) -> dict:
+def gsm8k_accuracy(
+    model, path: str | Path, n_examples: int = 0, max_new_tokens: int = 256, batch_size: int = 32
+) -> dict:
     from hrm.data.sources import COLUMN_SEPARATOR
     from hrm.data.synthetic import final_answer, same_number
+
     pairs = gsm8k_examples(path, n_examples)
     prompts, answers = [q + COLUMN_SEPARATOR for q, _ in pairs], [a for _, a in pairs]
     generated = greedy_continuations(model, prompts, max_new_tokens, batch_size)
-    return scored("gsm8k", prompts, answers, generated,
-                  lambda g, a: same_number(final_answer(g), final_answer(a)), file=str(path))
+    return scored(
+        "gsm8k", prompts, answers, generated, lambda g, a: same_number(final_answer(g), final_answer(a)), file=str(path)
+    )
 
 
-def evaluate(model, cfg_data, *, perplexity_on: bool = False, tasks: tuple[str, ...] = (), gsm8k: str | None = None,
-             examples: int = 200, documents: str = "auto", batch_size: int = 8, max_batches: int = 0,
-             max_new_tokens: int = 256, log=print) -> dict:
+def evaluate(
+    model,
+    cfg_data,
+    *,
+    perplexity_on: bool = False,
+    tasks: tuple[str, ...] = (),
+    gsm8k: str | None = None,
+    examples: int = 200,
+    documents: str = "auto",
+    batch_size: int = 8,
+    max_batches: int = 0,
+    max_new_tokens: int = 256,
+    log=print,
+) -> dict:
     """Every requested evaluation of a loaded model, by result name (``perplexity``, ``synthetic:NAME``,
     ``gsm8k``)."""
     results = {}
@@ -175,15 +216,19 @@ def table(report: dict) -> str:
     lines = [f"eval of {report['checkpoint']} (step {report['step']})"]
     for name, result in report["results"].items():
         if name == "perplexity":
-            lines.append(f"  {'perplexity':<28} loss/token {result['loss_per_token']:.4f}  perplexity "
-                         f"{result['perplexity']:.3f}  bits/byte {result['bits_per_byte']:.4f}  "
-                         f"({result['targets']:,} targets, {result['n_documents']:,} {result['documents']} "
-                         f"documents of {result['data']})")
+            lines.append(
+                f"  {'perplexity':<28} loss/token {result['loss_per_token']:.4f}  perplexity "
+                f"{result['perplexity']:.3f}  bits/byte {result['bits_per_byte']:.4f}  "
+                f"({result['targets']:,} targets, {result['n_documents']:,} {result['documents']} "
+                f"documents of {result['data']})"
+            )
         else:
             sizes = "".join(f" {k} {result[k]}" for k in ("length", "targets", "vocab") if result.get(k))
-            lines.append(f"  {name:<28} exact match {result['exact_match']:.3f}  char match "
-                         f"{result['char_match']:.3f}  ({result['correct']}/"
-                         f"{result['examples']}{';' + sizes if sizes else ''})")
+            lines.append(
+                f"  {name:<28} exact match {result['exact_match']:.3f}  char match "
+                f"{result['char_match']:.3f}  ({result['correct']}/"
+                f"{result['examples']}{';' + sizes if sizes else ''})"
+            )
     return "\n".join(lines)
 
 
@@ -200,17 +245,21 @@ def write_report(run_dir: Path, name: str, report: dict) -> Path:
 def eval_data_config(config, argv_data: list[tuple[str, str]]):
     """The run's data config with data flags and ``--config.data.*`` overrides applied (a copy)."""
     from hrm.config import apply_override
+
     config = copy.deepcopy(config)
     for key, value in argv_data:
         if not key.startswith("data.") or key == "data.tokenizer":
-            raise UsageError(f"'--config.{key}' does not apply to evaluation; the model and its tokenizer are the "
-                             f"checkpoint's, only --config.data.* (not tokenizer) may change")
+            raise UsageError(
+                f"'--config.{key}' does not apply to evaluation; the model and its tokenizer are the "
+                f"checkpoint's, only --config.data.* (not tokenizer) may change"
+            )
         apply_override(config, key, value)
     return config.data
 
 
 def main(argv: list[str]) -> None:
     from hrm.train import DATA_FLAGS, parse_overrides
+
     parser = ArgumentParser(prog="python -m hrm.eval", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a run directory (hrm.train) or a reference Mamba folder")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
@@ -236,16 +285,28 @@ def main(argv: list[str]) -> None:
         if value < 1:
             raise UsageError(f"{name} must be positive, got {value}")
     from hrm.data.synthetic import task_name
+
     tasks = [f"synthetic:{task_name(t)}" for t in args.task]
     overrides = [(f"data.{f}", getattr(args, f)) for f in DATA_FLAGS if getattr(args, f, None) is not None]
 
     import hrm
+
     model = hrm.load(args.checkpoint, step=args.step)
     cfg_data = eval_data_config(model.config, overrides + parse_overrides(extra))
     log = (lambda *_: None) if args.json else print
-    results = evaluate(model, cfg_data, perplexity_on=args.perplexity, tasks=tuple(tasks), gsm8k=args.gsm8k,
-                       examples=args.examples, documents=args.documents, batch_size=args.batch_size,
-                       max_batches=args.max_batches, max_new_tokens=args.max_new_tokens, log=log)
+    results = evaluate(
+        model,
+        cfg_data,
+        perplexity_on=args.perplexity,
+        tasks=tuple(tasks),
+        gsm8k=args.gsm8k,
+        examples=args.examples,
+        documents=args.documents,
+        batch_size=args.batch_size,
+        max_batches=args.max_batches,
+        max_new_tokens=args.max_new_tokens,
+        log=log,
+    )
     name = args.name or "_".join(key.replace("synthetic:", "") for key in results)
     report = {"checkpoint": str(args.checkpoint), "step": model.step, "name": name, "results": results}
     path = write_report(Path(args.checkpoint), name, report)

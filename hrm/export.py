@@ -40,12 +40,16 @@ def _names(tree) -> tuple[list[str], object]:
 def save_final(config: Config, params, out: str | Path, step: int = 0) -> Path:
     """Write the final-weights folder (see the module docstring); returns it."""
     from safetensors.numpy import save_file
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names, _ = _names(params)
     leaves = jax.tree.leaves(params)
-    save_file({n: np.ascontiguousarray(np.asarray(x)) for n, x in zip(names, leaves)}, out / WEIGHTS_FILE,
-              metadata={"format": "hrm", "step": str(step)})
+    save_file(
+        {n: np.ascontiguousarray(np.asarray(x)) for n, x in zip(names, leaves)},
+        out / WEIGHTS_FILE,
+        metadata={"format": "hrm", "step": str(step)},
+    )
     raw = config.to_dict()
     tokenizer = config.data.tokenizer
     if tokenizer.endswith(".json") and Path(tokenizer).is_file():
@@ -57,16 +61,21 @@ def save_final(config: Config, params, out: str | Path, step: int = 0) -> Path:
 
 def is_final_folder(path: str | Path) -> bool:
     path = Path(path)
-    return (path / WEIGHTS_FILE).is_file() and (path / CONFIG_FILE).is_file() and "model" in json.loads(
-        (path / CONFIG_FILE).read_text())
+    return (
+        (path / WEIGHTS_FILE).is_file()
+        and (path / CONFIG_FILE).is_file()
+        and "model" in json.loads((path / CONFIG_FILE).read_text())
+    )
 
 
 def load_final(path: str | Path):
     """(Config, params, step) of a final-weights folder; a tokenizer.json in it is used by its full path."""
     from safetensors import safe_open
     from safetensors.numpy import load_file
+
     from hrm.training.checkpoint import CheckpointError
     from hrm.training.state import abstract_params
+
     path = Path(path)
     config = Config.load_json(path / CONFIG_FILE)
     if config.data.tokenizer == TOKENIZER_FILE:
@@ -76,13 +85,17 @@ def load_final(path: str | Path):
     names, treedef = _names(abstract)
     missing = [n for n in names if n not in tensors]
     if missing:
-        raise CheckpointError(f"'{path / WEIGHTS_FILE}' lacks {len(missing)} parameter(s) of its config.json's "
-                              f"model, e.g. {missing[0]}; export it again with python -m hrm.export")
+        raise CheckpointError(
+            f"'{path / WEIGHTS_FILE}' lacks {len(missing)} parameter(s) of its config.json's "
+            f"model, e.g. {missing[0]}; export it again with python -m hrm.export"
+        )
     leaves = []
     for name, spec in zip(names, jax.tree.leaves(abstract)):
         if tensors[name].shape != spec.shape:
-            raise CheckpointError(f"'{path / WEIGHTS_FILE}': {name} has shape {tensors[name].shape}, its "
-                                  f"config.json's model needs {spec.shape}")
+            raise CheckpointError(
+                f"'{path / WEIGHTS_FILE}': {name} has shape {tensors[name].shape}, its "
+                f"config.json's model needs {spec.shape}"
+            )
         leaves.append(jax.numpy.asarray(tensors[name], spec.dtype))
     with safe_open(path / WEIGHTS_FILE, "np") as f:
         step = int((f.metadata() or {}).get("step", 0))
@@ -91,10 +104,13 @@ def load_final(path: str | Path):
 
 def _export_hf(model, checkpoint: str, out: Path) -> str:
     from hrm import interop
+
     family = model.config.model.family
     if family != "mamba":
-        raise UsageError(f"'{checkpoint}' is a {family} model; --format hf exports the mamba family only "
-                         f"(transformers has no {family})")
+        raise UsageError(
+            f"'{checkpoint}' is a {family} model; --format hf exports the mamba family only "
+            f"(transformers has no {family})"
+        )
     tokenizer = model.config.data.tokenizer
     eos_id = model.tokenizer.eos_id if tokenizer else 0
     interop.save_transformers(model.config.model, model.params, out, eos_id)
@@ -111,25 +127,35 @@ def _export_hf(model, checkpoint: str, out: Path) -> str:
 def main(argv: list[str]) -> None:
     parser = ArgumentParser(prog="python -m hrm.export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a run directory written by hrm.train or hrm.convert")
-    parser.add_argument("--format", default="hrm", choices=FORMATS,
-                        help="hrm: final-weights folder (default); hf: transformers Mamba; stablehlo: jax.export")
+    parser.add_argument(
+        "--format",
+        default="hrm",
+        choices=FORMATS,
+        help="hrm: final-weights folder (default); hf: transformers Mamba; stablehlo: jax.export",
+    )
     parser.add_argument("--step", default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--out", help="the folder to write")
-    parser.add_argument("out_positional", nargs="?", help=argparse.SUPPRESS)   # the older spelling: OUT
+    parser.add_argument("out_positional", nargs="?", help=argparse.SUPPRESS)  # the older spelling: OUT
     parser.add_argument("--batch", type=int, default=1, help="stablehlo: the batch the exported functions take")
-    parser.add_argument("--max_context", type=int, default=None,
-                        help="stablehlo: KV positions of the exported cache (default: model.max_cache_len)")
+    parser.add_argument(
+        "--max_context",
+        type=int,
+        default=None,
+        help="stablehlo: KV positions of the exported cache (default: model.max_cache_len)",
+    )
     args = parser.parse_args(argv)
     out = args.out or args.out_positional
     if not out:
         raise UsageError("give the folder to write with --out DIR (see python -m hrm.export --help)")
     import hrm
+
     model = hrm.load(args.checkpoint, step=args.step, max_context=args.max_context)
     out = Path(out)
     if args.format == "hf":
         note = _export_hf(model, args.checkpoint, out)
     elif args.format == "stablehlo":
         from hrm import exported
+
         exported.export_decoding(model, out, batch=args.batch)
         note = f"StableHLO prefill and decode step, batch {args.batch}, step {model.step})"
     else:

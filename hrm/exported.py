@@ -43,14 +43,14 @@ def export_decoding(model, out: str | Path, batch: int = 1, chunk: int = EXPORT_
 
     def prefill(*args):
         p = jax.tree.unflatten(param_tree, args[:n_params])
-        tokens, c = args[n_params], jax.tree.unflatten(cache_tree, args[n_params + 1:])
+        tokens, c = args[n_params], jax.tree.unflatten(cache_tree, args[n_params + 1 :])
         logits, c = nnx.merge(graphdef, p)(tokens, c)
         return (logits[:, -1], *jax.tree.leaves(c))
 
     def decode(*args):
         p = jax.tree.unflatten(param_tree, args[:n_params])
-        logits, key_data, steps, *settings = args[n_params:n_params + 7]
-        c = jax.tree.unflatten(cache_tree, args[n_params + 7:])
+        logits, key_data, steps, *settings = args[n_params : n_params + 7]
+        c = jax.tree.unflatten(cache_tree, args[n_params + 7 :])
         keys = jax.vmap(lambda k, n: jax.random.fold_in(jax.random.wrap_key_data(k), n))(key_data, steps)
         token = sample_logits(logits, keys, SamplingArrays(*settings, jnp.ones_like(settings[0])))
         next_logits, c = nnx.merge(graphdef, p, copy=True)(token[:, None], c)
@@ -63,15 +63,33 @@ def export_decoding(model, out: str | Path, batch: int = 1, chunk: int = EXPORT_
         exported = jax.export.export(jax.jit(prefill))(*param_specs, token_spec, *cache_specs)
         (out / f"prefill_{n}.jaxexport").write_bytes(exported.serialize())
     rows = lambda dtype: jax.ShapeDtypeStruct((batch,), dtype)
-    decode_specs = [jax.ShapeDtypeStruct((batch, vocab), jnp.float32), jax.ShapeDtypeStruct((batch, 2), jnp.uint32),
-                    rows(jnp.int32), rows(jnp.float32), rows(jnp.int32), rows(jnp.float32), rows(jnp.float32)]
+    decode_specs = [
+        jax.ShapeDtypeStruct((batch, vocab), jnp.float32),
+        jax.ShapeDtypeStruct((batch, 2), jnp.uint32),
+        rows(jnp.int32),
+        rows(jnp.float32),
+        rows(jnp.int32),
+        rows(jnp.float32),
+        rows(jnp.float32),
+    ]
     exported = jax.export.export(jax.jit(decode))(*param_specs, *decode_specs, *cache_specs)
     (out / "decode.jaxexport").write_bytes(exported.serialize())
     np.savez(out / "params.npz", *[np.asarray(x) for x in param_leaves])
-    (out / MANIFEST).write_text(json.dumps({
-        "batch": batch, "vocab_size": vocab, "eos_id": model.tokenizer.eos_id, "tokenizer": model.config.data.tokenizer,
-        "chunk": chunk, "context_limit": limit,
-        "cache": [[list(x.shape), str(x.dtype)] for x in cache_leaves]}, indent=2) + "\n")
+    (out / MANIFEST).write_text(
+        json.dumps(
+            {
+                "batch": batch,
+                "vocab_size": vocab,
+                "eos_id": model.tokenizer.eos_id,
+                "tokenizer": model.config.data.tokenizer,
+                "chunk": chunk,
+                "context_limit": limit,
+                "cache": [[list(x.shape), str(x.dtype)] for x in cache_leaves],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return out
 
 
@@ -83,28 +101,37 @@ class ExportedDecoder:
         folder = Path(folder)
         self.manifest = json.loads((folder / MANIFEST).read_text())
         load = lambda name: jax.export.deserialize(bytearray((folder / name).read_bytes()))
-        self.prefills = {n: load(f"prefill_{n}.jaxexport") for n in
-                         [1 << i for i in range(self.manifest["chunk"].bit_length())]}
+        self.prefills = {
+            n: load(f"prefill_{n}.jaxexport") for n in [1 << i for i in range(self.manifest["chunk"].bit_length())]
+        }
         self.decode = load("decode.jaxexport")
         with np.load(folder / "params.npz") as data:
             self.params = [jnp.asarray(data[f"arr_{i}"]) for i in range(len(data.files))]
 
-    def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
-                     top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-                     seed: int = 0) -> list[list[int]]:
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        seed: int = 0,
+    ) -> list[list[int]]:
         batch = self.manifest["batch"]
         if len(prompts) != batch or len({len(p) for p in prompts}) != 1:
             raise ValueError(f"this export takes {batch} prompt(s) of one length at a time")
         cache = [jnp.zeros(shape, dtype) for shape, dtype in self.manifest["cache"]]
         tokens, start = jnp.asarray(prompts, jnp.int32), 0
         for n in power_of_two_chunks(len(prompts[0]), self.manifest["chunk"]):
-            logits, *cache = self.prefills[n].call(*self.params, tokens[:, start:start + n], *cache)
+            logits, *cache = self.prefills[n].call(*self.params, tokens[:, start : start + n], *cache)
             start += n
         keys = jnp.stack([row_key(seed, i) for i in range(batch)])
         settings = SamplingArrays.of([Sampling(temperature, top_k, top_p, min_p).check()] * batch)[:4]
         out = []
         for step in range(max_new_tokens):
-            token, logits, *cache = self.decode.call(*self.params, logits, keys, jnp.full((batch,), step, jnp.int32),
-                                                     *settings, *cache)
+            token, logits, *cache = self.decode.call(
+                *self.params, logits, keys, jnp.full((batch,), step, jnp.int32), *settings, *cache
+            )
             out.append(np.asarray(token))
         return np.stack(out, 1).tolist() if out else [[] for _ in prompts]

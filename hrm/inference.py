@@ -30,8 +30,8 @@ from flax import nnx
 from hrm.errors import UserError
 from hrm.models.attention import KVCache, resize_kv_caches
 
-MAX_CHUNK = 1024      # the longest prefill chunk (longer prompts are several chunks)
-MIN_CACHE = 64        # the smallest KV buffer allocated
+MAX_CHUNK = 1024  # the longest prefill chunk (longer prompts are several chunks)
+MIN_CACHE = 64  # the smallest KV buffer allocated
 
 
 class SamplingError(UserError):
@@ -43,6 +43,7 @@ class Sampling:
     """How one row picks its tokens: ``temperature`` 0 is greedy; ``top_k``/``top_p``/``min_p`` filter
     (None: off); ``repetition_penalty`` > 1 divides positive logits of tokens already in the row (prompt or
     output) and multiplies negative ones (CTRL, arXiv:1909.05858 section 4.1)."""
+
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
@@ -75,6 +76,7 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, m
 
 class SamplingArrays(NamedTuple):
     """``Sampling`` of each row as (batch,) arrays; 0 switches top_k and min_p off, 1 top_p and the penalty."""
+
     temperature: jax.Array
     top_k: jax.Array
     top_p: jax.Array
@@ -84,9 +86,13 @@ class SamplingArrays(NamedTuple):
     @classmethod
     def of(cls, rows: Sequence[Sampling]) -> "SamplingArrays":
         column = lambda get, dtype: jnp.asarray([get(r) for r in rows], dtype)
-        return cls(column(lambda r: r.temperature, jnp.float32), column(lambda r: r.top_k or 0, jnp.int32),
-                   column(lambda r: r.top_p or 1.0, jnp.float32), column(lambda r: r.min_p or 0.0, jnp.float32),
-                   column(lambda r: r.repetition_penalty, jnp.float32))
+        return cls(
+            column(lambda r: r.temperature, jnp.float32),
+            column(lambda r: r.top_k or 0, jnp.int32),
+            column(lambda r: r.top_p or 1.0, jnp.float32),
+            column(lambda r: r.min_p or 0.0, jnp.float32),
+            column(lambda r: r.repetition_penalty, jnp.float32),
+        )
 
 
 def sample_logits(logits, keys, settings: SamplingArrays, seen=None, greedy_only: bool = False):
@@ -109,8 +115,9 @@ def sample_logits(logits, keys, settings: SamplingArrays, seen=None, greedy_only
     cumulative = jnp.cumsum(jax.nn.softmax(descending, axis=-1), axis=-1)
     # keep the smallest prefix whose mass reaches top_p (the top token always stays)
     last = jnp.minimum(jnp.sum(cumulative < settings.top_p[:, None], axis=-1, keepdims=True), k - 1)
-    threshold = jnp.maximum(jnp.take_along_axis(descending, last, axis=-1),
-                            descending[:, :1] + jnp.log(settings.min_p[:, None]))
+    threshold = jnp.maximum(
+        jnp.take_along_axis(descending, last, axis=-1), descending[:, :1] + jnp.log(settings.min_p[:, None])
+    )
     filtered = jnp.where(scaled >= threshold, scaled, -jnp.inf)
     sampled = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
     return jnp.where(settings.temperature == 0, greedy, sampled)
@@ -118,11 +125,12 @@ def sample_logits(logits, keys, settings: SamplingArrays, seen=None, greedy_only
 
 class DecodeState(NamedTuple):
     """What decoding carries per row (all batch-first, so rows concatenate and are replaced one by one)."""
-    logits: jax.Array   # (batch, vocab) float32: the next token's logits
-    cache: object       # the model's decode cache after every token fed so far
-    seen: jax.Array     # (batch, vocab) bool: tokens of the prompt and the output (repetition penalty)
-    keys: jax.Array     # (batch, 2) uint32: each row's PRNG key data
-    steps: jax.Array    # (batch,) int32: tokens sampled so far
+
+    logits: jax.Array  # (batch, vocab) float32: the next token's logits
+    cache: object  # the model's decode cache after every token fed so far
+    seen: jax.Array  # (batch, vocab) bool: tokens of the prompt and the output (repetition penalty)
+    keys: jax.Array  # (batch, 2) uint32: each row's PRNG key data
+    steps: jax.Array  # (batch,) int32: tokens sampled so far
 
 
 def row_key(seed: int, row: int = 0) -> jax.Array:
@@ -176,8 +184,7 @@ class Generator:
             token = sample_logits(state.logits, keys, settings, state.seen, greedy_only)
             model = nnx.merge(self.graphdef, params, copy=True)
             logits, cache = model(token[:, None], state.cache)
-            state = DecodeState(logits[:, -1], cache, state.seen.at[rows, token].set(True), state.keys,
-                                state.steps + 1)
+            state = DecodeState(logits[:, -1], cache, state.seen.at[rows, token].set(True), state.keys, state.steps + 1)
             return state, token
 
         state, tokens = jax.lax.scan(step, state, None, length=steps)
@@ -190,8 +197,9 @@ class Generator:
             model = nnx.merge(self.graphdef, params)
             self._cfg = model.cfg
             cache = jax.eval_shape(lambda: model.init_cache(1))
-            self._has_kv = any(isinstance(x, KVCache)
-                               for x in jax.tree.leaves(cache, is_leaf=lambda x: isinstance(x, KVCache)))
+            self._has_kv = any(
+                isinstance(x, KVCache) for x in jax.tree.leaves(cache, is_leaf=lambda x: isinstance(x, KVCache))
+            )
 
     def context_limit(self, params) -> int | None:
         """The most positions (prompt + new tokens) a row may reach: ``model.max_cache_len`` for models with
@@ -205,19 +213,23 @@ class Generator:
         vocab, ids = self._cfg.vocab_size, np.asarray(ids, np.int64).ravel()
         bad = ids[(ids < 0) | (ids >= vocab)]
         if bad.size:
-            raise SamplingError(f"token ids must be in [0, {vocab}) (model.vocab_size); got {bad[0]}"
-                                + (f" and {bad.size - 1} more" if bad.size > 1 else ""))
+            raise SamplingError(
+                f"token ids must be in [0, {vocab}) (model.vocab_size); got {bad[0]}"
+                + (f" and {bad.size - 1} more" if bad.size > 1 else "")
+            )
 
     def cache_length(self, params, needed: int) -> int:
         """The KV buffer for ``needed`` positions: the next power of two (at least MIN_CACHE, at most the
         limit); a request past ``model.max_cache_len`` is refused."""
         limit = self.context_limit(params)
         if limit is None:
-            return MIN_CACHE     # unused: no KV buffer
+            return MIN_CACHE  # unused: no KV buffer
         if needed > limit:
-            raise SamplingError(f"the prompt plus new tokens need {needed} positions, more than "
-                                f"model.max_cache_len ({limit}) of this attention model; shorten them or "
-                                f"raise the limit (--max_context)")
+            raise SamplingError(
+                f"the prompt plus new tokens need {needed} positions, more than "
+                f"model.max_cache_len ({limit}) of this attention model; shorten them or "
+                f"raise the limit (--max_context)"
+            )
         return min(max(MIN_CACHE, 1 << (needed - 1).bit_length()), limit)
 
     # --- prefill and decode -------------------------------------------------------------------------------
@@ -229,7 +241,7 @@ class Generator:
         logits = None
         start = 0
         for size in power_of_two_chunks(len(ids)):
-            logits, cache = self._extend(params, jnp.asarray([ids[start:start + size]], jnp.int32), cache)
+            logits, cache = self._extend(params, jnp.asarray([ids[start : start + size]], jnp.int32), cache)
             start += size
         return logits, cache
 
@@ -254,8 +266,16 @@ class Generator:
         tokens, state = self._decode(params, state, settings, steps, greedy_only)
         return np.asarray(tokens), state
 
-    def stream(self, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling,
-               seed: int = 0, chunk: int = 16, prefix: DecodeState | None = None) -> Iterator[np.ndarray]:
+    def stream(
+        self,
+        params,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: Sampling,
+        seed: int = 0,
+        chunk: int = 16,
+        prefix: DecodeState | None = None,
+    ) -> Iterator[np.ndarray]:
         """Token arrays (batch, <= chunk) as they are decoded, ``max_new_tokens`` per row in all."""
         sampling.check()
         if max_new_tokens < 0:
@@ -265,25 +285,46 @@ class Generator:
         state = self.start(params, prompts, max_new_tokens, seed, prefix)
         settings = SamplingArrays.of([sampling] * len(prompts))
         steps, done = min(chunk, max_new_tokens), 0
-        while done < max_new_tokens:     # a last chunk's extra steps write past the buffer: dropped, unread
+        while done < max_new_tokens:  # a last chunk's extra steps write past the buffer: dropped, unread
             tokens, state = self.decode(params, state, settings, steps)
-            yield tokens[:, :max_new_tokens - done]
+            yield tokens[:, : max_new_tokens - done]
             done += steps
 
-    def start(self, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, seed: int = 0,
-              prefix: DecodeState | None = None) -> DecodeState:
+    def start(
+        self,
+        params,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        seed: int = 0,
+        prefix: DecodeState | None = None,
+    ) -> DecodeState:
         """The state after each prompt (after ``prefix`` when given), with room for ``max_new_tokens``."""
         before = 0 if prefix is None else kv_positions(prefix)
         length = self.cache_length(params, before + max(len(p) for p in prompts) + max_new_tokens)
-        return stack_rows([self.start_row(params, p, length, row_key(seed, i), prefix)
-                           for i, p in enumerate(prompts)])
+        return stack_rows([self.start_row(params, p, length, row_key(seed, i), prefix) for i, p in enumerate(prompts)])
 
-    def generate_ids(self, params, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
-                     top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                     **sampling) -> list[list[int]]:
+    def generate_ids(
+        self,
+        params,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        **sampling,
+    ) -> list[list[int]]:
         """New token ids for each prompt (one compiled decode loop for all of them)."""
-        chunks = list(self.stream(params, prompts, max_new_tokens, Sampling(temperature, top_k, top_p, **sampling),
-                                  seed, chunk=max(max_new_tokens, 1)))
+        chunks = list(
+            self.stream(
+                params,
+                prompts,
+                max_new_tokens,
+                Sampling(temperature, top_k, top_p, **sampling),
+                seed,
+                chunk=max(max_new_tokens, 1),
+            )
+        )
         if not chunks:
             return [[] for _ in prompts]
         return np.concatenate(chunks, axis=1).tolist()
@@ -291,6 +332,5 @@ class Generator:
 
 def kv_positions(state: DecodeState) -> int:
     """Positions a (one-row) state has consumed, read from its KV cache (0 for a pure SSM's state)."""
-    kvs = [x for x in jax.tree.leaves(state.cache, is_leaf=lambda x: isinstance(x, KVCache))
-           if isinstance(x, KVCache)]
+    kvs = [x for x in jax.tree.leaves(state.cache, is_leaf=lambda x: isinstance(x, KVCache)) if isinstance(x, KVCache)]
     return int(jnp.max(kvs[0].pos)) if kvs else 0

@@ -14,9 +14,16 @@ from collections import defaultdict
 from hrm.cli import ArgumentParser, add_config_source, run_main
 from hrm.config import Config, resolve_config
 
-LAYER_COMPONENTS = {"mixer": "mamba", "mamba": "mamba", "attn": "attention", "mlp": "mlp",
-                    "recursive": "recursive processor", "attention": "hierarchical attention",
-                    "fuse": "fusion", "alpha": "fusion"}
+LAYER_COMPONENTS = {
+    "mixer": "mamba",
+    "mamba": "mamba",
+    "attn": "attention",
+    "mlp": "mlp",
+    "recursive": "recursive processor",
+    "attention": "hierarchical attention",
+    "fuse": "fusion",
+    "alpha": "fusion",
+}
 
 
 def _names(path) -> list:
@@ -47,6 +54,7 @@ def parameter_table(cfg) -> dict[str, int]:
     family's count is linear in its layers (for ``hybrid_pattern``, in each letter's layers). Tracing every
     layer abstractly would take minutes for thousands of layers, and sizes are checked before that."""
     import dataclasses
+
     def table(**change) -> dict[str, int]:
         return _full_parameter_table(dataclasses.replace(cfg, **change))
 
@@ -74,7 +82,9 @@ def parameter_table(cfg) -> dict[str, int]:
 def _full_parameter_table(cfg) -> dict[str, int]:
     import jax
     from flax import nnx
+
     from hrm.models import build_model
+
     model = nnx.eval_shape(lambda: build_model(cfg))
     counts = defaultdict(int)
     for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)):
@@ -85,6 +95,7 @@ def _full_parameter_table(cfg) -> dict[str, int]:
 def effective_depth(cfg) -> tuple[int, str]:
     """Effective layers and what makes them up (the family's ``work``)."""
     from hrm.models import FAMILIES
+
     work = FAMILIES[cfg.family].work(cfg)
     return work.depth, work.description
 
@@ -96,16 +107,22 @@ def flops_per_token(cfg, counts: dict[str, int], context: int) -> int:
     and the selective scan (~9 x d_inner x d_state per Mamba application). Model FLOPs: the blocked kernel also
     computes the masked half of each diagonal block, about ``BLOCK_SIZE / 2`` more keys per query."""
     from hrm.models import FAMILIES
+
     work = FAMILIES[cfg.family].work(cfg)
-    applied = sum(count * work.weight_reuse.get(name, 1) for name, count in counts.items()
-                  if name != "embedding (tied head)")
+    applied = sum(
+        count * work.weight_reuse.get(name, 1) for name, count in counts.items() if name != "embedding (tied head)"
+    )
     d_inner = cfg.expand * cfg.d_model
-    return int(2 * cfg.d_model * cfg.vocab_size + 2 * applied + 4 * cfg.d_model * (context / 2) * work.attention
-               + 9 * d_inner * cfg.d_state * work.scans)
+    return int(
+        2 * cfg.d_model * cfg.vocab_size
+        + 2 * applied
+        + 4 * cfg.d_model * (context / 2) * work.attention
+        + 9 * d_inner * cfg.d_state * work.scans
+    )
 
 
 def documented(config_path: str) -> tuple[int | None, str]:
-    if not config_path.endswith(".py"):   # a JSON config states no documented size
+    if not config_path.endswith(".py"):  # a JSON config states no documented size
         return None, ""
     module = runpy.run_path(config_path)
     return module.get("DOCUMENTED_PARAMS"), module.get("DOCUMENTED_SOURCE", "")
@@ -124,21 +141,26 @@ def describe(config: Config, config_path: str | None = None) -> str:
     counts = parameter_table(cfg)
     total = sum(counts.values())
     depth, depth_text = effective_depth(cfg)
-    lines = [f"{config.name}: family {cfg.family}, d_model {cfg.d_model}, vocab {cfg.vocab_size}, "
-             f"seq_len {config.data.seq_len}"]
+    lines = [
+        f"{config.name}: family {cfg.family}, d_model {cfg.d_model}, vocab {cfg.vocab_size}, "
+        f"seq_len {config.data.seq_len}"
+    ]
     width = max(len(k) for k in counts)
     for name, count in sorted(counts.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {name:<{width}}  {count:>14,}  {100 * count / total:5.1f}%")
-    lines.append(f"  {'total':<{width}}  {total:>14,}  ({human(total)}; non-embedding "
-                 f"{human(total - counts.get('embedding (tied head)', 0))})")
+    lines.append(
+        f"  {'total':<{width}}  {total:>14,}  ({human(total)}; non-embedding "
+        f"{human(total - counts.get('embedding (tied head)', 0))})"
+    )
     lines.append(f"effective depth: {depth} ({depth_text})")
-    lines.append(f"forward FLOPs per token: {human(flops_per_token(cfg, counts, config.data.seq_len))} "
-                 f"(training ~3x)")
+    lines.append(f"forward FLOPs per token: {human(flops_per_token(cfg, counts, config.data.seq_len))} (training ~3x)")
     if config_path:
         stated, source = documented(config_path)
         if stated:
-            lines.append(f"documented size: {human(stated)} ({source}); ours: {human(total)} "
-                         f"({total / stated:.2f}x); the config's docstring explains the difference")
+            lines.append(
+                f"documented size: {human(stated)} ({source}); ours: {human(total)} "
+                f"({total / stated:.2f}x); the config's docstring explains the difference"
+            )
         else:
             lines.append(f"documented size: not stated{' (' + source + ')' if source else ''}; ours: {human(total)}")
     return "\n".join(lines)
@@ -150,6 +172,7 @@ def main(argv: list[str]) -> None:
     args, extra = parser.parse_known_args(argv)
     from hrm.config import model_size_config
     from hrm.train import build_config, parse_overrides
+
     config_path = str(args.config or model_size_config(args.model_size))
     config = build_config(config_path, parse_overrides(extra))
     print(describe(config, config_path))

@@ -18,11 +18,27 @@ from hrm.training.memory import GIB, MIB, parse_vram
 # The documented VRAM figure per config (docs/BENCHMARKS.md: the trainer guide's tables, the upper end of each
 # range; the source projects for the others), in GB (GiB); --test_all checks every config against it.
 DOCUMENTED_VRAM_GB = {
-    "mamba_small": 6, "mamba_medium_lite": 10, "mamba_medium_plus": 12, "mamba_medium_x": 14, "mamba_medium": 16,
-    "mamba_medium_extra": 18, "mamba_large_lite": 20, "mamba_large_plus": 24, "mamba_large": 32,
-    "mamba_xlarge": 50, "mamba_xxlarge": 80, "hybrid_small": 10, "hybrid_small_mini": 13,
-    "hybrid_small_standard": 14.5, "hybrid_small_plus": 15, "hybrid_small_pro": 16, "hybrid_medium": 20,
-    "hybrid_large": 45, "hybrid_7030_small": 16, "hybrid_amam_1b": 80, "recursive_48x5": 6,
+    "mamba_small": 6,
+    "mamba_medium_lite": 10,
+    "mamba_medium_plus": 12,
+    "mamba_medium_x": 14,
+    "mamba_medium": 16,
+    "mamba_medium_extra": 18,
+    "mamba_large_lite": 20,
+    "mamba_large_plus": 24,
+    "mamba_large": 32,
+    "mamba_xlarge": 50,
+    "mamba_xxlarge": 80,
+    "hybrid_small": 10,
+    "hybrid_small_mini": 13,
+    "hybrid_small_standard": 14.5,
+    "hybrid_small_plus": 15,
+    "hybrid_small_pro": 16,
+    "hybrid_medium": 20,
+    "hybrid_large": 45,
+    "hybrid_7030_small": 16,
+    "hybrid_amam_1b": 80,
+    "recursive_48x5": 6,
 }
 
 
@@ -31,10 +47,17 @@ def report(config, vram_bytes: int | None, margin_mb: float) -> dict:
     that does not fit ``vram_bytes - margin``."""
     from hrm.config import resolve_config
     from hrm.training.memory import cached_train_step_memory, gpu_config, largest_micro_batch
+
     config = gpu_config(resolve_config(config))
     memory = cached_train_step_memory(config)
-    record = {"config": config.name, **memory.to_dict(), "global_batch_size": config.train.batch_size,
-              "vram_bytes": vram_bytes, "safety_margin_mb": margin_mb, "fits": None}   # None: no VRAM to fit
+    record = {
+        "config": config.name,
+        **memory.to_dict(),
+        "global_batch_size": config.train.batch_size,
+        "vram_bytes": vram_bytes,
+        "safety_margin_mb": margin_mb,
+        "fits": None,
+    }  # None: no VRAM to fit
     if vram_bytes is not None:
         budget = vram_bytes - int(margin_mb * MIB)
         record["fits"] = memory.total_bytes <= budget
@@ -49,21 +72,28 @@ def _gb(n: int | None) -> str:
 
 
 def describe(record: dict) -> str:
-    lines = [f"{record['config']}: micro-batch {record['micro_batch_size']} x {record['accumulation_steps']} "
-             f"accumulation = global batch {record['global_batch_size']}, seq_len {record['seq_len']}",
-             f"  parameters {_gb(record['param_bytes'])} GB, optimizer state {_gb(record['optimizer_bytes'])} GB, "
-             f"batch {_gb(record['batch_bytes'])} GB, temporaries {_gb(record['temp_bytes'])} GB",
-             f"  total {_gb(record['total_bytes'])} GB per device (XLA compiled memory analysis)"]
+    lines = [
+        f"{record['config']}: micro-batch {record['micro_batch_size']} x {record['accumulation_steps']} "
+        f"accumulation = global batch {record['global_batch_size']}, seq_len {record['seq_len']}",
+        f"  parameters {_gb(record['param_bytes'])} GB, optimizer state {_gb(record['optimizer_bytes'])} GB, "
+        f"batch {_gb(record['batch_bytes'])} GB, temporaries {_gb(record['temp_bytes'])} GB",
+        f"  total {_gb(record['total_bytes'])} GB per device (XLA compiled memory analysis)",
+    ]
     if record.get("vram_bytes") is not None:
         budget = record["vram_bytes"] - record["safety_margin_mb"] * MIB
         verdict = "fits" if record["fits"] else "does NOT fit"
-        lines.append(f"  {verdict} {_gb(record['vram_bytes'])} GB VRAM - {record['safety_margin_mb']:g} MB margin "
-                     f"= {_gb(budget)} GB")
+        lines.append(
+            f"  {verdict} {_gb(record['vram_bytes'])} GB VRAM - {record['safety_margin_mb']:g} MB margin "
+            f"= {_gb(budget)} GB"
+        )
         if not record["fits"]:
             best = record["largest_fitting_micro_batch"]
-            lines.append(f"  largest micro-batch that fits: {best} (--config.train.accumulation_steps="
-                         f"{record['global_batch_size'] // best})" if best else
-                         "  even micro-batch 1 does not fit: lower data.seq_len, set model.remat=block or shard")
+            lines.append(
+                f"  largest micro-batch that fits: {best} (--config.train.accumulation_steps="
+                f"{record['global_batch_size'] // best})"
+                if best
+                else "  even micro-batch 1 does not fit: lower data.seq_len, set model.remat=block or shard"
+            )
     return "\n".join(lines)
 
 
@@ -71,9 +101,11 @@ def table(records: list[dict]) -> str:
     head = "| config | micro x accum | seq | params GB | optimizer GB | temp GB | total GB | VRAM GB | fits |"
     rows = [head, "|" + "---|" * 9]
     for r in records:
-        rows.append(f"| {r['config']} | {r['micro_batch_size']} x {r['accumulation_steps']} | {r['seq_len']} | "
-                    f"{_gb(r['param_bytes'])} | {_gb(r['optimizer_bytes'])} | {_gb(r['temp_bytes'])} | "
-                    f"{_gb(r['total_bytes'])} | {_gb(r['vram_bytes'])} | {'yes' if r.get('fits') else 'NO'} |")
+        rows.append(
+            f"| {r['config']} | {r['micro_batch_size']} x {r['accumulation_steps']} | {r['seq_len']} | "
+            f"{_gb(r['param_bytes'])} | {_gb(r['optimizer_bytes'])} | {_gb(r['temp_bytes'])} | "
+            f"{_gb(r['total_bytes'])} | {_gb(r['vram_bytes'])} | {'yes' if r.get('fits') else 'NO'} |"
+        )
     return "\n".join(rows)
 
 
@@ -81,10 +113,15 @@ def main(argv: list[str]) -> None:
     parser = ArgumentParser(prog="python -m hrm.memtest", description=__doc__.splitlines()[0])
     source = add_config_source(parser)
     source.add_argument("--test_all", action="store_true", help="every documented config at its documents' VRAM")
-    parser.add_argument("--vram", help="GPU memory: 24gb, 24 or 20.5 (GB = GiB); default: the documents' "
-                                       "figure for the config, if any")
-    parser.add_argument("--vram_safety_margin", type=float, default=DEFAULT_SAFETY_MARGIN_MB,
-                        help=f"MB kept free (default {DEFAULT_SAFETY_MARGIN_MB})")
+    parser.add_argument(
+        "--vram", help="GPU memory: 24gb, 24 or 20.5 (GB = GiB); default: the documents' figure for the config, if any"
+    )
+    parser.add_argument(
+        "--vram_safety_margin",
+        type=float,
+        default=DEFAULT_SAFETY_MARGIN_MB,
+        help=f"MB kept free (default {DEFAULT_SAFETY_MARGIN_MB})",
+    )
     parser.add_argument("--batch_size", type=int, help="global batch (train.batch_size)")
     parser.add_argument("--accumulation_steps", type=int, help="micro-batches per step (train.accumulation_steps)")
     parser.add_argument("--seq_len", type=int, help="tokens per row (data.seq_len)")
@@ -92,9 +129,13 @@ def main(argv: list[str]) -> None:
     args, extra = parser.parse_known_args(argv)
     from hrm.config import config_dir, model_size_config
     from hrm.train import build_config, parse_overrides
+
     overrides = parse_overrides(extra)
-    for flag, key in (("batch_size", "train.batch_size"), ("accumulation_steps", "train.accumulation_steps"),
-                      ("seq_len", "data.seq_len")):
+    for flag, key in (
+        ("batch_size", "train.batch_size"),
+        ("accumulation_steps", "train.accumulation_steps"),
+        ("seq_len", "data.seq_len"),
+    ):
         if getattr(args, flag) is not None:
             overrides.insert(0, (key, str(getattr(args, flag))))
     if args.vram_safety_margin < 0:

@@ -12,11 +12,13 @@ from hrm.cli import ArgumentParser, UsageError, run_main
 def main(argv: list[str]) -> None:
     parser = ArgumentParser(prog="python -m hrm.runs", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="*", default=["runs"], help="run directories or folders holding them")
-    parser.add_argument("--verify", action="store_true",
-                        help="check every checkpoint's files against its checksums (reads them all)")
+    parser.add_argument(
+        "--verify", action="store_true", help="check every checkpoint's files against its checksums (reads them all)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per run")
     args = parser.parse_args(argv)
     from hrm.training import checkpoint, runinfo
+
     missing = [d for d in args.dirs if not Path(d).is_dir()]
     if missing:
         raise UsageError(f"not a directory: {', '.join(missing)}; pass run directories or folders holding them")
@@ -27,8 +29,11 @@ def main(argv: list[str]) -> None:
         config = checkpoint.read_run_config(run_dir)
         rows = runinfo.checkpoints(run_dir, verify=args.verify)
         if args.json:
-            print(json.dumps({"run": str(run_dir), "name": config.name, "family": config.model.family,
-                              "checkpoints": rows}))
+            print(
+                json.dumps(
+                    {"run": str(run_dir), "name": config.name, "family": config.model.family, "checkpoints": rows}
+                )
+            )
             continue
         print(f"{run_dir}  config {config.name}  family {config.model.family}")
         for row in rows:

@@ -13,9 +13,12 @@ from hrm.cli import ArgumentParser, UsageError, run_main
 
 def parse(argv: list[str]):
     parser = ArgumentParser(prog="python -m hrm.sample", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True,
-                        help="a run directory (hrm.train --output_dir), one of its checkpoints/N folders, an "
-                             "hrm.export folder or a reference Mamba folder")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a run directory (hrm.train --output_dir), one of its checkpoints/N folders, an "
+        "hrm.export folder or a reference Mamba folder",
+    )
     parser.add_argument("--step", default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--prompt", default=None, help="the text to continue")
     parser.add_argument("--prompt_file", default=None, help="read the prompt from this file")
@@ -28,12 +31,16 @@ def parse(argv: list[str]):
     parser.add_argument("--repetition_penalty", type=float, default=1.0, help="> 1 discourages repeats (1: off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop", action="append", default=[], help="stop before this text (repeatable)")
-    parser.add_argument("--max_context", type=int, default=None,
-                        help="most positions (prompt + new tokens) of an attention model (default: "
-                             "model.max_cache_len)")
+    parser.add_argument(
+        "--max_context",
+        type=int,
+        default=None,
+        help="most positions (prompt + new tokens) of an attention model (default: model.max_cache_len)",
+    )
     parser.add_argument("--chat", action="store_true", help="an interactive conversation (/help lists commands)")
-    parser.add_argument("--benchmark", action="store_true",
-                        help="prefill and decode tokens/s at context 128/1k/8k, batch 1 and 8")
+    parser.add_argument(
+        "--benchmark", action="store_true", help="prefill and decode tokens/s at context 128/1k/8k, batch 1 and 8"
+    )
     parser.add_argument("--save_state", default=None, help="save the state after the prompt to this file")
     parser.add_argument("--load_state", default=None, help="continue from a state saved with --save_state")
     return parser.parse_args(argv)
@@ -57,17 +64,23 @@ def capped_max_tokens(model, prompt_tokens: int, max_tokens: int) -> int:
         return max_tokens
     room = limit - prompt_tokens
     if room < 1:
-        raise UsageError(f"the prompt has {prompt_tokens} tokens, model.max_cache_len is {limit}; shorten it or "
-                         f"raise the limit with --max_context")
+        raise UsageError(
+            f"the prompt has {prompt_tokens} tokens, model.max_cache_len is {limit}; shorten it or "
+            f"raise the limit with --max_context"
+        )
     if max_tokens > room:
-        print(f"note: --max_tokens {max_tokens} capped to {room}: the prompt ({prompt_tokens} tokens) plus new "
-              f"tokens must fit model.max_cache_len ({limit}; raise it with --max_context)", file=sys.stderr)
+        print(
+            f"note: --max_tokens {max_tokens} capped to {room}: the prompt ({prompt_tokens} tokens) plus new "
+            f"tokens must fit model.max_cache_len ({limit}; raise it with --max_context)",
+            file=sys.stderr,
+        )
     return min(max_tokens, room)
 
 
 def main(argv: list[str]) -> None:
     args = parse(argv)
     from hrm.inference import Sampling, SamplingError
+
     try:
         sampling = Sampling(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty).check()
     except SamplingError as error:
@@ -82,12 +95,14 @@ def main(argv: list[str]) -> None:
 
     import hrm
     from hrm import decoding
+
     model = hrm.load(args.checkpoint, step=args.step, max_context=args.max_context)
     try:
         if args.benchmark:
             print(decoding.benchmark_table(decoding.benchmark(model, log=lambda line: print(line, file=sys.stderr))))
         elif args.chat:
             from hrm.chat import run_chat
+
             run_chat(model, sampling, args.max_tokens, args.seed)
         else:
             continue_prompt(model, args, prompt or "", sampling)
@@ -97,6 +112,7 @@ def main(argv: list[str]) -> None:
 
 def continue_prompt(model, args, prompt: str, sampling) -> None:
     from hrm import decoding
+
     prefix, before = None, 0
     if args.load_state:
         prefix, before = decoding.load_state(args.load_state, model)
@@ -106,8 +122,9 @@ def continue_prompt(model, args, prompt: str, sampling) -> None:
         state = model.generator.start(model.params, [ids or [model.tokenizer.eos_id]], 0, prefix=prefix)
         decoding.save_state(args.save_state, state, model, before + len(ids))
         print(f"saved the state after {before + len(ids)} tokens to {args.save_state}", file=sys.stderr)
-    streams, pieces = decoding.text_streams(model, [prompt] * args.num_samples, max_tokens, sampling, args.seed,
-                                            args.stop, prefix=prefix)
+    streams, pieces = decoding.text_streams(
+        model, [prompt] * args.num_samples, max_tokens, sampling, args.seed, args.stop, prefix=prefix
+    )
     if args.num_samples == 1:
         print(prompt, end="", flush=True)
         for _, piece in pieces:

@@ -34,21 +34,23 @@ from hrm.decoding import TextStream
 from hrm.inference import Sampling, SamplingArrays, SamplingError, row_key, stack_rows
 from hrm.models.attention import kv_cache_length, resize_kv_caches
 
-DEFAULT_MAX_TOKENS_LIMIT = 4096   # the most new tokens one request may ask for
-SSM_CONTEXT = 16384               # a pure SSM's default limit on prompt + new tokens (its state has none)
+DEFAULT_MAX_TOKENS_LIMIT = 4096  # the most new tokens one request may ask for
+SSM_CONTEXT = 16384  # a pure SSM's default limit on prompt + new tokens (its state has none)
 
 
 # --- the decode loop --------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(eq=False)
 class Row:
     """One sequence being generated: its prompt, settings, and where its text goes (an asyncio queue)."""
+
     ids: list[int]
     max_tokens: int
     sampling: Sampling
     key_data: np.ndarray
     stream: TextStream
-    deliver: object                 # callable(event) run in the server's event loop
+    deliver: object  # callable(event) run in the server's event loop
     tokens: int = 0
     cancelled: bool = False
 
@@ -64,8 +66,8 @@ class BatchEngine:
         self.pending: queue.Queue[Row] = queue.Queue()
         self.slots: list[Row | None] = []
         self.state = None
-        self.steps = 0                # decode steps run (for tests and logs)
-        self.max_active = 0           # most rows decoded together
+        self.steps = 0  # decode steps run (for tests and logs)
+        self.max_active = 0  # most rows decoded together
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hrm-decode", daemon=True)
 
@@ -107,7 +109,7 @@ class BatchEngine:
                         break
                     try:
                         self._admit(row)
-                    except Exception as error:    # the request fails, the server keeps serving
+                    except Exception as error:  # the request fails, the server keeps serving
                         _deliver(row, ("error", f"{type(error).__name__}: {error}"))
                     active = [r for r in self.slots if r is not None]
             except queue.Empty:
@@ -121,7 +123,7 @@ class BatchEngine:
         self.max_active = max(self.max_active, sum(r is not None for r in self.slots))
         try:
             tokens, self.state = self.generator.decode(self.params, self.state, settings, 1)
-        except Exception as error:     # fail the rows in flight, keep serving
+        except Exception as error:  # fail the rows in flight, keep serving
             for row in filter(None, self.slots):
                 _deliver(row, ("error", f"{type(error).__name__}: {error}"))
             self.slots, self.state = [], None
@@ -143,11 +145,12 @@ class BatchEngine:
 def _deliver(row: Row, event) -> None:
     try:
         row.deliver(event)
-    except RuntimeError:       # the request's event loop is gone (server shutting down)
+    except RuntimeError:  # the request's event loop is gone (server shutting down)
         row.cancelled = True
 
 
 # --- requests ---------------------------------------------------------------------------------------------
+
 
 def _schemas():
     """The request bodies (pydantic): strict types, unknown fields refused."""
@@ -203,8 +206,15 @@ def error_body(message: str, kind: str = "invalid_request_error", param=None, co
 class Server:
     """The app's state: the model, its engine and the request limits."""
 
-    def __init__(self, model, model_id: str, max_batch: int = 8, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
-                 api_key: str | None = None, max_context: int | None = None):
+    def __init__(
+        self,
+        model,
+        model_id: str,
+        max_batch: int = 8,
+        max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
+        api_key: str | None = None,
+        max_context: int | None = None,
+    ):
         self.model, self.model_id, self.api_key = model, model_id, api_key
         self.engine = BatchEngine(model, max_batch)
         self.max_tokens_limit = max_tokens_limit
@@ -213,13 +223,19 @@ class Server:
     def rows(self, prompts: list[str], body, deliver_for) -> tuple[list[Row], int]:
         """Validated rows (n per prompt) for a request; raises RequestError."""
         try:
-            sampling = Sampling(body.temperature, body.top_k, body.top_p if body.top_p < 1 else None, body.min_p,
-                                body.repetition_penalty).check()
+            sampling = Sampling(
+                body.temperature,
+                body.top_k,
+                body.top_p if body.top_p < 1 else None,
+                body.min_p,
+                body.repetition_penalty,
+            ).check()
         except SamplingError as error:
             raise RequestError(str(error), str(error).split()[0]) from None
         if not 0 <= body.max_tokens <= self.max_tokens_limit:
-            raise RequestError(f"max_tokens must be in [0, {self.max_tokens_limit}], got {body.max_tokens}",
-                               "max_tokens")
+            raise RequestError(
+                f"max_tokens must be in [0, {self.max_tokens_limit}], got {body.max_tokens}", "max_tokens"
+            )
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         tokenizer = self.model.tokenizer
         seed = body.seed if body.seed is not None else int.from_bytes(os.urandom(4), "little")
@@ -228,12 +244,23 @@ class Server:
             ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
             prompt_tokens += len(ids)
             if len(ids) + body.max_tokens > self.context_limit:
-                raise RequestError(f"the prompt ({len(ids)} tokens) plus max_tokens ({body.max_tokens}) exceed the "
-                                   f"model's context of {self.context_limit} tokens", "prompt")
+                raise RequestError(
+                    f"the prompt ({len(ids)} tokens) plus max_tokens ({body.max_tokens}) exceed the "
+                    f"model's context of {self.context_limit} tokens",
+                    "prompt",
+                )
             for i in range(body.n):
                 index = p * body.n + i
-                rows.append(Row(ids, body.max_tokens, sampling, np.asarray(row_key(seed, index)),
-                                TextStream(tokenizer, stop, tokenizer.eos_id), deliver_for(index)))
+                rows.append(
+                    Row(
+                        ids,
+                        body.max_tokens,
+                        sampling,
+                        np.asarray(row_key(seed, index)),
+                        TextStream(tokenizer, stop, tokenizer.eos_id),
+                        deliver_for(index),
+                    )
+                )
         return rows, prompt_tokens
 
 
@@ -244,6 +271,7 @@ def create_app(server: Server):
     from starlette.exceptions import HTTPException
 
     Completion, Chat, Generate = _schemas()
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         server.engine.start()
@@ -267,8 +295,14 @@ def create_app(server: Server):
     @app.middleware("http")
     async def check_key(request: Request, call_next):
         if api_key and request.url.path != "/health" and request.headers.get("authorization") != f"Bearer {api_key}":
-            return JSONResponse(error_body("missing or wrong API key (Authorization: Bearer KEY)",
-                                           "authentication_error", code="invalid_api_key"), status_code=401)
+            return JSONResponse(
+                error_body(
+                    "missing or wrong API key (Authorization: Bearer KEY)",
+                    "authentication_error",
+                    code="invalid_api_key",
+                ),
+                status_code=401,
+            )
         return await call_next(request)
 
     async def run_rows(prompts, body):
@@ -312,11 +346,15 @@ def create_app(server: Server):
             finally:
                 for row in rows:
                     row.cancelled = True
+
         return StreamingResponse(body(), media_type="text/event-stream")
 
     def usage(prompt_tokens, completion_tokens):
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens}
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
 
     def refuse(error: RequestError):
         return JSONResponse(error_body(str(error), param=error.param), status_code=400)
@@ -333,18 +371,23 @@ def create_app(server: Server):
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "object": "text_completion", "created": created, "model": server.model_id}
         if body.stream:
+
             def chunk(index, event):
                 text, reason = (event[1], None) if event[0] == "text" else ("", event[1])
-                return head | {"choices": [{"index": index, "text": text, "finish_reason": reason,
-                                            "logprobs": None}]}
+                return head | {"choices": [{"index": index, "text": text, "finish_reason": reason, "logprobs": None}]}
+
             return sse(rows, events, chunk)
         try:
             texts, reasons, completion_tokens = await collect(rows, events)
         except RuntimeError as error:
             return JSONResponse(error_body(str(error), "server_error"), status_code=500)
-        return head | {"choices": [{"index": i, "text": t, "finish_reason": r, "logprobs": None}
-                                   for i, (t, r) in enumerate(zip(texts, reasons))],
-                       "usage": usage(prompt_tokens, completion_tokens)}
+        return head | {
+            "choices": [
+                {"index": i, "text": t, "finish_reason": r, "logprobs": None}
+                for i, (t, r) in enumerate(zip(texts, reasons))
+            ],
+            "usage": usage(prompt_tokens, completion_tokens),
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(body: Chat):
@@ -356,19 +399,27 @@ def create_app(server: Server):
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "created": created, "model": server.model_id}
         if body.stream:
+
             def chunk(index, event):
                 delta, reason = ({"content": event[1]}, None) if event[0] == "text" else ({}, event[1])
-                return head | {"object": "chat.completion.chunk",
-                               "choices": [{"index": index, "delta": delta, "finish_reason": reason}]}
+                return head | {
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": index, "delta": delta, "finish_reason": reason}],
+                }
+
             return sse(rows, events, chunk)
         try:
             texts, reasons, completion_tokens = await collect(rows, events)
         except RuntimeError as error:
             return JSONResponse(error_body(str(error), "server_error"), status_code=500)
-        return head | {"object": "chat.completion",
-                       "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r}
-                                   for i, (t, r) in enumerate(zip(texts, reasons))],
-                       "usage": usage(prompt_tokens, completion_tokens)}
+        return head | {
+            "object": "chat.completion",
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r}
+                for i, (t, r) in enumerate(zip(texts, reasons))
+            ],
+            "usage": usage(prompt_tokens, completion_tokens),
+        }
 
     @app.post("/generate")
     async def generate(body: Generate):
@@ -384,31 +435,41 @@ def create_app(server: Server):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": server.model_id, "step": server.model.step,
-                "decode_steps": server.engine.steps, "max_active_rows": server.engine.max_active}
+        return {
+            "status": "ok",
+            "model": server.model_id,
+            "step": server.model.step,
+            "decode_steps": server.engine.steps,
+            "max_active_rows": server.engine.max_active,
+        }
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": server.model_id, "object": "model", "created": 0,
-                                            "owned_by": "hrm"}]}
+        return {"object": "list", "data": [{"id": server.model_id, "object": "model", "created": 0, "owned_by": "hrm"}]}
 
     return app
 
 
 def main(argv: list[str]) -> None:
     parser = ArgumentParser(prog="python -m hrm.serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True,
-                        help="a run directory, one of its checkpoints/N folders or an hrm.export folder")
+    parser.add_argument(
+        "--checkpoint", required=True, help="a run directory, one of its checkpoints/N folders or an hrm.export folder"
+    )
     parser.add_argument("--step", default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' (401 without it)")
     parser.add_argument("--max_batch", type=int, default=8, help="most rows decoded together")
-    parser.add_argument("--max_tokens_limit", type=int, default=DEFAULT_MAX_TOKENS_LIMIT,
-                        help="most new tokens one request may ask for")
-    parser.add_argument("--max_context", type=int, default=None,
-                        help=f"most positions (prompt + new tokens) of a request (default: model.max_cache_len "
-                             f"with attention, {SSM_CONTEXT} for a pure SSM)")
+    parser.add_argument(
+        "--max_tokens_limit", type=int, default=DEFAULT_MAX_TOKENS_LIMIT, help="most new tokens one request may ask for"
+    )
+    parser.add_argument(
+        "--max_context",
+        type=int,
+        default=None,
+        help=f"most positions (prompt + new tokens) of a request (default: model.max_cache_len "
+        f"with attention, {SSM_CONTEXT} for a pure SSM)",
+    )
     args = parser.parse_args(argv)
     if args.max_batch < 1 or args.max_tokens_limit < 1:
         raise UsageError("--max_batch and --max_tokens_limit must be >= 1")
@@ -418,11 +479,21 @@ def main(argv: list[str]) -> None:
     except ImportError:
         raise UsageError("hrm.serve needs FastAPI and uvicorn: pip install -e '.[serve]'") from None
     import hrm
+
     model = hrm.load(args.checkpoint, step=args.step, max_context=args.max_context)
-    server = Server(model, model_id=os.path.basename(os.path.abspath(args.checkpoint)), max_batch=args.max_batch,
-                    max_tokens_limit=args.max_tokens_limit, api_key=args.api_key, max_context=args.max_context)
-    print(f"serving step {model.step} of {args.checkpoint} on http://{args.host}:{args.port} "
-          f"(OpenAI-compatible: /v1/completions, /v1/chat/completions)", flush=True)
+    server = Server(
+        model,
+        model_id=os.path.basename(os.path.abspath(args.checkpoint)),
+        max_batch=args.max_batch,
+        max_tokens_limit=args.max_tokens_limit,
+        api_key=args.api_key,
+        max_context=args.max_context,
+    )
+    print(
+        f"serving step {model.step} of {args.checkpoint} on http://{args.host}:{args.port} "
+        f"(OpenAI-compatible: /v1/completions, /v1/chat/completions)",
+        flush=True,
+    )
     uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="warning")
 
 

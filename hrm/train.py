@@ -16,8 +16,14 @@ import sys
 from pathlib import Path
 
 from hrm.cli import ArgumentParser, UsageError, add_config_source, run_main
-from hrm.config import (DEFAULT_SAFETY_MARGIN_MB, TRAINING_PRESETS, Config, apply_override, load_config_file,
-                        model_size_config)
+from hrm.config import (
+    DEFAULT_SAFETY_MARGIN_MB,
+    TRAINING_PRESETS,
+    Config,
+    apply_override,
+    load_config_file,
+    model_size_config,
+)
 
 EXAMPLES = """\
 overrides: any config field, --config.section.key=value (sections model, data, train), e.g.
@@ -53,7 +59,7 @@ def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
         arg = extra[i]
         if not arg.startswith(OVERRIDE_PREFIX):
             raise UsageError(f"unrecognized argument '{arg}'; {flag_hint(arg)}")
-        key, eq, value = arg[len(OVERRIDE_PREFIX):].partition("=")
+        key, eq, value = arg[len(OVERRIDE_PREFIX) :].partition("=")
         if not eq:
             if i + 1 >= len(extra):
                 raise UsageError(f"override '{arg}' needs a value, e.g. {arg}=VALUE")
@@ -65,16 +71,30 @@ def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
 
 # The trainer guide's flags (README.md "Training") that hrm spells differently: where each one lives here.
 DOCUMENT_FLAGS = {
-    "n_blocks": "--config.model.n_layers", "n_layers": "--config.model.n_layers", "d_model": "--config.model.d_model",
-    "d_state": "--config.model.d_state", "expand_factor": "--config.model.expand", "dropout": "--config.model.dropout",
-    "recurrent_depth": "--config.model.recurrent_depth", "checkpoint_segments": "--config.model.checkpoint_segments",
-    "use_checkpointing": "--config.model.remat=block", "max_grad_norm": "--config.train.grad_clip",
-    "warmup_steps": "--config.train.warmup_steps", "max_steps": "--config.train.steps",
-    "steps": "--config.train.steps", "lr": "--learning_rate", "save_steps": "--config.train.save_every",
-    "save_interval": "--config.train.save_every", "eval_steps": "--config.train.eval_every",
-    "weight_decay": "--config.train.weight_decay", "gradient_accumulation_steps": "--accumulation_steps",
-    "max_length": "--max_seq_len", "seq_len": "--max_seq_len", "checkpoint_dir": "--output_dir",
-    "resume_from": "--resume", "use_wandb": "--wandb",
+    "n_blocks": "--config.model.n_layers",
+    "n_layers": "--config.model.n_layers",
+    "d_model": "--config.model.d_model",
+    "d_state": "--config.model.d_state",
+    "expand_factor": "--config.model.expand",
+    "dropout": "--config.model.dropout",
+    "recurrent_depth": "--config.model.recurrent_depth",
+    "checkpoint_segments": "--config.model.checkpoint_segments",
+    "use_checkpointing": "--config.model.remat=block",
+    "max_grad_norm": "--config.train.grad_clip",
+    "warmup_steps": "--config.train.warmup_steps",
+    "max_steps": "--config.train.steps",
+    "steps": "--config.train.steps",
+    "lr": "--learning_rate",
+    "save_steps": "--config.train.save_every",
+    "save_interval": "--config.train.save_every",
+    "eval_steps": "--config.train.eval_every",
+    "weight_decay": "--config.train.weight_decay",
+    "gradient_accumulation_steps": "--accumulation_steps",
+    "max_length": "--max_seq_len",
+    "seq_len": "--max_seq_len",
+    "checkpoint_dir": "--output_dir",
+    "resume_from": "--resume",
+    "use_wandb": "--wandb",
     "cache_tokenization": "nothing (hrm always caches the tokenized data)",
     "use_8bit_adam": "nothing (hrm's AdamW keeps float32 moments; try --config.train.shard_params=True)",
 }
@@ -95,8 +115,13 @@ def apply_preset(config: Config, preset: str) -> None:
         setattr(config.train, key, value)
 
 
-def build_config(config_path: str | None, overrides: list[tuple[str, str]], preset: str | None = None,
-                 init_from: str | None = None, resume: str | None = None) -> Config:
+def build_config(
+    config_path: str | None,
+    overrides: list[tuple[str, str]],
+    preset: str | None = None,
+    init_from: str | None = None,
+    resume: str | None = None,
+) -> Config:
     """The config file's (or, with none, the starting run's) config; the model and tokenizer (and, resuming, the
     row length) of the run that ``init_from`` or ``resume`` starts from; the preset; then the overrides."""
     config = load_config_file(config_path) if config_path else None
@@ -104,6 +129,7 @@ def build_config(config_path: str | None, overrides: list[tuple[str, str]], pres
     if start_from:
         from hrm.training.checkpoint import read_run_config
         from hrm.training.resume import resume_point
+
         start = read_run_config(resume_point(resume)[0] if resume else Path(init_from))
         config = config or start
         config.model, config.data.tokenizer = start.model, start.data.tokenizer
@@ -120,18 +146,28 @@ def main(argv: list[str]) -> None:
     config, args = parse_command_line(argv)
     if args.wandb:
         from hrm.training.monitor import require_wandb
+
         require_wandb()
     from hrm.training.loop import VramRequest, init_distributed, train  # heavy imports after the arguments
+
     if args.coordinator_address:
         init_distributed(args.coordinator_address, args.num_processes, args.process_id)
     vram = None
     if args.vram_auto or args.vram:
         from hrm.training.memory import parse_vram
+
         vram = VramRequest(parse_vram(args.vram) if args.vram else None, args.vram_safety_margin)
     run_dir = Path(args.output_dir or Path("runs") / config.name)
     log_to_file(run_dir, argv)
-    train(config, run_dir, vram=vram, allow_data_change=args.allow_data_change, init_from=args.init_from,
-          resume_from=args.resume, wandb=args.wandb)
+    train(
+        config,
+        run_dir,
+        vram=vram,
+        allow_data_change=args.allow_data_change,
+        init_from=args.init_from,
+        resume_from=args.resume,
+        wandb=args.wandb,
+    )
 
 
 LOG_FILE = "train.log"
@@ -162,55 +198,89 @@ def log_to_file(run_dir: Path, argv: list[str]) -> Path:
     """Append everything this process prints (progress, warnings, the error line) to ``run_dir/train.log``
     (``train.<i>.log`` for process i > 0 of a multi-process run), after a header with the time and command."""
     import datetime
+
     import jax
+
     name = LOG_FILE if jax.process_index() == 0 else f"train.{jax.process_index()}.log"
     run_dir.mkdir(parents=True, exist_ok=True)
     file = open(run_dir / name, "a", buffering=1)
-    file.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')} python -m hrm.train "
-               f"{' '.join(argv)}\n")
+    file.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')} python -m hrm.train {' '.join(argv)}\n")
     sys.stdout, sys.stderr = _Tee(sys.stdout, file), _Tee(sys.stderr, file)
     return run_dir / name
 
 
-SHORTHANDS = {"seed": "train.seed", "batch_size": "train.batch_size", "accumulation_steps": "train.accumulation_steps",
-              "epochs": "train.epochs", "learning_rate": "train.lr", "max_seq_len": "data.seq_len"}
+SHORTHANDS = {
+    "seed": "train.seed",
+    "batch_size": "train.batch_size",
+    "accumulation_steps": "train.accumulation_steps",
+    "epochs": "train.epochs",
+    "learning_rate": "train.lr",
+    "max_seq_len": "data.seq_len",
+}
 
 
 def parse_command_line(argv: list[str]):
     """(config, parsed flags) from the command line: config file or model size, preset, then overrides."""
-    parser = ArgumentParser(prog="python -m hrm.train", description=__doc__.split("\n\n", 1)[1].strip(),
-                            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(
+        prog="python -m hrm.train",
+        description=__doc__.split("\n\n", 1)[1].strip(),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = add_config_source(parser)
-    source.required = False   # --resume or --init_from alone is enough
-    parser.add_argument("--resume", metavar="PATH",
-                        help="continue a run (its directory, latest step, or DIR/checkpoints/N) in --output_dir: "
-                             "weights, optimizer, step, schedule and data position; later flags change settings")
-    parser.add_argument("--init_from", help="fine-tune: start from this run directory's weights, model and tokenizer "
-                                            "(e.g. python -m hrm.convert output)")
-    parser.add_argument("--training_preset", help="fast, default or careful (steps, lr, warmup, save/eval "
-                                                  "interval; before --config.* overrides)")
+    source.required = False  # --resume or --init_from alone is enough
+    parser.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue a run (its directory, latest step, or DIR/checkpoints/N) in --output_dir: "
+        "weights, optimizer, step, schedule and data position; later flags change settings",
+    )
+    parser.add_argument(
+        "--init_from",
+        help="fine-tune: start from this run directory's weights, model and tokenizer "
+        "(e.g. python -m hrm.convert output)",
+    )
+    parser.add_argument(
+        "--training_preset",
+        help="fast, default or careful (steps, lr, warmup, save/eval interval; before --config.* overrides)",
+    )
     parser.add_argument("--output_dir", help="run directory (default runs/<config name>)")
     for flag, help_text in DATA_FLAGS.items():
         parser.add_argument(f"--{flag}", help=help_text)
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
-    parser.add_argument("--epochs", type=float,
-                        help="passes over the training tokens; sets train.steps from the data (train.epochs)")
+    parser.add_argument(
+        "--epochs", type=float, help="passes over the training tokens; sets train.steps from the data (train.epochs)"
+    )
     parser.add_argument("--learning_rate", type=float, help="peak learning rate (train.lr)")
     parser.add_argument("--max_seq_len", type=int, help="tokens per row (data.seq_len)")
     parser.add_argument("--batch_size", type=int, help="global batch per optimizer step (train.batch_size)")
-    parser.add_argument("--accumulation_steps", type=int,
-                        help="micro-batches per optimizer step (train.accumulation_steps)")
+    parser.add_argument(
+        "--accumulation_steps", type=int, help="micro-batches per optimizer step (train.accumulation_steps)"
+    )
     memory = parser.add_argument_group("GPU memory (python -m hrm.memtest shows the same analysis)")
     vram = memory.add_mutually_exclusive_group()
-    vram.add_argument("--vram_auto", action="store_true",
-                      help="choose the largest micro-batch that fits the device's memory, keeping the global batch")
+    vram.add_argument(
+        "--vram_auto",
+        action="store_true",
+        help="choose the largest micro-batch that fits the device's memory, keeping the global batch",
+    )
     vram.add_argument("--vram", help="as --vram_auto for this much memory: 24gb, 24 or 20.5 (GB = GiB)")
-    memory.add_argument("--vram_safety_margin", type=float, default=DEFAULT_SAFETY_MARGIN_MB,
-                        help=f"MB kept free (default {DEFAULT_SAFETY_MARGIN_MB})")
-    parser.add_argument("--allow_data_change", action="store_true",
-                        help="resume although the data changed (the exact resume of the data order is lost)")
-    parser.add_argument("--wandb", action="store_true",
-                        help="also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works offline)")
+    memory.add_argument(
+        "--vram_safety_margin",
+        type=float,
+        default=DEFAULT_SAFETY_MARGIN_MB,
+        help=f"MB kept free (default {DEFAULT_SAFETY_MARGIN_MB})",
+    )
+    parser.add_argument(
+        "--allow_data_change",
+        action="store_true",
+        help="resume although the data changed (the exact resume of the data order is lost)",
+    )
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works offline)",
+    )
     multi = parser.add_argument_group("multi-process (one process per host; run the same command on each)")
     multi.add_argument("--coordinator_address", help="HOST:PORT of process 0, reachable from every host")
     multi.add_argument("--num_processes", type=int, help="number of processes in the run")
@@ -219,7 +289,7 @@ def parse_command_line(argv: list[str]):
     check_distributed_flags(args)
     shorthand = [(f"data.{flag}", getattr(args, flag)) for flag in DATA_FLAGS if getattr(args, flag) is not None]
     if args.tokenizer is not None:
-        shorthand.append(("model.vocab_size", "0"))   # 0: the vocab follows the chosen tokenizer
+        shorthand.append(("model.vocab_size", "0"))  # 0: the vocab follows the chosen tokenizer
     for flag, key in SHORTHANDS.items():
         if getattr(args, flag) is not None:
             shorthand.append((key, str(getattr(args, flag))))
@@ -228,22 +298,27 @@ def parse_command_line(argv: list[str]):
     if not (args.config or args.model_size or args.init_from or args.resume):
         raise UsageError("one of --config FILE, --model_size NAME, --resume PATH or --init_from RUN_DIR is required")
     if args.init_from and args.resume:
-        raise UsageError("--resume continues a run (optimizer, step, data) and --init_from takes only weights; "
-                         "pass one of them")
+        raise UsageError(
+            "--resume continues a run (optimizer, step, data) and --init_from takes only weights; pass one of them"
+        )
     config_path = args.config or (model_size_config(args.model_size) if args.model_size else None)
-    config = build_config(config_path, shorthand + parse_overrides(extra), args.training_preset, args.init_from,
-                          args.resume)
+    config = build_config(
+        config_path, shorthand + parse_overrides(extra), args.training_preset, args.init_from, args.resume
+    )
     return config, args
 
 
 def check_distributed_flags(args) -> None:
     given = [args.coordinator_address is not None, args.num_processes is not None, args.process_id is not None]
     if any(given) and not all(given):
-        raise UsageError("a multi-process run needs all of --coordinator_address HOST:PORT, --num_processes N "
-                         "and --process_id I")
+        raise UsageError(
+            "a multi-process run needs all of --coordinator_address HOST:PORT, --num_processes N and --process_id I"
+        )
     if all(given) and not (args.num_processes >= 1 and 0 <= args.process_id < args.num_processes):
-        raise UsageError(f"--process_id must be in 0..{args.num_processes - 1} with --num_processes "
-                         f"{args.num_processes} >= 1, got --process_id {args.process_id}")
+        raise UsageError(
+            f"--process_id must be in 0..{args.num_processes - 1} with --num_processes "
+            f"{args.num_processes} >= 1, got --process_id {args.process_id}"
+        )
 
 
 def cli() -> None:

@@ -75,6 +75,7 @@ CPU_CHUNK, CPU_BLOCK = 64, 128
 # --------------------------------------------------------------------------------------------------
 # Elementwise helpers usable inside a kernel.
 
+
 def log1p(x, native: bool):
     """log(1 + x), accurate for small x.
 
@@ -108,6 +109,7 @@ def lowers_log1p(interpret: bool) -> bool:
         return True
     try:
         from jax._src.pallas.triton import lowering  # noqa: PLC0415
+
         return jax.lax.log1p_p in lowering.triton_lowering_rules
     except (ImportError, AttributeError):  # pragma: no cover
         return False
@@ -120,15 +122,16 @@ def sigmoid(x):
 # --------------------------------------------------------------------------------------------------
 # Static configuration (hashable: it is a nondiff argument of the custom_vjp and part of jit keys).
 
+
 class _Config(NamedTuple):
-    length: int          # true sequence length (before padding)
-    chunk: int           # time steps per chunk (checkpoint interval)
-    block: int           # channels per program
-    softplus: bool       # apply softplus to delta + delta_bias
-    log1p: bool          # the backend lowers lax.log1p (else softplus takes Goldberg's form)
-    gated: bool          # multiply by SiLU(z)
-    interpret: bool      # Pallas interpret mode (CPU)
-    poison: bool         # test hook: every output buffer starts as NaN (see _pallas_call)
+    length: int  # true sequence length (before padding)
+    chunk: int  # time steps per chunk (checkpoint interval)
+    block: int  # channels per program
+    softplus: bool  # apply softplus to delta + delta_bias
+    log1p: bool  # the backend lowers lax.log1p (else softplus takes Goldberg's form)
+    gated: bool  # multiply by SiLU(z)
+    interpret: bool  # Pallas interpret mode (CPU)
+    poison: bool  # test hook: every output buffer starts as NaN (see _pallas_call)
 
 
 def _next_pow2(n: int) -> int:
@@ -144,6 +147,7 @@ def _compiler_params(interpret: bool):
     if interpret:
         return None
     from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415 (GPU only)
+
     return pltriton.CompilerParams(num_warps=4, num_stages=1)
 
 
@@ -151,6 +155,7 @@ def _barrier(cfg: _Config) -> None:
     """Synchronise the threads of one program (see "Workspace synchronisation" above)."""
     if not cfg.interpret:
         from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415 (GPU only)
+
         pltriton.debug_barrier()
 
 
@@ -173,30 +178,39 @@ def _pallas_call(kernel, name: str, cfg: _Config, grid, inputs: dict, outputs: d
         n_aliased = len(out_names)
 
     def named_refs(*refs):  # the aliased NaN inputs are not passed on: the kernel sees only its outputs
-        ins, outs = refs[:len(in_names)], refs[len(in_names) + n_aliased:]
+        ins, outs = refs[: len(in_names)], refs[len(in_names) + n_aliased :]
         kernel(**dict(zip(in_names, ins)), **dict(zip(out_names, outs)))
 
-    results = pl.pallas_call(named_refs, out_shape=tuple(out_shapes), grid=grid, in_specs=in_specs,
-                             out_specs=tuple(out_specs), input_output_aliases=aliases,
-                             interpret=cfg.interpret, compiler_params=_compiler_params(cfg.interpret),
-                             name=name)(*arrays)
+    results = pl.pallas_call(
+        named_refs,
+        out_shape=tuple(out_shapes),
+        grid=grid,
+        in_specs=in_specs,
+        out_specs=tuple(out_specs),
+        input_output_aliases=aliases,
+        interpret=cfg.interpret,
+        compiler_params=_compiler_params(cfg.interpret),
+        name=name,
+    )(*arrays)
     return dict(zip(out_names, results))
 
 
 # --------------------------------------------------------------------------------------------------
 # Padding and layout shared by the forward and backward passes.
 
+
 class _Padded(NamedTuple):
     """Kernel-layout inputs. L = padded length, P = padded channels, S = padded state."""
-    u: jax.Array        # (b, L, P) input dtype
-    delta: jax.Array    # (b, L, P) input dtype
+
+    u: jax.Array  # (b, L, P) input dtype
+    delta: jax.Array  # (b, L, P) input dtype
     z: jax.Array | None  # (b, L, P) input dtype, only when gated
-    B: jax.Array        # (b, L, S, 1)
-    C: jax.Array        # (b, L, S, 1)
-    A: jax.Array        # (S, P) float32
-    D: jax.Array        # (1, P) float32
-    bias: jax.Array     # (1, P) float32
-    keep: jax.Array     # (b, L, 1, 1) float32: 0 where the state resets before the step, else 1
+    B: jax.Array  # (b, L, S, 1)
+    C: jax.Array  # (b, L, S, 1)
+    A: jax.Array  # (S, P) float32
+    D: jax.Array  # (1, P) float32
+    bias: jax.Array  # (1, P) float32
+    keep: jax.Array  # (b, L, 1, 1) float32: 0 where the state resets before the step, else 1
 
 
 def _pad_sizes(cfg: _Config, channels: int, state: int):
@@ -210,10 +224,17 @@ def _pad_inputs(cfg: _Config, u, delta, A, B, C, D, z, bias, keep) -> _Padded:
     seq = lambda x: jnp.pad(x, ((0, 0), (0, L - length), (0, P - channels)))
     bc = lambda x: jnp.pad(x, ((0, 0), (0, L - length), (0, S - state)))[..., None]
     vec = lambda x: jnp.pad(x.astype(F32), (0, P - channels))[None]
-    return _Padded(u=seq(u), delta=seq(delta), z=seq(z) if cfg.gated else None, B=bc(B), C=bc(C),
-                   A=jnp.pad(A.astype(F32).T, ((0, S - state), (0, P - channels))), D=vec(D),
-                   bias=vec(bias),
-                   keep=jnp.pad(keep.astype(F32), ((0, 0), (0, L - length)), constant_values=1)[..., None, None])
+    return _Padded(
+        u=seq(u),
+        delta=seq(delta),
+        z=seq(z) if cfg.gated else None,
+        B=bc(B),
+        C=bc(C),
+        A=jnp.pad(A.astype(F32).T, ((0, S - state), (0, P - channels))),
+        D=vec(D),
+        bias=vec(bias),
+        keep=jnp.pad(keep.astype(F32), ((0, 0), (0, L - length)), constant_values=1)[..., None, None],
+    )
 
 
 def _pad_state(cfg: _Config, h):
@@ -232,30 +253,33 @@ class _Specs:
     """BlockSpecs for grid (batch i, channel block j)."""
 
     def __init__(self, L, P, S, block, n_chunks, chunk):
-        self.seq = pl.BlockSpec((None, L, block), lambda i, j: (i, 0, j))           # (b, L, P)
-        self.bc = pl.BlockSpec((None, L, S, 1), lambda i, j: (i, 0, 0, 0))          # (b, L, S, 1)
-        self.keep = pl.BlockSpec((None, L, 1, 1), lambda i, j: (i, 0, 0, 0))        # (b, L, 1, 1)
-        self.param = pl.BlockSpec((S, block), lambda i, j: (0, j))                  # (S, P)
-        self.vec = pl.BlockSpec((1, block), lambda i, j: (0, j))                    # (1, P)
-        self.state = pl.BlockSpec((None, S, block), lambda i, j: (i, 0, j))         # (b, S, P)
+        self.seq = pl.BlockSpec((None, L, block), lambda i, j: (i, 0, j))  # (b, L, P)
+        self.bc = pl.BlockSpec((None, L, S, 1), lambda i, j: (i, 0, 0, 0))  # (b, L, S, 1)
+        self.keep = pl.BlockSpec((None, L, 1, 1), lambda i, j: (i, 0, 0, 0))  # (b, L, 1, 1)
+        self.param = pl.BlockSpec((S, block), lambda i, j: (0, j))  # (S, P)
+        self.vec = pl.BlockSpec((1, block), lambda i, j: (0, j))  # (1, P)
+        self.state = pl.BlockSpec((None, S, block), lambda i, j: (i, 0, j))  # (b, S, P)
         self.ckpt = pl.BlockSpec((None, n_chunks, S, block), lambda i, j: (i, 0, 0, j))
-        self.batch_vec = pl.BlockSpec((None, 1, block), lambda i, j: (i, 0, j))     # (b, 1, P)
+        self.batch_vec = pl.BlockSpec((None, 1, block), lambda i, j: (i, 0, j))  # (b, 1, P)
         self.bc_partial = pl.BlockSpec((None, None, L, S, 1), lambda i, j: (i, j, 0, 0, 0))
-        self.work = pl.BlockSpec((None, None, chunk, S, block),                      # one chunk
-                                 lambda i, j: (i, j, 0, 0, 0))
+        self.work = pl.BlockSpec(
+            (None, None, chunk, S, block),  # one chunk
+            lambda i, j: (i, j, 0, 0, 0),
+        )
 
 
 # --------------------------------------------------------------------------------------------------
 # One time step's inputs, read from the refs and brought to float32.
 
+
 class _Step(NamedTuple):
-    u: jax.Array      # (1, block)
-    pre: jax.Array    # (1, block) delta + bias (before softplus)
-    dt: jax.Array     # (1, block) effective delta, 0 on padded steps
-    B: jax.Array      # (S, 1)
-    C: jax.Array      # (S, 1)
+    u: jax.Array  # (1, block)
+    pre: jax.Array  # (1, block) delta + bias (before softplus)
+    dt: jax.Array  # (1, block) effective delta, 0 on padded steps
+    B: jax.Array  # (S, 1)
+    C: jax.Array  # (S, 1)
     z: jax.Array | None  # (1, block)
-    keep: jax.Array   # (1, 1) 0 where the state resets before this step
+    keep: jax.Array  # (1, 1) 0 where the state resets before this step
 
     def decay(self, A):
         """The factor on the previous state, (S, block)."""
@@ -268,37 +292,51 @@ def _read_step(cfg: _Config, seq: dict, bias, t) -> _Step:
     pre = row(seq["delta"]) + bias
     dt = softplus(pre, cfg.log1p) if cfg.softplus else pre
     dt = jnp.where(t < cfg.length, dt, 0.0)  # padded time steps: decay 1, input 0
-    return _Step(u=row(seq["u"]), pre=pre, dt=dt, B=seq["B"][t].astype(F32), C=seq["C"][t].astype(F32),
-                 z=row(seq["z"]) if cfg.gated else None, keep=seq["keep"][t])
+    return _Step(
+        u=row(seq["u"]),
+        pre=pre,
+        dt=dt,
+        B=seq["B"][t].astype(F32),
+        C=seq["C"][t].astype(F32),
+        z=row(seq["z"]) if cfg.gated else None,
+        keep=seq["keep"][t],
+    )
 
 
 def _sequence_inputs(x: _Padded, specs: _Specs) -> dict:
     """The per-step inputs both kernels read, by ref name."""
-    return {"u": (x.u, specs.seq), "delta": (x.delta, specs.seq),
-            **({"z": (x.z, specs.seq)} if x.z is not None else {}),
-            "B": (x.B, specs.bc), "C": (x.C, specs.bc), "keep": (x.keep, specs.keep),
-            "A": (x.A, specs.param), "D": (x.D, specs.vec), "bias": (x.bias, specs.vec)}
+    return {
+        "u": (x.u, specs.seq),
+        "delta": (x.delta, specs.seq),
+        **({"z": (x.z, specs.seq)} if x.z is not None else {}),
+        "B": (x.B, specs.bc),
+        "C": (x.C, specs.bc),
+        "keep": (x.keep, specs.keep),
+        "A": (x.A, specs.param),
+        "D": (x.D, specs.vec),
+        "bias": (x.bias, specs.vec),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
 # Forward kernel.
 
-def _forward_kernel(cfg: _Config, n_chunks: int, *, u, delta, B, C, keep, A, D, bias, h0, y, last,
-                    z=None, ckpt=None):
+
+def _forward_kernel(cfg: _Config, n_chunks: int, *, u, delta, B, C, keep, A, D, bias, h0, y, last, z=None, ckpt=None):
     """Refs: inputs u, delta, z (b, L, P) · B, C (b, L, S, 1) · keep (b, L, 1, 1) · A (S, P) ·
     D, bias (1, P) · h0 (b, S, P); outputs y (b, L, P) · last (b, S, P) · ckpt (b, n_chunks, S, P),
     the state entering each chunk (training only).  Each ref is this program's block."""
     seq = {"u": u, "delta": delta, "z": z, "B": B, "C": C, "keep": keep}
-    A_, D_, bias_ = A[...], D[...], bias[...]                 # (S, blk), (1, blk), (1, blk)
+    A_, D_, bias_ = A[...], D[...], bias[...]  # (S, blk), (1, blk), (1, blk)
 
     def chunk_body(c, h):
         if ckpt is not None:
-            ckpt[c] = h                                       # state entering chunk c
+            ckpt[c] = h  # state entering chunk c
 
         def time_step(k, h):
             t = c * cfg.chunk + k
             x = _read_step(cfg, seq, bias_, t)
-            h = x.decay(A_) * h + (x.dt * x.u) * x.B          # (S, blk)
+            h = x.decay(A_) * h + (x.dt * x.u) * x.B  # (S, blk)
             out = jnp.sum(h * x.C, axis=0, keepdims=True) + D_ * x.u
             if cfg.gated:
                 out = out * (x.z * sigmoid(x.z))
@@ -320,16 +358,47 @@ def _forward(cfg: _Config, x: _Padded, h0, save_checkpoints: bool) -> dict:
     outputs = {"y": (sds((batch, L, P), x.u.dtype), specs.seq), "last": (sds((batch, S, P), F32), specs.state)}
     if save_checkpoints:
         outputs["ckpt"] = (sds((batch, n_chunks, S, P), F32), specs.ckpt)
-    return _pallas_call(functools.partial(_forward_kernel, cfg, n_chunks), "selective_scan_fwd", cfg,
-                        (batch, P // cfg.block), {**_sequence_inputs(x, specs), "h0": (h0, specs.state)},
-                        outputs)
+    return _pallas_call(
+        functools.partial(_forward_kernel, cfg, n_chunks),
+        "selective_scan_fwd",
+        cfg,
+        (batch, P // cfg.block),
+        {**_sequence_inputs(x, specs), "h0": (h0, specs.state)},
+        outputs,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # Backward kernel.
 
-def _backward_kernel(cfg: _Config, n_chunks: int, *, u, delta, B, C, keep, A, D, bias, ckpt, dy, dlast,
-                     du, ddelta, dB, dC, dA, dD, dbias, dh0, work, z=None, dz=None):
+
+def _backward_kernel(
+    cfg: _Config,
+    n_chunks: int,
+    *,
+    u,
+    delta,
+    B,
+    C,
+    keep,
+    A,
+    D,
+    bias,
+    ckpt,
+    dy,
+    dlast,
+    du,
+    ddelta,
+    dB,
+    dC,
+    dA,
+    dD,
+    dbias,
+    dh0,
+    work,
+    z=None,
+    dz=None,
+):
     """Refs: the forward's inputs, ckpt (b, n_chunks, S, P), dy (b, L, P), dlast (b, S, P); outputs
     du, ddelta, dz (b, L, P) · dB, dC (b, blocks, L, S, 1) · dA, dh0 (b, S, P) · dD, dbias (b, 1, P) ·
     work (b, blocks, chunk, S, blk), the recompute workspace."""
@@ -347,7 +416,7 @@ def _backward_kernel(cfg: _Config, n_chunks: int, *, u, delta, B, C, keep, A, D,
             return x.decay(A_) * h + (x.dt * x.u) * x.B
 
         jax.lax.fori_loop(0, cfg.chunk, recompute, ckpt[c])
-        _barrier(cfg)                                                  # work written -> read
+        _barrier(cfg)  # work written -> read
 
         # 2. Reverse-time adjoint over the chunk.  dh is dL/dh_t including every later step.
         def adjoint(r2, carry):
@@ -358,30 +427,30 @@ def _backward_kernel(cfg: _Config, n_chunks: int, *, u, delta, B, C, keep, A, D,
             h_prev = work[k]
             decay = x.decay(A_)
             h = decay * h_prev + (x.dt * x.u) * x.B
-            g = dy[pl.ds(t, 1), :].astype(F32)                         # (1, blk)
-            if cfg.gated:                                              # y = y_skip * silu(z)
+            g = dy[pl.ds(t, 1), :].astype(F32)  # (1, blk)
+            if cfg.gated:  # y = y_skip * silu(z)
                 y_skip = jnp.sum(h * x.C, axis=0, keepdims=True) + D_ * x.u
                 sig = sigmoid(x.z)
                 dz[pl.ds(t, 1), :] = (g * y_skip * sig * (1.0 + x.z * (1.0 - sig))).astype(dz.dtype)
                 g = g * x.z * sig
-            dD_ = dD_ + g * x.u                                        # y_skip = sum_n h C + D u
+            dD_ = dD_ + g * x.u  # y_skip = sum_n h C + D u
             du_t = g * D_
-            dh = dh + g * x.C                                          # (S, blk)
-            dC[t] = jnp.sum(g * h, axis=1, keepdims=True)              # (S, 1), partial over block
-            d_arg = dh * h_prev * decay                                # dL/d(dt * A), keep included
+            dh = dh + g * x.C  # (S, blk)
+            dC[t] = jnp.sum(g * h, axis=1, keepdims=True)  # (S, 1), partial over block
+            d_arg = dh * h_prev * decay  # dL/d(dt * A), keep included
             dA_ = dA_ + d_arg * x.dt
-            dh_b = jnp.sum(dh * x.B, axis=0, keepdims=True)            # (1, blk)
+            dh_b = jnp.sum(dh * x.B, axis=0, keepdims=True)  # (1, blk)
             ddt = jnp.sum(d_arg * A_, axis=0, keepdims=True) + dh_b * x.u
             du_t = du_t + dh_b * x.dt
             dB[t] = jnp.sum(dh * (x.dt * x.u), axis=1, keepdims=True)
             dpre = ddt * sigmoid(x.pre) if cfg.softplus else ddt
-            dpre = jnp.where(t < cfg.length, dpre, 0.0)                # dt was masked there
+            dpre = jnp.where(t < cfg.length, dpre, 0.0)  # dt was masked there
             du[pl.ds(t, 1), :] = du_t.astype(du.dtype)
             ddelta[pl.ds(t, 1), :] = dpre.astype(ddelta.dtype)
             return dh * decay, dA_, dD_, dbias_ + dpre
 
         carry = jax.lax.fori_loop(0, cfg.chunk, adjoint, carry)
-        _barrier(cfg)                                                  # work read -> next chunk's writes
+        _barrier(cfg)  # work read -> next chunk's writes
         return carry
 
     zeros_row = jnp.zeros(D_.shape, F32)
@@ -401,19 +470,31 @@ def _backward(cfg: _Config, x: _Padded, ckpt, dy, dlast) -> dict:
     n_chunks, n_blocks = L // cfg.chunk, P // cfg.block
     specs = _Specs(L, P, S, cfg.block, n_chunks, cfg.chunk)
     sds = jax.ShapeDtypeStruct
-    inputs = {**_sequence_inputs(x, specs), "ckpt": (ckpt, specs.ckpt), "dy": (dy, specs.seq),
-              "dlast": (dlast, specs.state)}
+    inputs = {
+        **_sequence_inputs(x, specs),
+        "ckpt": (ckpt, specs.ckpt),
+        "dy": (dy, specs.seq),
+        "dlast": (dlast, specs.state),
+    }
     seq_grads = {"du": x.u, "ddelta": x.delta, **({"dz": x.z} if cfg.gated else {})}
-    outputs = {**{k: (sds(a.shape, a.dtype), specs.seq) for k, a in seq_grads.items()},
-               "dB": (sds((batch, n_blocks, L, S, 1), F32), specs.bc_partial),
-               "dC": (sds((batch, n_blocks, L, S, 1), F32), specs.bc_partial),
-               "dA": (sds((batch, S, P), F32), specs.state),
-               "dD": (sds((batch, 1, P), F32), specs.batch_vec),
-               "dbias": (sds((batch, 1, P), F32), specs.batch_vec),
-               "dh0": (sds((batch, S, P), F32), specs.state),
-               "work": (sds((batch, n_blocks, cfg.chunk, S, cfg.block), F32), specs.work)}
-    grads = _pallas_call(functools.partial(_backward_kernel, cfg, n_chunks), "selective_scan_bwd", cfg,
-                         (batch, n_blocks), inputs, outputs)
+    outputs = {
+        **{k: (sds(a.shape, a.dtype), specs.seq) for k, a in seq_grads.items()},
+        "dB": (sds((batch, n_blocks, L, S, 1), F32), specs.bc_partial),
+        "dC": (sds((batch, n_blocks, L, S, 1), F32), specs.bc_partial),
+        "dA": (sds((batch, S, P), F32), specs.state),
+        "dD": (sds((batch, 1, P), F32), specs.batch_vec),
+        "dbias": (sds((batch, 1, P), F32), specs.batch_vec),
+        "dh0": (sds((batch, S, P), F32), specs.state),
+        "work": (sds((batch, n_blocks, cfg.chunk, S, cfg.block), F32), specs.work),
+    }
+    grads = _pallas_call(
+        functools.partial(_backward_kernel, cfg, n_chunks),
+        "selective_scan_bwd",
+        cfg,
+        (batch, n_blocks),
+        inputs,
+        outputs,
+    )
     del grads["work"]
     return grads
 
@@ -421,17 +502,20 @@ def _backward(cfg: _Config, x: _Padded, ckpt, dy, dlast) -> dict:
 # --------------------------------------------------------------------------------------------------
 # custom_vjp glue (inputs and outputs in the public layout; padding happens in here).
 
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _scan(cfg, u, delta, A, B, C, D, z, bias, h0, keep):
-    out = _forward(cfg, _pad_inputs(cfg, u, delta, A, B, C, D, z, bias, keep), _pad_state(cfg, h0),
-                   save_checkpoints=False)
-    return out["y"][:, :cfg.length, :u.shape[2]], _unpad_state(out["last"], u.shape[2], A.shape[1])
+    out = _forward(
+        cfg, _pad_inputs(cfg, u, delta, A, B, C, D, z, bias, keep), _pad_state(cfg, h0), save_checkpoints=False
+    )
+    return out["y"][:, : cfg.length, : u.shape[2]], _unpad_state(out["last"], u.shape[2], A.shape[1])
 
 
 def _scan_fwd(cfg, u, delta, A, B, C, D, z, bias, h0, keep):
-    out = _forward(cfg, _pad_inputs(cfg, u, delta, A, B, C, D, z, bias, keep), _pad_state(cfg, h0),
-                   save_checkpoints=True)
-    y_last = (out["y"][:, :cfg.length, :u.shape[2]], _unpad_state(out["last"], u.shape[2], A.shape[1]))
+    out = _forward(
+        cfg, _pad_inputs(cfg, u, delta, A, B, C, D, z, bias, keep), _pad_state(cfg, h0), save_checkpoints=True
+    )
+    y_last = (out["y"][:, : cfg.length, : u.shape[2]], _unpad_state(out["last"], u.shape[2], A.shape[1]))
     return y_last, (u, delta, A, B, C, D, z, bias, h0, keep, out["ckpt"])
 
 
@@ -447,10 +531,18 @@ def _scan_bwd(cfg, residuals, cotangents):
     seq = lambda g: g[:, :length, :channels]
     bc = lambda g, like: jnp.sum(g, axis=1)[:, :length, :state, 0].astype(like.dtype)
     vec = lambda g, like: jnp.sum(g, axis=(0, 1))[:channels].astype(like.dtype)
-    return (seq(g["du"]), seq(g["ddelta"]), jnp.sum(g["dA"], axis=0).T[:channels, :state].astype(A.dtype),
-            bc(g["dB"], B), bc(g["dC"], C), vec(g["dD"], D), None if z is None else seq(g["dz"]),
-            vec(g["dbias"], bias), _unpad_state(g["dh0"], channels, state).astype(h0.dtype),
-            jnp.zeros_like(keep))
+    return (
+        seq(g["du"]),
+        seq(g["ddelta"]),
+        jnp.sum(g["dA"], axis=0).T[:channels, :state].astype(A.dtype),
+        bc(g["dB"], B),
+        bc(g["dC"], C),
+        vec(g["dD"], D),
+        None if z is None else seq(g["dz"]),
+        vec(g["dbias"], bias),
+        _unpad_state(g["dh0"], channels, state).astype(h0.dtype),
+        jnp.zeros_like(keep),
+    )
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
@@ -459,10 +551,26 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 # --------------------------------------------------------------------------------------------------
 # Public entry point.
 
-@functools.partial(jax.jit, static_argnames=("delta_softplus", "chunk", "block_channels", "interpret",
-                                             "poison"))
-def pallas_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                initial_state=None, reset=None, *, chunk=None, block_channels=None, interpret=None, poison=False):
+
+@functools.partial(jax.jit, static_argnames=("delta_softplus", "chunk", "block_channels", "interpret", "poison"))
+def pallas_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    reset=None,
+    *,
+    chunk=None,
+    block_channels=None,
+    interpret=None,
+    poison=False,
+):
     """Selective scan with Pallas kernels; same contract as ``reference.sequential_scan``.
 
     Args:
@@ -484,9 +592,16 @@ def pallas_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softpl
     default_chunk, default_block = (CPU_CHUNK, CPU_BLOCK) if interpret else (GPU_CHUNK, GPU_BLOCK)
     chunk = min(_next_pow2(chunk or default_chunk), _next_pow2(length))
     block = min(_next_pow2(block_channels or default_block), _next_pow2(channels))
-    cfg = _Config(length=length, chunk=chunk, block=block, softplus=bool(delta_softplus),
-                  log1p=lowers_log1p(bool(interpret)), gated=z is not None, interpret=bool(interpret),
-                  poison=bool(poison))
+    cfg = _Config(
+        length=length,
+        chunk=chunk,
+        block=block,
+        softplus=bool(delta_softplus),
+        log1p=lowers_log1p(bool(interpret)),
+        gated=z is not None,
+        interpret=bool(interpret),
+        poison=bool(poison),
+    )
     D = jnp.zeros((channels,), F32) if D is None else D
     delta_bias = jnp.zeros((channels,), F32) if delta_bias is None else delta_bias
     h0 = jnp.zeros((batch, channels, state), F32) if initial_state is None else initial_state

@@ -49,8 +49,9 @@ def finish_output(y, u, D, z, out_dtype):
     return y.astype(out_dtype)
 
 
-def associative_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                     initial_state=None, reset=None):
+def associative_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None, reset=None
+):
     """Parallel definition via ``jax.lax.associative_scan``; materialises (b, l, d, n).
 
     Returns (y, last_state) with last_state of shape (batch, channels, state).
@@ -59,8 +60,8 @@ def associative_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_s
     uc = u.astype(dtype)
     dt = effective_delta(delta, delta_bias, delta_softplus, dtype)
     keep = keep_mask(reset, u, dtype)[..., None, None]
-    decay = keep * jnp.exp(dt[..., None] * A.astype(dtype))                 # (b, l, d, n)
-    drive = dt[..., None] * B.astype(dtype)[:, :, None, :] * uc[..., None]   # (b, l, d, n)
+    decay = keep * jnp.exp(dt[..., None] * A.astype(dtype))  # (b, l, d, n)
+    drive = dt[..., None] * B.astype(dtype)[:, :, None, :] * uc[..., None]  # (b, l, d, n)
     if initial_state is not None:
         drive = drive.at[:, 0].add(decay[:, 0] * initial_state.astype(dtype))
 
@@ -74,25 +75,33 @@ def associative_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_s
     return finish_output(y, uc, D, z, u.dtype), h[:, -1]
 
 
-def sequential_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                    initial_state=None, reset=None):
+def sequential_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None, reset=None
+):
     """The same recurrence as a ``jax.lax.scan`` over time; never holds (b, l, d, n)."""
     dtype = compute_dtype(u)
     uc = u.astype(dtype)
     dt = effective_delta(delta, delta_bias, delta_softplus, dtype)
     A = A.astype(dtype)
     batch, _, channels = u.shape
-    h0 = (jnp.zeros((batch, channels, A.shape[1]), dtype) if initial_state is None
-          else initial_state.astype(dtype))
+    h0 = jnp.zeros((batch, channels, A.shape[1]), dtype) if initial_state is None else initial_state.astype(dtype)
 
     def step(h, inputs):
-        u_t, dt_t, B_t, C_t, keep_t = inputs                   # (b,d) (b,d) (b,n) (b,n) (b,)
+        u_t, dt_t, B_t, C_t, keep_t = inputs  # (b,d) (b,d) (b,n) (b,n) (b,)
         decay = keep_t[:, None, None] * jnp.exp(dt_t[..., None] * A)
         h = decay * h + (dt_t * u_t)[..., None] * B_t[:, None, :]
         return h, jnp.einsum("bdn,bn->bd", h, C_t)
 
     time_major = lambda x: jnp.swapaxes(x, 0, 1)
-    h_last, y = jax.lax.scan(step, h0, (time_major(uc), time_major(dt),
-                                        time_major(B.astype(dtype)), time_major(C.astype(dtype)),
-                                        time_major(keep_mask(reset, u, dtype))))
+    h_last, y = jax.lax.scan(
+        step,
+        h0,
+        (
+            time_major(uc),
+            time_major(dt),
+            time_major(B.astype(dtype)),
+            time_major(C.astype(dtype)),
+            time_major(keep_mask(reset, u, dtype)),
+        ),
+    )
     return finish_output(time_major(y), uc, D, z, u.dtype), h_last

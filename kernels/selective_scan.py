@@ -27,9 +27,9 @@ class BackendUnavailable(RuntimeError):
 def _implementation(name: str):
     if name == "pallas":
         from kernels.pallas_scan import pallas_scan  # noqa: PLC0415 (lazy: imports jax.experimental.pallas)
+
         return pallas_scan
-    return {"reference": reference.associative_scan,
-            "sequential": reference.sequential_scan}[name]
+    return {"reference": reference.associative_scan, "sequential": reference.sequential_scan}[name]
 
 
 @functools.cache
@@ -66,23 +66,33 @@ def choose_backend(backend: str = "auto", platform: str | None = None, dtype="fl
     platform = platform or jax.default_backend()
     problem = _pallas_problem(platform)
     if backend == "pallas" and problem:
-        raise BackendUnavailable(f"scan backend 'pallas' cannot run on {platform}: {problem}; "
-                                 "use scan_backend 'auto' or 'reference'")
+        raise BackendUnavailable(
+            f"scan backend 'pallas' cannot run on {platform}: {problem}; use scan_backend 'auto' or 'reference'"
+        )
     if backend != "auto":
-        return backend, {"reference": "associative scan (requested)", "sequential": "lax.scan (requested)",
-                         "pallas": ("Pallas kernel compiled through Triton (requested)"
-                                    if platform in GPU_PLATFORMS else
-                                    "Pallas kernel in interpret mode: no GPU (requested)")}[backend]
+        return backend, {
+            "reference": "associative scan (requested)",
+            "sequential": "lax.scan (requested)",
+            "pallas": (
+                "Pallas kernel compiled through Triton (requested)"
+                if platform in GPU_PLATFORMS
+                else "Pallas kernel in interpret mode: no GPU (requested)"
+            ),
+        }[backend]
     if platform in GPU_PLATFORMS:
         if problem:
             return "reference", f"associative scan: the Pallas kernel cannot run ({problem})"
         return "pallas", "fused Pallas kernel compiled through Triton"
     if platform == "cpu":
         if jnp.dtype(dtype) == jnp.float32:
-            return "pallas", ("Pallas kernel in interpret mode, 1.70x lax.scan's training speed for float32 "
-                              "on CPU (docs/BENCHMARKS.md)")
-        return "sequential", (f"lax.scan: interpret mode is ~3x slower than lax.scan for {jnp.dtype(dtype).name} "
-                              "on CPU (docs/BENCHMARKS.md)")
+            return "pallas", (
+                "Pallas kernel in interpret mode, 1.70x lax.scan's training speed for float32 "
+                "on CPU (docs/BENCHMARKS.md)"
+            )
+        return "sequential", (
+            f"lax.scan: interpret mode is ~3x slower than lax.scan for {jnp.dtype(dtype).name} "
+            "on CPU (docs/BENCHMARKS.md)"
+        )
     return "reference", f"associative scan: the portable parallel definition (no kernel for {platform})"
 
 
@@ -97,12 +107,27 @@ def banner(backend: str = "auto", dtype="float32") -> str:
     platform = jax.default_backend()
     name, why = choose_backend(backend, platform, jnp.dtype(dtype).name)
     auto = f" (auto on {platform})" if backend == "auto" else ""
-    return (f"selective scan backend: {name}{auto}: {why}; jax {jax.__version__}, "
-            f"{jax.device_count()} device(s): {jax.devices()[0].device_kind}")
+    return (
+        f"selective scan backend: {name}{auto}: {why}; jax {jax.__version__}, "
+        f"{jax.device_count()} device(s): {jax.devices()[0].device_kind}"
+    )
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, backend="auto", initial_state=None, reset=None):
+def selective_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    backend="auto",
+    initial_state=None,
+    reset=None,
+):
     """Selective scan over (batch, length, channels) inputs.
 
     Args:
@@ -119,8 +144,19 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state, reset)
     impl = _implementation(resolve_backend(backend, dtype=u.dtype))
-    y, last_state = impl(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                         delta_softplus=delta_softplus, initial_state=initial_state, reset=reset)
+    y, last_state = impl(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D=D,
+        z=z,
+        delta_bias=delta_bias,
+        delta_softplus=delta_softplus,
+        initial_state=initial_state,
+        reset=reset,
+    )
     return (y, last_state) if return_last_state else y
 
 
@@ -129,11 +165,17 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state, reset):
         raise ValueError(f"u must be (batch, length, channels), got shape {u.shape}")
     batch, length, channels = u.shape
     state = A.shape[-1]
-    expected = {"delta": (delta, u.shape), "A": (A, (channels, state)),
-                "B": (B, (batch, length, state)), "C": (C, (batch, length, state)),
-                "D": (D, (channels,)), "z": (z, u.shape), "delta_bias": (delta_bias, (channels,)),
-                "initial_state": (initial_state, (batch, channels, state)),
-                "reset": (reset, (batch, length))}
+    expected = {
+        "delta": (delta, u.shape),
+        "A": (A, (channels, state)),
+        "B": (B, (batch, length, state)),
+        "C": (C, (batch, length, state)),
+        "D": (D, (channels,)),
+        "z": (z, u.shape),
+        "delta_bias": (delta_bias, (channels,)),
+        "initial_state": (initial_state, (batch, channels, state)),
+        "reset": (reset, (batch, length)),
+    }
     for name, (array, shape) in expected.items():
         if array is not None and tuple(array.shape) != tuple(shape):
             raise ValueError(f"selective_scan: {name} has shape {tuple(array.shape)}, expected {shape}")

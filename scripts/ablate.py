@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hrm.cli import ArgumentParser, UsageError, run_main  # noqa: E402
 
-LAST_RECORDS = 5          # final train loss: the mean of the last logged steps (one batch is noisy)
-EVAL_POINTS = 5           # held-out evaluations per run (the eval curve)
+LAST_RECORDS = 5  # final train loss: the mean of the last logged steps (one batch is noisy)
+EVAL_POINTS = 5  # held-out evaluations per run (the eval curve)
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -48,6 +48,7 @@ def ablation_config(path: str, task: str, budget: tuple[str, float], seed: int |
     """Config file ``path`` set up for the ablation: the task as its data (loss on answers), the budget, the
     seed, then the shared overrides."""
     from hrm.config import apply_override, load_config_file
+
     config = load_config_file(path)
     config.data.dataset, config.data.completion_only = task, True
     kind, amount = budget
@@ -56,7 +57,7 @@ def ablation_config(path: str, task: str, budget: tuple[str, float], seed: int |
         t.steps = int(amount)
         t.warmup_steps = min(t.warmup_steps, t.steps // 10)
     else:
-        t.steps, t.min_lr_ratio = 10 ** 9, 1.0
+        t.steps, t.min_lr_ratio = 10**9, 1.0
     t.save_every = t.steps
     if seed is not None:
         t.seed = seed
@@ -86,9 +87,11 @@ def check_comparable(configs) -> None:
         other = settings(config)
         changed = [key for key in first if first[key] != other[key]]
         if changed:
-            raise UsageError(f"configs '{configs[0].name}' and '{config.name}' differ in "
-                             f"{', '.join(f'{k}: {first[k]} vs {other[k]}' for k in changed)}; an ablation compares "
-                             f"models only: align them, e.g. --config.{changed[0]}={first[changed[0]]}")
+            raise UsageError(
+                f"configs '{configs[0].name}' and '{config.name}' differ in "
+                f"{', '.join(f'{k}: {first[k]} vs {other[k]}' for k in changed)}; an ablation compares "
+                f"models only: align them, e.g. --config.{changed[0]}={first[changed[0]]}"
+            )
 
 
 def run_one(config, run_dir: Path, budget, examples: int, extrapolate_length: int | None, log=print) -> dict:
@@ -108,13 +111,18 @@ def run_one(config, run_dir: Path, budget, examples: int, extrapolate_length: in
     resolved = resolve_config(config)
     counts = parameter_table(resolved.model)
     held_out = perplexity(model, model.config.data, "held_out", config.train.batch_size, log=log)
-    row = {"config": config.name, "family": config.model.family, "parameters": sum(counts.values()),
-           "flops_per_token": flops_per_token(resolved.model, counts, config.data.seq_len),
-           "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in steps[1:] or steps),
-           "steps": model.step, "seconds": steps[-1].get("seconds", 0.0),
-           "train_loss": statistics.mean(r["loss"] for r in steps[-LAST_RECORDS:]),
-           "eval_loss": held_out["loss_per_token"],
-           **accuracy(model, config.data.dataset, config.data.synthetic, examples)}
+    row = {
+        "config": config.name,
+        "family": config.model.family,
+        "parameters": sum(counts.values()),
+        "flops_per_token": flops_per_token(resolved.model, counts, config.data.seq_len),
+        "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in steps[1:] or steps),
+        "steps": model.step,
+        "seconds": steps[-1].get("seconds", 0.0),
+        "train_loss": statistics.mean(r["loss"] for r in steps[-LAST_RECORDS:]),
+        "eval_loss": held_out["loss_per_token"],
+        **accuracy(model, config.data.dataset, config.data.synthetic, examples),
+    }
     if extrapolate_length:
         longer = dataclasses.replace(config.data.synthetic, length=extrapolate_length)
         row.update({f"{k}_longer": v for k, v in accuracy(model, config.data.dataset, longer, examples).items()})
@@ -125,6 +133,7 @@ def run_one(config, run_dir: Path, budget, examples: int, extrapolate_length: in
 
 def accuracy(model, task: str, synthetic_cfg, examples: int) -> dict:
     from hrm.eval import task_accuracy
+
     result = task_accuracy(model, task, synthetic_cfg, examples)
     return {"accuracy": result["exact_match"], "char_match": result["char_match"]}
 
@@ -132,17 +141,25 @@ def accuracy(model, task: str, synthetic_cfg, examples: int) -> dict:
 def plot_curves(out: Path, rows: list[dict]) -> list[Path]:
     """Training loss (and held-out loss, dashed) of every run against steps and against training seconds."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     paths = []
     for axis, label in (("step", "step"), ("seconds", "training seconds (compilation excluded)")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for row in rows:
             curve = [r for r in row["curve"] if axis in r]
-            line, = ax.plot([r[axis] for r in curve], [r["loss"] for r in curve], label=f"{row['config']} train")
+            (line,) = ax.plot([r[axis] for r in curve], [r["loss"] for r in curve], label=f"{row['config']} train")
             if axis == "step" and row["eval_curve"]:
-                ax.plot([r["step"] for r in row["eval_curve"]], [r["eval_loss"] for r in row["eval_curve"]], "--o",
-                        color=line.get_color(), markersize=3, label=f"{row['config']} held-out")
+                ax.plot(
+                    [r["step"] for r in row["eval_curve"]],
+                    [r["eval_loss"] for r in row["eval_curve"]],
+                    "--o",
+                    color=line.get_color(),
+                    markersize=3,
+                    label=f"{row['config']} held-out",
+                )
         ax.set_xlabel(label)
         ax.set_ylabel("cross-entropy on answers (nats/token)")
         ax.set_yscale("log")
@@ -158,37 +175,65 @@ def plot_curves(out: Path, rows: list[dict]) -> list[Path]:
 
 def machine() -> str:
     import os
+
     import jax
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}; "
-            f"Python {platform.python_version()}, jax {jax.__version__} on {jax.default_backend()}")
+
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}; "
+        f"Python {platform.python_version()}, jax {jax.__version__} on {jax.default_backend()}"
+    )
 
 
 def results_markdown(rows: list[dict], command: str, task: str, sizes: str, budget, when: str) -> str:
     kind, amount = budget
     longer = [f"{k}_longer" for k in ("accuracy", "char_match") if any(f"{k}_longer" in r for r in rows)]
-    header = ("| config | family | parameters | FLOPs/token | tokens/s | steps | train s | train loss | eval loss "
-              "| accuracy | char match |" + "".join(f" {k.replace('_', ' ')} |" for k in longer))
-    lines = [f"# Ablation: {task} ({sizes}), budget {kind}={amount:g}", "",
-             f"Command: `{command}`", f"Machine: {machine()}; {when}", "",
-             header, "|" + "---|" * (header.count("|") - 1)]
+    header = (
+        "| config | family | parameters | FLOPs/token | tokens/s | steps | train s | train loss | eval loss "
+        "| accuracy | char match |" + "".join(f" {k.replace('_', ' ')} |" for k in longer)
+    )
+    lines = [
+        f"# Ablation: {task} ({sizes}), budget {kind}={amount:g}",
+        "",
+        f"Command: `{command}`",
+        f"Machine: {machine()}; {when}",
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+    ]
     for r in rows:
-        cells = [r["config"], r["family"], f"{r['parameters']:,}", f"{r['flops_per_token'] / 1e6:.2f}M",
-                 f"{r['tokens_per_sec']:,.0f}", str(r["steps"]), f"{r['seconds']:.0f}", f"{r['train_loss']:.4f}",
-                 f"{r['eval_loss']:.4f}", f"{r['accuracy']:.3f}", f"{r['char_match']:.3f}"]
+        cells = [
+            r["config"],
+            r["family"],
+            f"{r['parameters']:,}",
+            f"{r['flops_per_token'] / 1e6:.2f}M",
+            f"{r['tokens_per_sec']:,.0f}",
+            str(r["steps"]),
+            f"{r['seconds']:.0f}",
+            f"{r['train_loss']:.4f}",
+            f"{r['eval_loss']:.4f}",
+            f"{r['accuracy']:.3f}",
+            f"{r['char_match']:.3f}",
+        ]
         cells += [f"{r.get(k, float('nan')):.3f}" for k in longer]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "FLOPs/token: forward, at the row length (`hrm.info`). tokens/s: median over logged intervals after "
-              "the first (row tokens, padding included). train s: training seconds, compilation excluded, held-out "
-              f"evaluations included. train loss: mean of the last {LAST_RECORDS} logged steps; eval loss: every "
-              "held-out target (`hrm.eval --perplexity`), both on answer tokens only. accuracy: exact match of greedy "
-              "generation on fresh examples; char match: the share of answer characters right at their position"
-              + ("; *longer*: the same at the extrapolation length." if longer else "."), "",
-              "![loss vs step](loss_vs_step.png) ![loss vs seconds](loss_vs_seconds.png)", ""]
+    lines += [
+        "",
+        "FLOPs/token: forward, at the row length (`hrm.info`). tokens/s: median over logged intervals after "
+        "the first (row tokens, padding included). train s: training seconds, compilation excluded, held-out "
+        f"evaluations included. train loss: mean of the last {LAST_RECORDS} logged steps; eval loss: every "
+        "held-out target (`hrm.eval --perplexity`), both on answer tokens only. accuracy: exact match of greedy "
+        "generation on fresh examples; char match: the share of answer characters right at their position"
+        + ("; *longer*: the same at the extrapolation length." if longer else "."),
+        "",
+        "![loss vs step](loss_vs_step.png) ![loss vs seconds](loss_vs_seconds.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
     from hrm.train import parse_overrides
+
     parser = ArgumentParser(prog="python scripts/ablate.py", description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", required=True, help="config files, one model each")
     parser.add_argument("--task", required=True, help="synthetic:NAME (hrm/data/synthetic.py)")
@@ -200,6 +245,7 @@ def main(argv: list[str]) -> None:
     args, extra = parser.parse_known_args(argv)
     budget = parse_budget(args.budget)
     from hrm.data.synthetic import sizes, task_name
+
     task = "synthetic:" + task_name(args.task)
     if args.examples < 1:
         raise UsageError(f"--examples must be positive, got {args.examples}")
@@ -221,8 +267,12 @@ def main(argv: list[str]) -> None:
     task_sizes = ", ".join(f"{k} {v}" for k, v in (("length", length), ("targets", targets), ("vocab", vocab)) if v)
     command = "python scripts/ablate.py " + " ".join(argv)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    (out / "results.json").write_text(json.dumps({"command": command, "task": task, "budget": args.budget,
-                                                  "machine": machine(), "date": when, "rows": rows}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps(
+            {"command": command, "task": task, "budget": args.budget, "machine": machine(), "date": when, "rows": rows},
+            indent=1,
+        )
+    )
     plot_curves(out, rows)
     markdown = results_markdown(rows, command, task, task_sizes, budget, when)
     (out / "results.md").write_text(markdown)

@@ -41,7 +41,9 @@ def implementation(name: str):
     call = MultiScaleAttention.__call__
     if name == "dense":
         MultiScaleAttention.__call__ = lambda self, x, cache=None, segment_ids=None: (
-            dense_attention(self, x, segment_ids), cache)
+            dense_attention(self, x, segment_ids),
+            cache,
+        )
     try:
         yield
     finally:
@@ -60,7 +62,7 @@ def temp_gib(make, inputs) -> float:
         return jnp.mean(out.astype(jnp.float32) ** 2)
 
     compiled = jax.jit(jax.value_and_grad(loss)).lower(params, *inputs).compile()
-    return compiled.memory_analysis().temp_size_in_bytes / 2 ** 30
+    return compiled.memory_analysis().temp_size_in_bytes / 2**30
 
 
 def median_seconds(fn, args, iters: int) -> float:
@@ -78,50 +80,80 @@ def attention_times(cfg: ModelConfig, scales, batch: int, length: int, iters: in
     graphdef, params = nnx.split(MultiScaleAttention(cfg, scales, rngs=nnx.Rngs(0)))
     forward = lambda params, x, segment_ids: nnx.merge(graphdef, params)(x, segment_ids=segment_ids)[0]
     loss = lambda params, x, segment_ids: jnp.mean(forward(params, x, segment_ids) ** 2)
-    args = (params, jax.random.normal(jax.random.key(0), (batch, length, cfg.d_model)),
-            jnp.zeros((batch, length), jnp.int32))
-    return (median_seconds(jax.jit(forward), args, iters),
-            median_seconds(jax.jit(jax.value_and_grad(loss)), args, iters))
+    args = (
+        params,
+        jax.random.normal(jax.random.key(0), (batch, length, cfg.d_model)),
+        jnp.zeros((batch, length), jnp.int32),
+    )
+    return (
+        median_seconds(jax.jit(forward), args, iters),
+        median_seconds(jax.jit(jax.value_and_grad(loss)), args, iters),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/hybrid_small.py", help="the model of the first row")
-    for name, default in [("batch", 8), ("length", 2048), ("d_model", 512), ("heads", 8), ("time_batch", 2),
-                          ("time_length", 1024), ("time_d_model", 256), ("time_heads", 4), ("iters", 5)]:
+    for name, default in [
+        ("batch", 8),
+        ("length", 2048),
+        ("d_model", 512),
+        ("heads", 8),
+        ("time_batch", 2),
+        ("time_length", 1024),
+        ("time_d_model", 256),
+        ("time_heads", 4),
+        ("iters", 5),
+    ]:
         parser.add_argument(f"--{name}", type=int, default=default)
     args = parser.parse_args()
     cfg = ModelConfig(family="hybrid_recursive", d_model=args.d_model, n_heads=args.heads, n_layers=8)
     timed = ModelConfig(family="hybrid_recursive", d_model=args.time_d_model, n_heads=args.time_heads)
     shape = (args.batch, args.length, args.d_model)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}\n")
-    print(f"XLA temporaries of a training step, batch {args.batch} x {args.length}, d_model {args.d_model}, "
-          f"{args.heads} heads:\n")
+    print(
+        f"XLA temporaries of a training step, batch {args.batch} x {args.length}, d_model {args.d_model}, "
+        f"{args.heads} heads:\n"
+    )
     print("| module | dense GiB | blocked GiB | blocked / dense |\n|---|---|---|---|")
     model = resolve_config(load_config_file(args.config)).model
     features = jax.ShapeDtypeStruct(shape, jnp.float32)
     tokens = jax.ShapeDtypeStruct(shape[:2], jnp.int32)
-    modules = [(f"{Path(args.config).stem} model", lambda: build_model(model), (tokens, tokens)),
-               ("hybrid_recursive layer", lambda: HybridRecursiveLayer(cfg, rngs=nnx.Rngs(0)), (features, tokens))]
-    modules += [(f"attention {scales}", lambda scales=scales: MultiScaleAttention(cfg, scales, rngs=nnx.Rngs(0)),
-                 (features, tokens)) for scales in [(1,), (1, 2, 4)]]
+    modules = [
+        (f"{Path(args.config).stem} model", lambda: build_model(model), (tokens, tokens)),
+        ("hybrid_recursive layer", lambda: HybridRecursiveLayer(cfg, rngs=nnx.Rngs(0)), (features, tokens)),
+    ]
+    modules += [
+        (
+            f"attention {scales}",
+            lambda scales=scales: MultiScaleAttention(cfg, scales, rngs=nnx.Rngs(0)),
+            (features, tokens),
+        )
+        for scales in [(1,), (1, 2, 4)]
+    ]
     for name, make, inputs in modules:
         gib = {}
         for impl in ("dense", "blocked"):
             with implementation(impl):
                 gib[impl] = temp_gib(make, inputs)
-        print(f"| {name} | {gib['dense']:.2f} | {gib['blocked']:.2f} | {gib['blocked'] / gib['dense']:.3f} |",
-              flush=True)
-    print(f"\nAttention seconds (median of {args.iters}), batch {args.time_batch} x {args.time_length}, "
-          f"d_model {args.time_d_model}, {args.time_heads} heads:\n")
+        print(
+            f"| {name} | {gib['dense']:.2f} | {gib['blocked']:.2f} | {gib['blocked'] / gib['dense']:.3f} |", flush=True
+        )
+    print(
+        f"\nAttention seconds (median of {args.iters}), batch {args.time_batch} x {args.time_length}, "
+        f"d_model {args.time_d_model}, {args.time_heads} heads:\n"
+    )
     print("| scales | dense fwd | blocked fwd | dense fwd+bwd | blocked fwd+bwd |\n|---|---|---|---|---|")
     for scales in [(1,), (1, 2, 4)]:
         seconds = {}
         for impl in ("dense", "blocked"):
             with implementation(impl):
                 seconds[impl] = attention_times(timed, scales, args.time_batch, args.time_length, args.iters)
-        print(f"| {scales} | {seconds['dense'][0]:.3f} | {seconds['blocked'][0]:.3f} | {seconds['dense'][1]:.3f} "
-              f"| {seconds['blocked'][1]:.3f} |", flush=True)
+        print(
+            f"| {scales} | {seconds['dense'][0]:.3f} | {seconds['blocked'][0]:.3f} | {seconds['dense'][1]:.3f} "
+            f"| {seconds['blocked'][1]:.3f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

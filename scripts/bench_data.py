@@ -18,12 +18,11 @@ import argparse
 import time
 
 import jax
+from bench_train import train_tokens_per_sec  # scripts/ is on sys.path when run as a script
 
 from hrm.config import load_config_file, resolve_config
 from hrm.data import packing_efficiency, split_batch, tokenized_corpus, training_batches
 from hrm.tokenizer import get_tokenizer
-
-from bench_train import train_tokens_per_sec  # scripts/ is on sys.path when run as a script
 
 
 def pipeline_tokens_per_sec(config, seconds: float) -> tuple[float, float, float]:
@@ -32,7 +31,7 @@ def pipeline_tokens_per_sec(config, seconds: float) -> tuple[float, float, float
     corpus = tokenized_corpus(config.data, get_tokenizer(config.data.tokenizer), log=print)
     build = time.perf_counter() - start
     iterator = iter(training_batches(config.data, corpus, config.train.batch_size, config.train.seed))
-    split_batch(next(iterator))                                   # start the threads
+    split_batch(next(iterator))  # start the threads
     tokens, efficiency, start = 0, [], time.perf_counter()
     while time.perf_counter() - start < seconds:
         batch = split_batch(next(iterator))
@@ -57,8 +56,10 @@ def main() -> None:
     config = resolve_config(config)
     data_rate, efficiency, build = pipeline_tokens_per_sec(config, args.seconds)
     train_rate = train_tokens_per_sec(config, args.train_steps)
-    print(f"config {config.name} (data tokenizer {config.data.tokenizer}, model vocab {config.model.vocab_size}, "
-          f"batch {config.train.batch_size} x {config.data.seq_len}) on {jax.devices()[0].platform}:")
+    print(
+        f"config {config.name} (data tokenizer {config.data.tokenizer}, model vocab {config.model.vocab_size}, "
+        f"batch {config.train.batch_size} x {config.data.seq_len}) on {jax.devices()[0].platform}:"
+    )
     print(f"  token cache build/load  {build:8.1f} s")
     print(f"  data pipeline  {data_rate:14,.0f} tokens/s (packing efficiency {efficiency:.1%})")
     print(f"  training step  {train_rate:14,.0f} tokens/s")

@@ -26,7 +26,7 @@ def main():
     state = generator.start(params, [[1] * args.prompt], args.steps)
     for length in buffers:
         grown = state._replace(cache=resize_kv_caches(state.cache, length))
-        generator.decode(params, grown, settings, args.steps)                 # compile
+        generator.decode(params, grown, settings, args.steps)  # compile
         start = time.perf_counter()
         generator.decode(params, grown, settings, args.steps)
         print(f"buffer {length}: {(time.perf_counter() - start) / args.steps * 1e3:.1f} ms/step", flush=True)

@@ -39,15 +39,21 @@ def main() -> None:
     graphdef, state = init_train_state(config)
     shape = (config.train.batch_size, config.data.seq_len)
     tokens = np.random.default_rng(0).integers(0, min(config.model.vocab_size, 256), (shape[0], shape[1] + 1))
-    batch = {"inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32),
-             "mask": np.ones(shape, bool), "segment_ids": np.ones(shape, np.int32)}
-    step = jax.jit(make_train_step(graphdef, config))          # not donated: the same state every call
+    batch = {
+        "inputs": tokens[:, :-1].astype(np.int32),
+        "targets": tokens[:, 1:].astype(np.int32),
+        "mask": np.ones(shape, bool),
+        "segment_ids": np.ones(shape, np.int32),
+    }
+    step = jax.jit(make_train_step(graphdef, config))  # not donated: the same state every call
     step_s = seconds_per_call(step, (state, batch), args.steps)
     probe = make_probe(graphdef, None, None)
     probe_s = seconds_per_call(probe, (state["params"], batch), args.steps)
-    print(f"{config.name} ({config.model.family}, batch {shape[0]} x {shape[1]}) on {jax.devices()[0].platform}: "
-          f"train step {step_s * 1e3:.1f} ms, probe {probe_s * 1e3:.1f} ms = "
-          f"{probe_s / (args.log_every * step_s):.2%} of {args.log_every} steps")
+    print(
+        f"{config.name} ({config.model.family}, batch {shape[0]} x {shape[1]}) on {jax.devices()[0].platform}: "
+        f"train step {step_s * 1e3:.1f} ms, probe {probe_s * 1e3:.1f} ms = "
+        f"{probe_s / (args.log_every * step_s):.2%} of {args.log_every} steps"
+    )
 
 
 if __name__ == "__main__":

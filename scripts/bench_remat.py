@@ -36,7 +36,7 @@ def main():
         sizes = []
         for remat in (False, True):
             grad = jax.jit(jax.grad(lambda w, x: stack(w, x, remat)))
-            sizes.append(grad.lower(weights, x).compile().memory_analysis().temp_size_in_bytes / 2 ** 20)
+            sizes.append(grad.lower(weights, x).compile().memory_analysis().temp_size_in_bytes / 2**20)
         print(f"{name:9s} no remat {sizes[0]:7.1f}   remat {sizes[1]:7.1f}   ratio {sizes[1] / sizes[0]:.2f}")
 
 

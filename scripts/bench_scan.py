@@ -58,11 +58,18 @@ def parse_args(argv=None):
     p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     p.add_argument("--iters", type=int, default=20, help="timed runs per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs after compilation")
-    p.add_argument("--hbm-gbps", type=float, default=3350.0,
-                   help="memory bandwidth for the memory floor, GB/s (default: H100 SXM HBM3)")
-    p.add_argument("--exp-rate", type=float, default=3.87e12,
-                   help="exponentials per second for the exp floor (default: H100 SXM, 132 SMs x 16 "
-                        "MUFU.EX2/clk x 1.83 GHz)")
+    p.add_argument(
+        "--hbm-gbps",
+        type=float,
+        default=3350.0,
+        help="memory bandwidth for the memory floor, GB/s (default: H100 SXM HBM3)",
+    )
+    p.add_argument(
+        "--exp-rate",
+        type=float,
+        default=3.87e12,
+        help="exponentials per second for the exp floor (default: H100 SXM, 132 SMs x 16 MUFU.EX2/clk x 1.83 GHz)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -70,16 +77,21 @@ def parse_args(argv=None):
 def make_inputs(key, b, l, d, n, dtype):
     ks = jax.random.split(key, 9)
     normal = lambda k, shape, scale=1.0: (scale * jax.random.normal(k, shape)).astype(dtype)
-    return dict(u=normal(ks[0], (b, l, d)), delta=normal(ks[1], (b, l, d), 0.5),
-                A=-jnp.exp(0.5 * jax.random.normal(ks[2], (d, n))),         # fp32, as in the models
-                B=normal(ks[3], (b, l, n)), C=normal(ks[4], (b, l, n)),
-                D=jax.random.normal(ks[5], (d,)), z=normal(ks[6], (b, l, d)),
-                delta_bias=0.5 * jax.random.normal(ks[7], (d,)), dy=normal(ks[8], (b, l, d)))
+    return dict(
+        u=normal(ks[0], (b, l, d)),
+        delta=normal(ks[1], (b, l, d), 0.5),
+        A=-jnp.exp(0.5 * jax.random.normal(ks[2], (d, n))),  # fp32, as in the models
+        B=normal(ks[3], (b, l, n)),
+        C=normal(ks[4], (b, l, n)),
+        D=jax.random.normal(ks[5], (d,)),
+        z=normal(ks[6], (b, l, d)),
+        delta_bias=0.5 * jax.random.normal(ks[7], (d,)),
+        dy=normal(ks[8], (b, l, d)),
+    )
 
 
 def build(backend, mode):
-    scan = functools.partial(kernels.selective_scan, delta_softplus=True, return_last_state=True,
-                             backend=backend)
+    scan = functools.partial(kernels.selective_scan, delta_softplus=True, return_last_state=True, backend=backend)
     if mode == "fwd":
         return jax.jit(lambda kw: scan(**{k: v for k, v in kw.items() if k != "dy"}))
 
@@ -88,12 +100,11 @@ def build(backend, mode):
         return jnp.sum(y.astype(jnp.float32) * rest["dy"].astype(jnp.float32))
 
     grad = jax.grad(loss)
-    return jax.jit(lambda kw: grad({k: kw[k] for k in GRAD_ARGS},
-                                   {k: v for k, v in kw.items() if k not in GRAD_ARGS}))
+    return jax.jit(lambda kw: grad({k: kw[k] for k in GRAD_ARGS}, {k: v for k, v in kw.items() if k not in GRAD_ARGS}))
 
 
 def time_fn(fn, args, iters, warmup):
-    jax.block_until_ready(fn(args))                       # compile
+    jax.block_until_ready(fn(args))  # compile
     for _ in range(warmup):
         jax.block_until_ready(fn(args))
     times = []
@@ -118,7 +129,7 @@ def device_peak():
 
 def floors(b, l, d, n, dtype, mode, args):
     size = jnp.dtype(dtype).itemsize
-    bytes_fwd = size * (4 * b * l * d + 2 * b * l * n)       # u, delta, z, y (b,l,d); B, C (b,l,n)
+    bytes_fwd = size * (4 * b * l * d + 2 * b * l * n)  # u, delta, z, y (b,l,d); B, C (b,l,n)
     bytes_ = bytes_fwd if mode == "fwd" else bytes_fwd + size * (7 * b * l * d + 4 * b * l * n)
     exps = b * l * d * n * (1 if mode == "fwd" else 2)
     return bytes_, bytes_ / (args.hbm_gbps * 1e9), exps / args.exp_rate
@@ -144,7 +155,7 @@ def bench_mamba_ssm(b, l, d, n, dtype, args):
         return "skipped (torch has no CUDA device)"
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     mk = lambda *s: torch.randn(*s, device="cuda", dtype=tdtype)
-    u, delta, z = mk(b, d, l), 0.5 * mk(b, d, l), mk(b, d, l)       # mamba-ssm layout (b, d, l)
+    u, delta, z = mk(b, d, l), 0.5 * mk(b, d, l), mk(b, d, l)  # mamba-ssm layout (b, d, l)
     B, C = mk(b, n, l), mk(b, n, l)
     A = -torch.exp(0.5 * torch.randn(d, n, device="cuda"))
     D, bias = torch.randn(d, device="cuda"), 0.5 * torch.randn(d, device="cuda")
@@ -167,13 +178,22 @@ def bench_mamba_ssm(b, l, d, n, dtype, args):
 def main(argv=None):
     args = parse_args(argv)
     dev = jax.devices()[0]
-    print(f"# jax {jax.__version__}, device {dev.platform}: {dev.device_kind}"
-          + (", Pallas in interpret mode: correctness run, not a performance claim" if dev.platform != "gpu"
-             else ", Pallas compiled (Triton)"))
-    print(f"# floors: {args.hbm_gbps:g} GB/s memory, {args.exp_rate:.3g} exp/s; "
-          f"median of {args.iters} runs after {args.warmup} warm-up runs\n")
-    header = ("| B | L | D | N | dtype | mode | backend | ms | GB/s | mem floor ms | exp floor ms | of floor "
-              "| XLA temp MiB | device peak MiB | err vs reference | pallas/ref | pallas/seq |")
+    print(
+        f"# jax {jax.__version__}, device {dev.platform}: {dev.device_kind}"
+        + (
+            ", Pallas in interpret mode: correctness run, not a performance claim"
+            if dev.platform != "gpu"
+            else ", Pallas compiled (Triton)"
+        )
+    )
+    print(
+        f"# floors: {args.hbm_gbps:g} GB/s memory, {args.exp_rate:.3g} exp/s; "
+        f"median of {args.iters} runs after {args.warmup} warm-up runs\n"
+    )
+    header = (
+        "| B | L | D | N | dtype | mode | backend | ms | GB/s | mem floor ms | exp floor ms | of floor "
+        "| XLA temp MiB | device peak MiB | err vs reference | pallas/ref | pallas/seq |"
+    )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     key = jax.random.PRNGKey(args.seed)
@@ -200,16 +220,22 @@ def main(argv=None):
                         print(f"| {b} | {l} | {d} | {n} | {dtype} | {mode} | {backend} | {r} |")
                         continue
                     t, temp, peak = r
-                    err = (max(rel_err(o, q) for o, q in zip(outputs[backend], ref))
-                           if ref is not None else float("nan"))
-                    ratio = lambda other: (f"{t / results[other][0]:.2f}" if backend == "pallas"
-                                           and not isinstance(results.get(other, "x"), str) else "")
-                    print(f"| {b} | {l} | {d} | {n} | {dtype} | {mode} | {backend} | {1e3 * t:.2f} "
-                          f"| {nbytes / t / 1e9:.2f} | {1e3 * mem_floor:.3g} | {1e3 * exp_floor:.3g} "
-                          f"| {max(mem_floor, exp_floor) / t:.2g} | {mib(temp)} | {mib(peak)} | {err:.1e} "
-                          f"| {ratio('reference')} | {ratio('sequential')} |")
-            print(f"# mamba-ssm selective_scan_fn, B={args.batch} L={length} {dtype}: "
-                  f"{bench_mamba_ssm(args.batch, length, args.channels, args.state, dtype, args)}")
+                    err = max(rel_err(o, q) for o, q in zip(outputs[backend], ref)) if ref is not None else float("nan")
+                    ratio = lambda other: (
+                        f"{t / results[other][0]:.2f}"
+                        if backend == "pallas" and not isinstance(results.get(other, "x"), str)
+                        else ""
+                    )
+                    print(
+                        f"| {b} | {l} | {d} | {n} | {dtype} | {mode} | {backend} | {1e3 * t:.2f} "
+                        f"| {nbytes / t / 1e9:.2f} | {1e3 * mem_floor:.3g} | {1e3 * exp_floor:.3g} "
+                        f"| {max(mem_floor, exp_floor) / t:.2g} | {mib(temp)} | {mib(peak)} | {err:.1e} "
+                        f"| {ratio('reference')} | {ratio('sequential')} |"
+                    )
+            print(
+                f"# mamba-ssm selective_scan_fn, B={args.batch} L={length} {dtype}: "
+                f"{bench_mamba_ssm(args.batch, length, args.channels, args.state, dtype, args)}"
+            )
 
 
 if __name__ == "__main__":

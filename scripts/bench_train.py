@@ -27,8 +27,12 @@ def train_tokens_per_sec(config, steps: int) -> float:
     shape = (config.train.batch_size, config.data.seq_len)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, min(config.model.vocab_size, 256), (shape[0], shape[1] + 1)).astype(np.int32)
-    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones(shape, bool),
-             "segment_ids": np.ones(shape, np.int32)}
+    batch = {
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "mask": np.ones(shape, bool),
+        "segment_ids": np.ones(shape, np.int32),
+    }
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
@@ -46,8 +50,10 @@ def main() -> None:
     args = parser.parse_args()
     config = resolve_config(load_config_file(args.config))
     tokens_per_step = config.train.batch_size * config.data.seq_len
-    print(f"config {config.name} (batch {config.train.batch_size} x {config.data.seq_len}, {config.model.dtype}) "
-          f"on {jax.devices()[0].platform}:")
+    print(
+        f"config {config.name} (batch {config.train.batch_size} x {config.data.seq_len}, {config.model.dtype}) "
+        f"on {jax.devices()[0].platform}:"
+    )
     first = None
     for backend in args.backends.split(","):
         model = dataclasses.replace(config.model, scan_backend=backend)

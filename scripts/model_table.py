@@ -20,15 +20,19 @@ def row(path: Path) -> str:
     stated, source = documented(str(path))
     ratio = f"{total / stated:.2f}x" if stated else "–"
     depth, _ = effective_depth(cfg)
-    return (f"| `{path.stem}` | {cfg.family} | {cfg.d_model} | {cfg.n_layers} | {depth} | {total:,} | "
-            f"{human(stated) if stated else 'not stated'} | {ratio} | "
-            f"{human(flops_per_token(cfg, counts, config.data.seq_len))} |")
+    return (
+        f"| `{path.stem}` | {cfg.family} | {cfg.d_model} | {cfg.n_layers} | {depth} | {total:,} | "
+        f"{human(stated) if stated else 'not stated'} | {ratio} | "
+        f"{human(flops_per_token(cfg, counts, config.data.seq_len))} |"
+    )
 
 
 def main(paths: list[str]) -> None:
     files = [Path(p) for p in paths] or config_files()
-    print("| config | family | d_model | layers | effective depth | parameters (ours) | documents | ours / documents "
-          "| forward FLOPs/token |")
+    print(
+        "| config | family | d_model | layers | effective depth | parameters (ours) | documents | ours / documents "
+        "| forward FLOPs/token |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for path in files:
         print(row(path), flush=True)

@@ -34,31 +34,41 @@ def run_curves(run_dir: Path, smooth: float) -> dict:
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
     hours, elapsed, previous, per_step = [], 0.0, 0, _tokens_per_step(run_dir)
-    for r in train:   # tokens_per_sec covers the interval since the previous record
+    for r in train:  # tokens_per_sec covers the interval since the previous record
         tokens = (r["step"] - previous) * per_step
         elapsed += tokens / r["tokens_per_sec"] if r.get("tokens_per_sec") else 0.0
         hours.append(elapsed / 3600)
         previous = r["step"]
-    return {"step": [r["step"] for r in train], "loss": smoothed([r["loss"] for r in train], smooth),
-            "hours": hours, "lr": [r["lr"] for r in train],
-            "eval_step": [r["step"] for r in evals], "eval_loss": [r["eval_loss"] for r in evals]}
+    return {
+        "step": [r["step"] for r in train],
+        "loss": smoothed([r["loss"] for r in train], smooth),
+        "hours": hours,
+        "lr": [r["lr"] for r in train],
+        "eval_step": [r["step"] for r in evals],
+        "eval_loss": [r["eval_loss"] for r in evals],
+    }
 
 
 def _tokens_per_step(run_dir: Path) -> int:
     from hrm.config import Config
+
     config = Config.load_json(run_dir / "config.json")
     return config.train.batch_size * config.data.seq_len
 
 
 def plot(curves: dict[str, dict], out: Path) -> list[Path]:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     out.mkdir(parents=True, exist_ok=True)
-    figures = [("loss_vs_step.png", "step", "loss", "step", "training loss"),
-               ("loss_vs_time.png", "hours", "loss", "wall time (hours)", "training loss"),
-               ("eval_loss.png", "eval_step", "eval_loss", "step", "held-out loss"),
-               ("lr.png", "step", "lr", "step", "learning rate")]
+    figures = [
+        ("loss_vs_step.png", "step", "loss", "step", "training loss"),
+        ("loss_vs_time.png", "hours", "loss", "wall time (hours)", "training loss"),
+        ("eval_loss.png", "eval_step", "eval_loss", "step", "held-out loss"),
+        ("lr.png", "step", "lr", "step", "learning rate"),
+    ]
     written = []
     for name, x, y, x_label, y_label in figures:
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -92,8 +102,10 @@ def main(argv=None) -> None:
     except ImportError:
         parser.exit(2, "error: plotting needs matplotlib: pip install matplotlib\n")
     names = [r.name or str(r) for r in args.runs]
-    curves = {name if names.count(name) == 1 else str(run): run_curves(run, args.smooth)
-              for name, run in zip(names, args.runs)}
+    curves = {
+        name if names.count(name) == 1 else str(run): run_curves(run, args.smooth)
+        for name, run in zip(names, args.runs)
+    }
     for path in plot(curves, args.out):
         print(path)
 

@@ -21,11 +21,10 @@ spec.loader.exec_module(ablate)
 
 def test_ablation_configs_cover_every_family_within_10_percent_parameters():
     configs = [resolve_config(load_config_file(path)) for path in ABLATION_CONFIGS]
-    assert sorted(c.model.family for c in configs) == ["hybrid_pattern", "hybrid_recursive", "mamba",
-                                                       "recursive_ssm"]
+    assert sorted(c.model.family for c in configs) == ["hybrid_pattern", "hybrid_recursive", "mamba", "recursive_ssm"]
     sizes = {c.name: sum(parameter_table(c.model).values()) for c in configs}
     assert max(sizes.values()) <= 1.1 * min(sizes.values()), sizes
-    ablate.check_comparable([load_config_file(path) for path in ABLATION_CONFIGS])   # only the models differ
+    ablate.check_comparable([load_config_file(path) for path in ABLATION_CONFIGS])  # only the models differ
 
 
 def test_budgets_and_settings():
@@ -36,11 +35,18 @@ def test_budgets_and_settings():
     path = ABLATION_CONFIGS[0]
     by_steps = ablate.ablation_config(path, "synthetic:mqar", ("steps", 200), 5, [("data.synthetic.length", "6")])
     assert (by_steps.data.dataset, by_steps.data.completion_only, by_steps.data.synthetic.length) == (
-        "synthetic:mqar", True, 6)
+        "synthetic:mqar",
+        True,
+        6,
+    )
     assert (by_steps.train.steps, by_steps.train.seed, by_steps.train.eval_every, by_steps.train.save_every) == (
-        200, 5, 40, 200)
+        200,
+        5,
+        40,
+        200,
+    )
     by_time = ablate.ablation_config(path, "synthetic:mqar", ("seconds", 60), None, [])
-    assert by_time.train.min_lr_ratio == 1.0 and by_time.train.steps >= 10 ** 9    # warmup, then a constant lr
+    assert by_time.train.min_lr_ratio == 1.0 and by_time.train.steps >= 10**9  # warmup, then a constant lr
     other = ablate.ablation_config(ABLATION_CONFIGS[1], "synthetic:mqar", ("steps", 200), 5, [])
     with pytest.raises(UsageError, match=r"in data.synthetic.length: 6 vs 0; .* --config.data.synthetic.length=6"):
         ablate.check_comparable([by_steps, other])
@@ -55,18 +61,37 @@ def test_time_limit_stops_training_with_a_checkpoint(tmp_path):
     last = records[-1]["step"]
     seconds = [r["seconds"] for r in records]
     assert 1 < last < 100_000 and [r["step"] for r in records] == list(range(1, last + 1))
-    assert seconds == sorted(seconds) and seconds[0] < 1.0 and 0.9 < seconds[-1] < 10     # stopped at ~1 s
+    assert seconds == sorted(seconds) and seconds[0] < 1.0 and 0.9 < seconds[-1] < 10  # stopped at ~1 s
     assert (tmp_path / CHECKPOINT_DIR / str(last)).is_dir()
 
 
 @pytest.mark.slow
 def test_ablate_end_to_end_writes_table_curves_and_runs(tmp_path, capsys):
-    ablate.main(["--configs", str(ROOT / "configs/ablate_mamba.py"), str(ROOT / "configs/ablate_recursive_ssm.py"),
-                 "--task", "synthetic:induction_heads", "--budget", "steps=3", "--out", str(tmp_path),
-                 "--examples", "3", "--extrapolate_length", "24", "--config.model.d_model=32",
-                 "--config.model.n_layers=1", "--config.data.seq_len=32", "--config.data.num_threads=1",
-                 "--config.data.synthetic.length=16", "--config.data.synthetic.examples=300",
-                 "--config.data.cache_dir", str(tmp_path / "cache")])
+    ablate.main(
+        [
+            "--configs",
+            str(ROOT / "configs/ablate_mamba.py"),
+            str(ROOT / "configs/ablate_recursive_ssm.py"),
+            "--task",
+            "synthetic:induction_heads",
+            "--budget",
+            "steps=3",
+            "--out",
+            str(tmp_path),
+            "--examples",
+            "3",
+            "--extrapolate_length",
+            "24",
+            "--config.model.d_model=32",
+            "--config.model.n_layers=1",
+            "--config.data.seq_len=32",
+            "--config.data.num_threads=1",
+            "--config.data.synthetic.length=16",
+            "--config.data.synthetic.examples=300",
+            "--config.data.cache_dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     table = (tmp_path / "results.md").read_text()
     assert "| ablate_mamba | mamba |" in table and "| ablate_recursive_ssm | recursive_ssm |" in table
     assert "accuracy longer" in table and "budget steps=3" in table
@@ -75,6 +100,6 @@ def test_ablate_end_to_end_writes_table_curves_and_runs(tmp_path, capsys):
         assert row["steps"] == 3 and 0 <= row["accuracy"] <= 1 and 0 <= row["accuracy_longer"] <= 1
         assert row["eval_loss"] > 0 and row["tokens_per_sec"] > 0 and row["flops_per_token"] > 0
         assert [r["step"] for r in read_metrics(tmp_path / row["config"]) if "loss" in r][-1] == 3
-    assert rows[1]["flops_per_token"] > rows[0]["flops_per_token"]          # 1 block applied twice vs once
+    assert rows[1]["flops_per_token"] > rows[0]["flops_per_token"]  # 1 block applied twice vs once
     for name in ("loss_vs_step.png", "loss_vs_seconds.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -22,7 +22,7 @@ def window_mean(x, s):
     """Mean of x (batch, length, ...) over the s positions ending at each position (zeros before 0)."""
     total = x.astype(jnp.float32)
     for i in range(1, s):
-        total = total + jnp.pad(x, ((0, 0), (i, 0)) + ((0, 0),) * (x.ndim - 2))[:, :x.shape[1]]
+        total = total + jnp.pad(x, ((0, 0), (i, 0)) + ((0, 0),) * (x.ndim - 2))[:, : x.shape[1]]
     return (total / s).astype(x.dtype)
 
 
@@ -58,7 +58,7 @@ def test_pooled_keys_are_each_documents_complete_windows_compacted():
     pooled, _, positions, segments = pool_windows(keys, keys, segment_ids, 4)
     np.testing.assert_array_equal(positions, [[3, 10, 14, NEVER]])
     np.testing.assert_array_equal(segments[:, :3], [[0, 1, 1]])
-    np.testing.assert_allclose(pooled[0, :3, 0, 0], [1.5, 8.5, 12.5])      # means of 0..3, 7..10, 11..14
+    np.testing.assert_allclose(pooled[0, :3, 0, 0], [1.5, 8.5, 12.5])  # means of 0..3, 7..10, 11..14
 
 
 def output_and_grads(attention, x, segment_ids, forward):
@@ -97,17 +97,18 @@ def test_decoding_over_several_cache_blocks_equals_the_full_forward():
     x = jax.random.normal(jax.random.key(1), (2, 30, 32))
     full, _ = attention(x)
     step = nnx.jit(lambda attention, x, cache: attention(x, cache))
-    out, cache = step(attention, x[:, :11], attention.init_cache(2))    # a prefill of 2 query blocks ...
+    out, cache = step(attention, x[:, :11], attention.init_cache(2))  # a prefill of 2 query blocks ...
     outs = [out]
-    for t in range(11, 30):                                              # ... then 19 steps over 6 key blocks
-        out, cache = step(attention, x[:, t:t + 1], cache)
+    for t in range(11, 30):  # ... then 19 steps over 6 key blocks
+        out, cache = step(attention, x[:, t : t + 1], cache)
         outs.append(out)
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=2e-6)
 
 
 def test_bfloat16_attention_takes_logits_and_softmax_in_float32():
-    attention = MultiScaleAttention(dataclasses.replace(CFG, dtype="bfloat16"), (1, 2, 4), block_size=8,
-                                    rngs=nnx.Rngs(2))
+    attention = MultiScaleAttention(
+        dataclasses.replace(CFG, dtype="bfloat16"), (1, 2, 4), block_size=8, rngs=nnx.Rngs(2)
+    )
     x = jax.random.normal(jax.random.key(2), (1, 24, 32)).astype(jnp.bfloat16)
     graphdef, params = nnx.split(attention)
     loss = lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x)[0].astype(jnp.float32) ** 2)
@@ -120,9 +121,10 @@ def test_bfloat16_attention_takes_logits_and_softmax_in_float32():
                 yield from exp_dtypes(inner)
 
     assert set(exp_dtypes(jax.make_jaxpr(jax.grad(loss))(params, x).jaxpr)) == {jnp.dtype(jnp.float32)}
-    float32 = MultiScaleAttention(CFG, (1, 2, 4), rngs=nnx.Rngs(2))              # the same parameters
-    np.testing.assert_allclose(attention(x)[0].astype(jnp.float32), dense_attention(float32, x.astype(jnp.float32)),
-                               atol=3e-2)
+    float32 = MultiScaleAttention(CFG, (1, 2, 4), rngs=nnx.Rngs(2))  # the same parameters
+    np.testing.assert_allclose(
+        attention(x)[0].astype(jnp.float32), dense_attention(float32, x.astype(jnp.float32)), atol=3e-2
+    )
 
 
 def test_a_compiled_training_step_needs_no_length_squared_memory():
@@ -133,7 +135,10 @@ def test_a_compiled_training_step_needs_no_length_squared_memory():
     cfg = dataclasses.replace(CFG, d_model=d, n_heads=h)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: MultiScaleAttention(cfg, (1, 2, 4), rngs=nnx.Rngs(0))))
     loss = lambda p, x, segment_ids: jnp.mean(nnx.merge(graphdef, p)(x, segment_ids=segment_ids)[0] ** 2)
-    compiled = jax.jit(jax.grad(loss)).lower(params, jax.ShapeDtypeStruct((b, l, d), jnp.float32),
-                                             jax.ShapeDtypeStruct((b, l), jnp.int32)).compile()
-    bound = 32 * b * l * d * 4 + 8 * b * h * BLOCK_SIZE ** 2 * 4      # 48 MiB; the dense form: 964 MiB
+    compiled = (
+        jax.jit(jax.grad(loss))
+        .lower(params, jax.ShapeDtypeStruct((b, l, d), jnp.float32), jax.ShapeDtypeStruct((b, l), jnp.int32))
+        .compile()
+    )
+    bound = 32 * b * l * d * 4 + 8 * b * h * BLOCK_SIZE**2 * 4  # 48 MiB; the dense form: 964 MiB
     assert compiled.memory_analysis().temp_size_in_bytes < bound

@@ -14,8 +14,15 @@ from hrm import runs
 from hrm.cli import UsageError
 from hrm.config import Config
 from hrm.training import checkpoint
-from hrm.training.checkpoint import (CHECKPOINT_DIR, CheckpointError, Checkpoints, damage, finished_steps,
-                                     read_run_config, resolve_step)
+from hrm.training.checkpoint import (
+    CHECKPOINT_DIR,
+    CheckpointError,
+    Checkpoints,
+    damage,
+    finished_steps,
+    read_run_config,
+    resolve_step,
+)
 from hrm.training.loop import train
 from hrm.training.metrics import METRICS_FILE, read_metrics
 from hrm.training.runinfo import SUMMARY_FILE
@@ -62,7 +69,9 @@ def truncate(path):
 
 def overwrite_bytes(path):
     data = bytearray(path.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 8] = bytes(8) if any(data[len(data) // 2: len(data) // 2 + 8]) else b"\xff" * 8
+    data[len(data) // 2 : len(data) // 2 + 8] = (
+        bytes(8) if any(data[len(data) // 2 : len(data) // 2 + 8]) else b"\xff" * 8
+    )
     path.write_bytes(bytes(data))
 
 
@@ -71,7 +80,8 @@ CORRUPTIONS = {
     "overwritten bytes in an array file": lambda run: overwrite_bytes(largest_array_file(run, 6)),
     "deleted _METADATA": lambda run: (step_dir(run, 6) / "state" / "_METADATA").unlink(),
     "garbage in the data-iterator JSON": lambda run: (step_dir(run, 6) / "data" / "process_0-of-1.json").write_text(
-        "{garbage"),
+        "{garbage"
+    ),
 }
 
 
@@ -80,8 +90,11 @@ def test_a_damaged_step_is_named_and_loading_falls_back(copy, kind):
     CORRUPTIONS[kind](copy)
     problem = damage(step_dir(copy, 6))
     assert problem is not None
-    with pytest.raises(CheckpointError, match=r"checkpoint step 6 in '.*' is damaged \(.+\); pass another --step: "
-                                              r"available steps: 2, 4, 6 \(best=6, final=6\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint step 6 in '.*' is damaged \(.+\); pass another --step: "
+        r"available steps: 2, 4, 6 \(best=6, final=6\)",
+    ):
         resolve_step(copy, 6)
     warnings = []
     assert resolve_step(copy, log=warnings.append) == 4
@@ -102,13 +115,15 @@ def test_resume_falls_back_to_the_newest_good_step_and_repairs_metrics(run_dir, 
     assert [m for m in messages if "damaged" in m] == [
         f"checkpoint step 6 is damaged ({largest_array_file(run_dir, 6).relative_to(step_dir(run_dir, 6))} has "
         f"{largest_array_file(run_dir, 6).stat().st_size // 2} bytes, {largest_array_file(run_dir, 6).stat().st_size} "
-        f"were saved); moved to {copy / 'damaged' / '6'}, resuming from step 4"]
+        f"were saved); moved to {copy / 'damaged' / '6'}, resuming from step 4"
+    ]
     assert any(m.endswith(f"{CHECKPOINT_DIR}/4") and "resumed from" in m for m in messages)
     assert [json.loads(line) for line in (copy / METRICS_FILE).read_text().splitlines()] == read_metrics(copy)
     assert [r["step"] for r in read_metrics(copy) if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in read_metrics(copy) if "eval_loss" in r] == [2, 4, 6]
-    assert [(r["step"], r["loss"]) for r in read_metrics(copy) if "loss" in r] == \
-        [(r["step"], r["loss"]) for r in read_metrics(run_dir) if "loss" in r]
+    assert [(r["step"], r["loss"]) for r in read_metrics(copy) if "loss" in r] == [
+        (r["step"], r["loss"]) for r in read_metrics(run_dir) if "loss" in r
+    ]
     assert finished_steps(copy) == [2, 4, 6] and damage(step_dir(copy, 6)) is None
 
 
@@ -124,8 +139,11 @@ def test_steps_by_name_and_clear_errors(run_dir):
     evals = {r["step"]: r["eval_loss"] for r in read_metrics(run_dir) if "eval_loss" in r}
     assert hrm.load(run_dir, step="best").step == min(evals, key=evals.get)
     assert resolve_step(run_dir, "final") == resolve_step(run_dir, "latest") == resolve_step(run_dir, "6") == 6
-    for step, message in [(3, "has no checkpoint at step 3; available steps: 2, 4, 6"),
-                          (-1, "has no checkpoint at step -1"), ("worst", "unknown step 'worst'; pass a number")]:
+    for step, message in [
+        (3, "has no checkpoint at step 3; available steps: 2, 4, 6"),
+        (-1, "has no checkpoint at step -1"),
+        ("worst", "unknown step 'worst'; pass a number"),
+    ]:
         with pytest.raises(CheckpointError, match=message):
             resolve_step(run_dir, step)
 
@@ -136,8 +154,15 @@ def tiny_state(step):
 
 def test_retention_keeps_the_newest_the_best_and_the_final_steps(tmp_path):
     mgr = Checkpoints(tmp_path, keep=2)
-    for step, eval_loss, final in [(1, 3.0, False), (2, 1.0, False), (3, 2.0, False), (4, 2.5, True),
-                                   (5, 2.2, False), (6, 2.1, False), (7, None, False)]:
+    for step, eval_loss, final in [
+        (1, 3.0, False),
+        (2, 1.0, False),
+        (3, 2.0, False),
+        (4, 2.5, True),
+        (5, 2.2, False),
+        (6, 2.1, False),
+        (7, None, False),
+    ]:
         mgr.save(step, tiny_state(step), eval_loss=eval_loss, final=final)
     mgr.close()
     assert finished_steps(tmp_path) == [2, 4, 6, 7]
@@ -151,10 +176,14 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_step(tmp_pat
 
     def disk_full(step_dir, info):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(checkpoint, "write_manifest", disk_full)
-    with pytest.raises(CheckpointError, match=rf"^disk full saving checkpoint step 2 in '{tmp_path}': it needs "
-                                              r"about 68 bytes, [\d,]+ are free; free some space and re-run to "
-                                              r"resume from step 1 \(its checkpoint is intact\)$"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^disk full saving checkpoint step 2 in '{tmp_path}': it needs "
+        r"about 68 bytes, [\d,]+ are free; free some space and re-run to "
+        r"resume from step 1 \(its checkpoint is intact\)$",
+    ):
         mgr.save(2, tiny_state(2))
         mgr.wait_until_finished()
     assert finished_steps(tmp_path) == [1] and damage(step_dir(tmp_path, 1)) is None

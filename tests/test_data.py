@@ -8,9 +8,21 @@ import pytest
 
 from hrm import tokenizer as tokenizer_module
 from hrm.config import DataConfig
-from hrm.data import (DataError, check_data_fingerprint, data_fingerprint, document_pieces, eval_batches,
-                      packed_batches, packing_efficiency, packing_summary, piece_dataset, split_batch,
-                      split_documents, tokenized_corpus, training_batches)
+from hrm.data import (
+    DataError,
+    check_data_fingerprint,
+    data_fingerprint,
+    document_pieces,
+    eval_batches,
+    packed_batches,
+    packing_efficiency,
+    packing_summary,
+    piece_dataset,
+    split_batch,
+    split_documents,
+    tokenized_corpus,
+    training_batches,
+)
 from hrm.tokenizer import TokenizerError, get_tokenizer, padded_vocab_size
 from tests.helpers import run_module
 
@@ -29,6 +41,7 @@ def texts(corpus, tok):
 
 
 # --- tokenizers -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["byte", "cl100k_base"])
 def test_tokenizers_round_trip_unicode(name):
@@ -51,6 +64,7 @@ def test_byte_tokens_are_utf8_bytes():
 def test_downloaded_tokenizer_offline_fails_with_one_line(monkeypatch):
     def offline(name):
         raise ConnectionError("no network")
+
     monkeypatch.setattr(tokenizer_module.tiktoken, "get_encoding", offline)
     get_tokenizer.cache_clear()
     try:
@@ -76,6 +90,7 @@ def test_tiktoken_file_tokenizer(tmp_path):
 
 # --- sources and bad input --------------------------------------------------------------------
 
+
 def test_data_dir_reads_text_files_and_skips_bad_ones(tmp_path):
     root = tmp_path / "docs"
     (root / "sub").mkdir(parents=True)
@@ -98,9 +113,14 @@ def test_data_dir_reads_text_files_and_skips_bad_ones(tmp_path):
 
 def test_dialogue_jsonl_with_malformed_lines_and_completion_only(tmp_path):
     path = tmp_path / "chat.jsonl"
-    lines = [json.dumps({"context": ["Hi", "How are you?"], "response": "Fine.", "source": "x"}),
-             "{broken", json.dumps({"context": ["Q"], "response": 3}), "",
-             json.dumps({"context": [], "response": "Alone."}), "[1, 2]"]
+    lines = [
+        json.dumps({"context": ["Hi", "How are you?"], "response": "Fine.", "source": "x"}),
+        "{broken",
+        json.dumps({"context": ["Q"], "response": 3}),
+        "",
+        json.dumps({"context": [], "response": "Alone."}),
+        "[1, 2]",
+    ]
     path.write_text("\n".join(lines) + "\n")
     cfg, corpus, summary = corpus_for(tmp_path, data_path=str(path), completion_only=True)
     tok = get_tokenizer("byte")
@@ -126,6 +146,7 @@ def test_dataset_files_join_columns(tmp_path, kind):
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
+
         pq.write_table(pa.Table.from_pylist(rows), path)
     cfg, corpus, _ = corpus_for(tmp_path, dataset=str(path), text_column="question,answer")
     assert texts(corpus, get_tokenizer("byte")) == [f"q{i}\n\na{i}" for i in range(5)]
@@ -134,8 +155,12 @@ def test_dataset_files_join_columns(tmp_path, kind):
 def test_hugging_face_save_to_disk_folder(tmp_path):
     datasets = pytest.importorskip("datasets")
     folder = tmp_path / "hf"
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["one", "two"]}),
-                          "test": datasets.Dataset.from_dict({"text": ["three"]})}).save_to_disk(str(folder))
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": ["one", "two"]}),
+            "test": datasets.Dataset.from_dict({"text": ["three"]}),
+        }
+    ).save_to_disk(str(folder))
     _, corpus, _ = corpus_for(tmp_path, dataset=str(folder), dataset_split="test")
     assert texts(corpus, get_tokenizer("byte")) == ["three"]
     with pytest.raises(DataError, match="split 'dev' not in .*available: train, test"):
@@ -161,11 +186,22 @@ def test_bad_inputs_give_clear_errors(tmp_path):
 def test_cli_reports_bad_data_in_one_line(tmp_path):
     bad = tmp_path / "rows.jsonl"
     bad.write_text('{"a": "x"}\n')
-    result = run_module("hrm.train", "--config", "configs/tiny.py", "--output_dir", tmp_path / "run",
-                        "--dataset", bad, "--text_column", "body", check=False)
+    result = run_module(
+        "hrm.train",
+        "--config",
+        "configs/tiny.py",
+        "--output_dir",
+        tmp_path / "run",
+        "--dataset",
+        bad,
+        "--text_column",
+        "body",
+        check=False,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"error: column(s) body not in '{bad}'; available columns: a (choose with --text_column)"]
+        f"error: column(s) body not in '{bad}'; available columns: a (choose with --text_column)"
+    ]
 
 
 def test_sources_mix(tmp_path):
@@ -180,6 +216,7 @@ def test_sources_mix(tmp_path):
 
 
 # --- cache, packing, split, resume ------------------------------------------------------------
+
 
 def test_token_cache_is_reused_until_the_data_changes(tmp_path):
     root = tmp_path / "docs"
@@ -203,7 +240,7 @@ def many_documents(tmp_path, n=40):
 
 def long_and_short_documents(tmp_path):
     root = many_documents(tmp_path)
-    (root / "long.txt").write_text("".join(f"{i:04}\n" for i in range(600)))   # any 10 bytes say where they are
+    (root / "long.txt").write_text("".join(f"{i:04}\n" for i in range(600)))  # any 10 bytes say where they are
     return corpus_for(tmp_path, data_dir=str(root), eval_fraction=0.0)
 
 
@@ -211,9 +248,9 @@ def test_packed_rows_never_target_across_a_segment_boundary(tmp_path):
     cfg, corpus, _ = long_and_short_documents(tmp_path)
     batch = split_batch(next(iter(training_batches(cfg, corpus, 64, seed=0))))
     assert batch["inputs"].shape == (64, 16)
-    assert not np.any(batch["mask"] & (batch["segment_ids"] == 0))       # padding is never trained
+    assert not np.any(batch["mask"] & (batch["segment_ids"] == 0))  # padding is never trained
     for row, segments, mask in zip(batch["inputs"], batch["segment_ids"], batch["mask"]):
-        for s in np.flatnonzero(np.diff(segments)) + 1:   # no target is predicted from another piece
+        for s in np.flatnonzero(np.diff(segments)) + 1:  # no target is predicted from another piece
             assert not mask[s - 1]
     np.testing.assert_array_equal(batch["targets"][:, :-1], batch["inputs"][:, 1:])
 
@@ -223,10 +260,10 @@ def test_an_epoch_of_pieces_targets_every_token_once(tmp_path):
     targeted = np.zeros(len(corpus.tokens), int)
     for start, end, first_target in document_pieces(corpus, np.arange(len(corpus)), cfg.seq_len):
         assert start < first_target < end and end - start <= cfg.seq_len + 1
-        assert end - start == cfg.seq_len + 1 or start in corpus.offsets     # a short piece is a whole document
-        targeted[first_target:end] += 1          # the tokens before first_target are context only
+        assert end - start == cfg.seq_len + 1 or start in corpus.offsets  # a short piece is a whole document
+        targeted[first_target:end] += 1  # the tokens before first_target are context only
     expected = np.ones(len(corpus.tokens), int)
-    expected[corpus.offsets[:-1]] = 0            # a document's first token has no context to predict it from
+    expected[corpus.offsets[:-1]] = 0  # a document's first token has no context to predict it from
     np.testing.assert_array_equal(targeted, expected)
 
 
@@ -234,9 +271,9 @@ def test_shuffled_pieces_spread_a_long_document_over_the_epoch(tmp_path):
     cfg, corpus, _ = long_and_short_documents(tmp_path)
     long_text = (tmp_path / "many" / "long.txt").read_bytes()
 
-    def where(row, segments):     # offset in long.txt that row[0] stands for, -1 if elsewhere
+    def where(row, segments):  # offset in long.txt that row[0] stands for, -1 if elsewhere
         start = max(np.flatnonzero(np.diff(segments, prepend=-1)), key=lambda i: np.sum(segments == segments[i]))
-        found = long_text.find(bytes(min(int(t), 255) for t in row[start:start + 10]))
+        found = long_text.find(bytes(min(int(t), 255) for t in row[start : start + 10]))
         return found - start if found >= 0 and np.sum(segments == segments[start]) >= 10 else -1
 
     def continued_rows(batches):  # adjacent rows where the second continues the first inside long.txt
@@ -246,8 +283,8 @@ def test_shuffled_pieces_spread_a_long_document_over_the_epoch(tmp_path):
     shuffled = iter(training_batches(cfg, corpus, 8, seed=0))
     batches = [next(shuffled) for _ in range(20)]
     in_long = [where(row, seg) >= 0 for b in batches for row, seg in zip(b["tokens"], b["tokens_segment_ids"])]
-    assert sum(in_long) > 50                  # most rows read long.txt (188 of the 228 pieces) ...
-    assert continued_rows(batches) < 10       # ... but rarely a row that continues the row before
+    assert sum(in_long) > 50  # most rows read long.txt (188 of the 228 pieces) ...
+    assert continued_rows(batches) < 10  # ... but rarely a row that continues the row before
 
 
 def test_split_is_deterministic_and_disjoint(tmp_path):
@@ -259,13 +296,14 @@ def test_split_is_deterministic_and_disjoint(tmp_path):
     first = eval_batches(cfg, corpus, 2, 3)
     again = eval_batches(cfg, corpus, 2, 3)
     assert all(np.array_equal(a["inputs"], b["inputs"]) for a, b in zip(first, again))
-    assert len(split_documents(1, 0.5)[1]) == 0        # a single document is never held out
+    assert len(split_documents(1, 0.5)[1]) == 0  # a single document is never held out
 
 
 def test_iterator_state_resumes_at_the_exact_next_batch(tmp_path):
     from hrm.training.checkpoint import ExactIteratorState
+
     cfg, corpus, _ = long_and_short_documents(tmp_path)
-    for consumed in (1, 2, 3, 21, 22, 43):   # inside and after a group of 64 packed rows, through JSON
+    for consumed in (1, 2, 3, 21, 22, 43):  # inside and after a group of 64 packed rows, through JSON
         iterator = iter(training_batches(cfg, corpus, 3, seed=7))
         for _ in range(consumed):
             next(iterator)
@@ -276,10 +314,13 @@ def test_iterator_state_resumes_at_the_exact_next_batch(tmp_path):
         for want in expected:
             np.testing.assert_array_equal(next(restored)["tokens"], want)
     other_seed = iter(training_batches(cfg, corpus, 3, seed=8))
-    assert not np.array_equal(next(other_seed)["tokens"], next(iter(training_batches(cfg, corpus, 3, seed=7)))["tokens"])
+    assert not np.array_equal(
+        next(other_seed)["tokens"], next(iter(training_batches(cfg, corpus, 3, seed=7)))["tokens"]
+    )
 
 
 # --- whole documents, prompts kept with their answers, honest eval ------------------------------
+
 
 def text_corpus(tmp_path, documents, seq_len, **data):
     """A byte-level corpus of ``documents`` (one file each, in this order): document i is its text and EOS."""
@@ -287,8 +328,9 @@ def text_corpus(tmp_path, documents, seq_len, **data):
     root.mkdir()
     for i, text in enumerate(documents):
         (root / f"{i:03}.txt").write_text(text)
-    cfg = DataConfig(cache_dir=str(tmp_path / "cache"), num_threads=1, seq_len=seq_len, eval_fraction=0.0,
-                     data_dir=str(root), **data)
+    cfg = DataConfig(
+        cache_dir=str(tmp_path / "cache"), num_threads=1, seq_len=seq_len, eval_fraction=0.0, data_dir=str(root), **data
+    )
     return cfg, tokenized_corpus(cfg, get_tokenizer("byte"), lambda _: None)
 
 
@@ -297,10 +339,10 @@ def row_segments(batch):
     for row in range(len(batch["inputs"])):
         segments = np.append(batch["segment_ids"][row], 0)
         tokens = np.append(batch["inputs"][row], batch["targets"][row, -1])
-        mask = np.append(False, batch["mask"][row])                      # mask[t]: token t is a trained target
+        mask = np.append(False, batch["mask"][row])  # mask[t]: token t is a trained target
         last = batch["segment_ids"][row, -1]
         if last and batch["mask"][row, -1]:
-            segments[-1] = last                                          # the row's last target joins its segment
+            segments[-1] = last  # the row's last target joins its segment
         for s in np.unique(segments[segments > 0]):
             where = segments == s
             yield row, tokens[where], mask[where]
@@ -316,12 +358,13 @@ def test_a_document_that_fits_a_row_is_never_split(tmp_path):
     iterator = iter(training_batches(cfg, corpus, 4, seed=0))
     for _ in range(6):
         for _, tokens, trained in row_segments(split_batch(next(iterator))):
-            assert tuple(tokens) in documents                            # whole, in one row, its own segment
-            assert trained[1:].all() and not trained[0]                  # every target present
-    one_epoch = packed_batches(piece_dataset(corpus, np.arange(len(corpus)), cfg.seq_len, seed=0, epochs=1),
-                               cfg.seq_len, 1, 1, 2)
+            assert tuple(tokens) in documents  # whole, in one row, its own segment
+            assert trained[1:].all() and not trained[0]  # every target present
+    one_epoch = packed_batches(
+        piece_dataset(corpus, np.arange(len(corpus)), cfg.seq_len, seed=0, epochs=1), cfg.seq_len, 1, 1, 2
+    )
     seen = [tuple(tokens) for batch in one_epoch for _, tokens, _ in row_segments(split_batch(batch))]
-    assert sorted(seen) == sorted(documents)                             # each in exactly one row
+    assert sorted(seen) == sorted(documents)  # each in exactly one row
 
 
 def locate(tokens, documents):
@@ -337,14 +380,23 @@ def locate(tokens, documents):
 def tiny_family_forward(path):
     """A jitted (tokens, segment_ids) → logits of a configs/<path> model, narrowed to test size."""
     import dataclasses
+
     import jax
     from flax import nnx
+
     from hrm.config import load_config_file, resolve_config
     from hrm.models import build_model
     from tests.helpers import ROOT
+
     config = load_config_file(ROOT / "configs" / path)
-    config.model = dataclasses.replace(config.model, d_model=32, d_state=8, n_layers=2, vocab_size=0,
-                                       **({"layer_pattern": "AM"} if config.model.family == "hybrid_pattern" else {}))
+    config.model = dataclasses.replace(
+        config.model,
+        d_model=32,
+        d_state=8,
+        n_layers=2,
+        vocab_size=0,
+        **({"layer_pattern": "AM"} if config.model.family == "hybrid_pattern" else {}),
+    )
     graphdef, params = nnx.split(build_model(resolve_config(config).model, seed=0))
     forward = jax.jit(lambda p, tokens, segment_ids: nnx.merge(graphdef, p)(tokens, segment_ids=segment_ids)[0])
     return lambda tokens, segment_ids=None: np.asarray(forward(params, np.asarray(tokens), segment_ids))
@@ -367,7 +419,7 @@ def test_packed_rows_give_each_document_the_logits_it_gets_alone(tmp_path, path)
             where = np.flatnonzero(segment_ids == s)
             doc, offset = locate(inputs[where], documents)
             i = next(i for i, d in enumerate(documents) if d is doc)
-            np.testing.assert_allclose(packed[row, where], alone[i, offset:offset + len(where)], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(packed[row, where], alone[i, offset : offset + len(where)], rtol=1e-4, atol=1e-4)
             checked += 1
     assert checked >= len(documents)
 
@@ -375,19 +427,26 @@ def test_packed_rows_give_each_document_the_logits_it_gets_alone(tmp_path, path)
 def qa_corpus(tmp_path, rows, seq_len):
     path = tmp_path / "qa.jsonl"
     path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows))
-    cfg = DataConfig(cache_dir=str(tmp_path / "cache"), num_threads=1, seq_len=seq_len, eval_fraction=0.0,
-                     dataset=str(path), text_column="question,answer", completion_only=True)
+    cfg = DataConfig(
+        cache_dir=str(tmp_path / "cache"),
+        num_threads=1,
+        seq_len=seq_len,
+        eval_fraction=0.0,
+        dataset=str(path),
+        text_column="question,answer",
+        completion_only=True,
+    )
     return cfg, tokenized_corpus(cfg, get_tokenizer("byte"), lambda _: None)
 
 
 def test_completion_only_keeps_the_end_of_the_prompt_with_its_answer(tmp_path):
     """A prompt longer than a row: the answer's row holds the prompt's end (left truncation), and no row
     trains an answer token without the prompt before it, nor carries only prompt."""
-    rows = [("question %d: " % i + "why " * (5 + 4 * i), "ok %d" % i) for i in range(6)]   # prompts 17..42 tokens
+    rows = [("question %d: " % i + "why " * (5 + 4 * i), "ok %d" % i) for i in range(6)]  # prompts 17..42 tokens
     cfg, corpus = qa_corpus(tmp_path, rows, seq_len=16)
     row_len = cfg.seq_len + 1
     documents = [corpus.document(i) for i in range(len(corpus))]
-    expected = {tuple(d["tokens"][-row_len:]) for d in documents}        # the prompt's end, the answer, EOS
+    expected = {tuple(d["tokens"][-row_len:]) for d in documents}  # the prompt's end, the answer, EOS
     iterator = iter(training_batches(cfg, corpus, 4, seed=0))
     seen = set()
     for _ in range(16):
@@ -401,7 +460,9 @@ def test_completion_only_keeps_the_end_of_the_prompt_with_its_answer(tmp_path):
 
 
 def test_a_long_answer_is_split_with_every_token_trained_once(tmp_path):
-    cfg, corpus = qa_corpus(tmp_path, [("a long question " * 3, "answer: " + " ".join(map(str, range(20))))], seq_len=16)
+    cfg, corpus = qa_corpus(
+        tmp_path, [("a long question " * 3, "answer: " + " ".join(map(str, range(20))))], seq_len=16
+    )
     doc = corpus.document(0)
     answer_start = int(np.argmax(doc["loss_mask"]))
     trained = np.zeros(len(doc["tokens"]), int)
@@ -413,7 +474,7 @@ def test_a_long_answer_is_split_with_every_token_trained_once(tmp_path):
             assert len(tokens) == cfg.seq_len + 1
             trained[offset + np.flatnonzero(mask)] += 1
             first.append(offset + np.flatnonzero(mask)[0])
-    np.testing.assert_array_equal(trained, doc["loss_mask"])              # each answer token once, no prompt
+    np.testing.assert_array_equal(trained, doc["loss_mask"])  # each answer token once, no prompt
     # the first answer piece starts with the prompt's end, as much of it as fits
     assert min(first) == answer_start
 
@@ -426,8 +487,14 @@ def test_eval_batches_sample_every_source(tmp_path):
         (root / f"{i:03}.txt").write_text(f"folder text {i}")
     table = tmp_path / "table.jsonl"
     table.write_text("".join(json.dumps({"text": f"TABLE ROW {i}"}) + "\n" for i in range(100)))
-    cfg = DataConfig(cache_dir=str(tmp_path / "cache"), num_threads=1, seq_len=32, eval_fraction=0.2,
-                     data_dir=str(root), dataset=str(table))
+    cfg = DataConfig(
+        cache_dir=str(tmp_path / "cache"),
+        num_threads=1,
+        seq_len=32,
+        eval_fraction=0.2,
+        data_dir=str(root),
+        dataset=str(table),
+    )
     corpus = tokenized_corpus(cfg, get_tokenizer("byte"), lambda _: None)
     batches = eval_batches(cfg, corpus, 2, 2)
     text = b"".join(bytes(b["inputs"][b["segment_ids"] > 0].astype(np.uint8)) for b in batches)
@@ -438,8 +505,9 @@ def test_eval_batches_sample_every_source(tmp_path):
 
 def test_eval_loss_is_a_mean_over_tokens():
     from hrm.training.evaluation import held_out_loss
+
     batches = [{"mask": np.ones((1, 6), bool)}, {"mask": np.array([[True, False, False, False, False, False]])}]
-    losses = iter([1.0, 4.0])          # batch means: 6 tokens at 1.0, 1 token at 4.0
+    losses = iter([1.0, 4.0])  # batch means: 6 tokens at 1.0, 1 token at 4.0
     assert held_out_loss(lambda batch: next(losses), batches) == pytest.approx((6 * 1.0 + 4.0) / 7)
 
 
@@ -464,7 +532,9 @@ def test_summary_counts_long_documents_and_warns_naming_seq_len(tmp_path):
     rows = [("short question", "yes")] * 18 + [("a much longer question " * 3, "no")] * 2
     cfg, corpus = qa_corpus(tmp_path, rows, seq_len=32)
     lines = packing_summary(cfg, corpus, 4, seed=0)
-    assert "20 documents, rows of 33 tokens (data.seq_len 32 + 1): 18 fit a row and stay whole, 2 are longer" in lines[0]
+    assert (
+        "20 documents, rows of 33 tokens (data.seq_len 32 + 1): 18 fit a row and stay whole, 2 are longer" in lines[0]
+    )
     assert "2 prompts truncated on the left to fit their answer" in lines[0]
     assert lines[1].startswith("warning: 10% of the training documents are longer than a row")
     assert "raise data.seq_len (now 32)" in lines[1]
@@ -476,11 +546,30 @@ def test_summary_counts_long_documents_and_warns_naming_seq_len(tmp_path):
 def test_resuming_on_changed_data_is_refused_unless_allowed(tmp_path):
     from hrm.train import parse_command_line
     from hrm.training.loop import train
+
     root = many_documents(tmp_path)
-    args = list(map(str, ["--config", "configs/tiny.py", "--config.model.d_model=32", "--config.model.n_layers=2",
-                          "--config.data.seq_len=32", "--config.train.batch_size=4", "--config.train.steps=2",
-                          "--config.train.save_every=2", "--config.train.eval_batches=0", "--data_dir", root,
-                          "--config.data.cache_dir", tmp_path / "cache", "--output_dir", tmp_path / "run"]))
+    args = list(
+        map(
+            str,
+            [
+                "--config",
+                "configs/tiny.py",
+                "--config.model.d_model=32",
+                "--config.model.n_layers=2",
+                "--config.data.seq_len=32",
+                "--config.train.batch_size=4",
+                "--config.train.steps=2",
+                "--config.train.save_every=2",
+                "--config.train.eval_batches=0",
+                "--data_dir",
+                root,
+                "--config.data.cache_dir",
+                tmp_path / "cache",
+                "--output_dir",
+                tmp_path / "run",
+            ],
+        )
+    )
     train(parse_command_line(args)[0], tmp_path / "run", log=lambda *_: None)
     (root / "new.txt").write_text("a document added after the run started")
     result = run_module("hrm.train", *args, check=False)
@@ -500,8 +589,8 @@ def test_allow_data_change_resumes_on_the_new_data_and_records_it(tmp_path):
     after = data_fingerprint(cfg, tokenized_corpus(cfg, get_tokenizer("byte"), lambda _: None))
     with pytest.raises(DataError, match=r"changed \(tokens 1,?\d+ -> \d+; document sizes \w+ -> \w+\)"):
         check_data_fingerprint(tmp_path, after, resuming=True, allow_change=False)
-    check_data_fingerprint(tmp_path, before, resuming=True, allow_change=False)        # unchanged: resumes
+    check_data_fingerprint(tmp_path, before, resuming=True, allow_change=False)  # unchanged: resumes
     messages = []
     check_data_fingerprint(tmp_path, after, resuming=True, allow_change=True, log=messages.append)
     assert messages and messages[0].endswith("the exact resume of the data order is lost")
-    check_data_fingerprint(tmp_path, after, resuming=True, allow_change=False)         # now the run's data
+    check_data_fingerprint(tmp_path, after, resuming=True, allow_change=False)  # now the run's data

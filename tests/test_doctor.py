@@ -13,10 +13,11 @@ from hrm.cli import run_main
 from hrm.training.loop import train
 from tests.helpers import small_config
 
-dispatch = importlib.import_module("kernels.selective_scan")   # the module (the package exports the function)
+dispatch = importlib.import_module("kernels.selective_scan")  # the module (the package exports the function)
 
-on_gpu = pytest.mark.skipif(jax.default_backend() != "gpu",
-                            reason="needs a CUDA GPU: JAX_PLATFORMS=cuda python -m pytest -m gpu")
+on_gpu = pytest.mark.skipif(
+    jax.default_backend() != "gpu", reason="needs a CUDA GPU: JAX_PLATFORMS=cuda python -m pytest -m gpu"
+)
 
 
 def test_doctor_reports_the_machine_and_passes(capsys):
@@ -50,14 +51,17 @@ def pallas_cannot_run(monkeypatch):
 def test_a_named_backend_that_cannot_run_is_a_one_line_error(pallas_cannot_run, capsys):
     platform = jax.default_backend()
     with pytest.raises(kernels.BackendUnavailable, match=f"'pallas' cannot run on {platform}: no Pallas"):
-        kernels.selective_scan(*[jax.numpy.ones(s) for s in [(1, 2, 3), (1, 2, 3), (3, 4), (1, 2, 4), (1, 2, 4)]],
-                               backend="pallas")
+        kernels.selective_scan(
+            *[jax.numpy.ones(s) for s in [(1, 2, 3), (1, 2, 3), (3, 4), (1, 2, 4), (1, 2, 4)]], backend="pallas"
+        )
     with pytest.raises(SystemExit) as exit_info:
         run_main(doctor.main, ["--scan_backend", "pallas"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith(f"error: scan backend 'pallas' cannot run on {platform}: no Pallas Triton backend; "
-                          "use scan_backend 'auto' or 'reference'")
+    assert err.startswith(
+        f"error: scan backend 'pallas' cannot run on {platform}: no Pallas Triton backend; "
+        "use scan_backend 'auto' or 'reference'"
+    )
 
 
 def test_auto_says_why_it_does_not_take_the_kernel(pallas_cannot_run):

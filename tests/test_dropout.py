@@ -11,14 +11,22 @@ from hrm.training.loop import train
 from hrm.training.state import forward_terms, init_model
 from tests.helpers import small_config
 
-FAMILIES = {"mamba": {}, "hybrid_recursive": {"n_heads": 2, "max_recursion_depth": 2},
-            "recursive_ssm": {"recurrent_depth": 2}, "hybrid_pattern": {"layer_pattern": "MA", "n_heads": 2}}
+FAMILIES = {
+    "mamba": {},
+    "hybrid_recursive": {"n_heads": 2, "max_recursion_depth": 2},
+    "recursive_ssm": {"recurrent_depth": 2},
+    "hybrid_pattern": {"layer_pattern": "MA", "n_heads": 2},
+}
 
 
 def batch(seed=0):
     tokens = np.random.default_rng(seed).integers(1, 200, (2, 33))
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones((2, 32), bool),
-            "segment_ids": np.ones((2, 32), np.int32)}
+    return {
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "mask": np.ones((2, 32), bool),
+        "segment_ids": np.ones((2, 32), np.int32),
+    }
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -31,8 +39,8 @@ def test_dropout_acts_only_with_a_training_key(family):
     key, other = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
     loss = lambda g, rng=None: float(forward_terms(g, params, batch(), rng)[0])
     plain = loss(graphdef)
-    assert loss(graphdef, key) == plain                  # rate 0: a training key changes nothing
-    assert loss(graphdef_rate) == plain                   # no key (evaluation, hrm.load, decoding): no dropout
+    assert loss(graphdef, key) == plain  # rate 0: a training key changes nothing
+    assert loss(graphdef_rate) == plain  # no key (evaluation, hrm.load, decoding): no dropout
     dropped = loss(graphdef_rate, key)
     assert dropped != plain and loss(graphdef_rate, key) == dropped and loss(graphdef_rate, other) != dropped
 
@@ -49,5 +57,6 @@ def test_training_with_dropout_is_deterministic_per_seed(tmp_path):
 
 def test_dropout_must_be_a_probability():
     from hrm.config import Config, ConfigError, validate
+
     with pytest.raises(ConfigError, match="model.dropout"):
         validate(Config(model=ModelConfig(dropout=1.0)))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import hrm
-from hrm import api, eval as hrm_eval
+from hrm import api
+from hrm import eval as hrm_eval
 from hrm.cli import run_main
 from hrm.config import SyntheticConfig
 from hrm.data import synthetic
@@ -37,8 +38,8 @@ def test_exact_match_is_one_for_right_and_zero_for_wrong_answers(name):
     right = ScriptedModel(lambda p: truth[p])
     result = hrm_eval.task_accuracy(right, f"synthetic:{name}", cfg, 40, batch_size=16)
     assert result["exact_match"] == 1.0 and result["correct"] == 40 and result["char_match"] == 1.0
-    assert [c[0] for c in right.calls] == [16, 16, 8] and all(c[2] == 0 for c in right.calls)   # greedy
-    assert right.calls[0][1] == max(len(a) for a in truth.values()) + 1        # room for the answer and EOS
+    assert [c[0] for c in right.calls] == [16, 16, 8] and all(c[2] == 0 for c in right.calls)  # greedy
+    assert right.calls[0][1] == max(len(a) for a in truth.values()) + 1  # room for the answer and EOS
     wrong = ScriptedModel(lambda p: "#### 99999" + truth[p][::-1] + "x")
     assert hrm_eval.task_accuracy(wrong, f"synthetic:{name}", cfg, 40)["exact_match"] == 0.0
 
@@ -47,8 +48,11 @@ def test_gsm8k_final_answers_are_parsed_and_scored(tmp_path):
     assert synthetic.final_answer("Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 1,072") == "1072"
     assert synthetic.final_answer("#### -3.5") == "-3.5" and synthetic.final_answer("72") is None
     path = tmp_path / "gsm8k.jsonl"
-    rows = [{"question": "How many?", "answer": "2+2=4\n#### 4"}, {"question": "no result", "answer": "4"},
-            {"question": "Money?", "answer": "#### 1,000"}]
+    rows = [
+        {"question": "How many?", "answer": "2+2=4\n#### 4"},
+        {"question": "no result", "answer": "4"},
+        {"question": "Money?", "answer": "#### 1,000"},
+    ]
     path.write_text("\n".join(map(json.dumps, rows)) + "\nnot json\n")
     assert hrm_eval.gsm8k_examples(path) == [("How many?", "2+2=4\n#### 4"), ("Money?", "#### 1,000")]
     replies = {"How many?" + COLUMN_SEPARATOR: "so #### 4", "Money?" + COLUMN_SEPARATOR: "#### 999"}
@@ -62,8 +66,8 @@ def test_gsm8k_final_answers_are_parsed_and_scored(tmp_path):
 def addition_run(tmp_path_factory):
     """A 2-step run on synthetic:addition (loss on answers), 10% of 60 documents held out."""
     run_dir = tmp_path_factory.mktemp("addition")
-    config = small_config(steps=2, save_every=2, eval_batches=0)        # compile the train step only
-    config.model.scan_backend = "sequential"                            # compiles faster than interpreted Pallas
+    config = small_config(steps=2, save_every=2, eval_batches=0)  # compile the train step only
+    config.model.scan_backend = "sequential"  # compiles faster than interpreted Pallas
     config.data.dataset, config.data.completion_only, config.data.eval_fraction = "synthetic:addition", True, 0.1
     config.data.synthetic = SyntheticConfig(examples=60, length=2)
     config.data.cache_dir = str(run_dir / "cache")
@@ -74,11 +78,14 @@ def addition_run(tmp_path_factory):
 def test_perplexity_counts_every_held_out_answer_target_once(addition_run):
     model = hrm.load(addition_run)
     result = hrm_eval.perplexity(model, model.config.data, batch_size=4, log=lambda *_: None)
-    held_out = [e for i, e in enumerate(synthetic.examples("addition", model.config.data.synthetic, 60))
-                if i in set(np.random.default_rng(12345).permutation(60)[:6])]          # split_documents' sample
+    held_out = [
+        e
+        for i, e in enumerate(synthetic.examples("addition", model.config.data.synthetic, 60))
+        if i in set(np.random.default_rng(12345).permutation(60)[:6])
+    ]  # split_documents' sample
     assert result["documents"] == "held_out" and result["n_documents"] == 6
-    assert result["targets"] == sum(len(e.answer) + 1 for e in held_out)                 # answers + EOS
-    assert result["bytes"] == result["targets"]                                          # bytes: one per token
+    assert result["targets"] == sum(len(e.answer) + 1 for e in held_out)  # answers + EOS
+    assert result["bytes"] == result["targets"]  # bytes: one per token
     assert result["bits_per_byte"] == pytest.approx(result["loss_per_token"] / math.log(2))
     assert result["perplexity"] == pytest.approx(math.exp(result["loss_per_token"]))
     everything = hrm_eval.perplexity(model, model.config.data, documents="all", batch_size=4, log=lambda *_: None)
@@ -89,8 +96,19 @@ def test_eval_cli_prints_json_and_writes_it_to_the_run(addition_run, capsys, mon
     cfg = SyntheticConfig(examples=60, length=3)
     truth = {e.prompt: e.answer for e in synthetic.examples("addition", cfg, 5, stream=synthetic.TEST_STREAM)}
     monkeypatch.setattr(api.LoadedModel, "generate", lambda self, prompts, **_: [truth[p] for p in prompts])
-    hrm_eval.main(["--checkpoint", str(addition_run), "--perplexity", "--task", "synthetic:addition",
-                   "--examples", "5", "--config.data.synthetic.length=3", "--json"])       # longer than trained
+    hrm_eval.main(
+        [
+            "--checkpoint",
+            str(addition_run),
+            "--perplexity",
+            "--task",
+            "synthetic:addition",
+            "--examples",
+            "5",
+            "--config.data.synthetic.length=3",
+            "--json",
+        ]
+    )  # longer than trained
     line = capsys.readouterr().out.strip()
     report = json.loads(line)
     assert "\n" not in line and report["step"] == 2 and report["name"] == "perplexity_addition"
@@ -98,19 +116,33 @@ def test_eval_cli_prints_json_and_writes_it_to_the_run(addition_run, capsys, mon
     assert (task["exact_match"], task["examples"], task["length"]) == (1.0, 5, 3)
     assert report["results"]["perplexity"]["loss_per_token"] > 0
     assert json.loads((addition_run / "eval" / "perplexity_addition.json").read_text()) == report
-    hrm_eval.main(["--checkpoint", str(addition_run), "--task", "synthetic:addition", "--examples", "5",
-                   "--config.data.synthetic.length=3", "--name", "table"])
+    hrm_eval.main(
+        [
+            "--checkpoint",
+            str(addition_run),
+            "--task",
+            "synthetic:addition",
+            "--examples",
+            "5",
+            "--config.data.synthetic.length=3",
+            "--name",
+            "table",
+        ]
+    )
     out = capsys.readouterr().out
     assert "synthetic:addition" in out and "exact match 1.000" in out and (addition_run / "eval/table.json").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--checkpoint", "/no/such/run", "--perplexity"], "checkpoint directory '/no/such/run' does not exist"),
-    (["--checkpoint", "RUN", "--task", "synthetic:copying"], "unknown synthetic task 'copying'"),
-    (["--checkpoint", "RUN"], "nothing to evaluate"),
-    (["--checkpoint", "RUN", "--gsm8k", "/no/such.jsonl"], "--gsm8k file '/no/such.jsonl' does not exist"),
-    (["--checkpoint", "RUN", "--perplexity", "--config.model.d_model=8"], "does not apply to evaluation"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--checkpoint", "/no/such/run", "--perplexity"], "checkpoint directory '/no/such/run' does not exist"),
+        (["--checkpoint", "RUN", "--task", "synthetic:copying"], "unknown synthetic task 'copying'"),
+        (["--checkpoint", "RUN"], "nothing to evaluate"),
+        (["--checkpoint", "RUN", "--gsm8k", "/no/such.jsonl"], "--gsm8k file '/no/such.jsonl' does not exist"),
+        (["--checkpoint", "RUN", "--perplexity", "--config.model.d_model=8"], "does not apply to evaluation"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(addition_run, capsys, args, message):
     args = [str(addition_run) if a == "RUN" else a for a in args]
     with pytest.raises(SystemExit) as exit_info:

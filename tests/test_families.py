@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hrm.config import (Config, ConfigError, DataConfig, ModelConfig, TrainConfig, config_files, load_config_file,
-                        validate)
+from hrm.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    config_files,
+    load_config_file,
+    validate,
+)
 from hrm.inference import Generator
 from hrm.models import build_model, count_params
 from hrm.models.attention import MultiScaleAttention
@@ -23,14 +31,46 @@ from tests.helpers import ROOT, run_module
 pytestmark = pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
 VOCAB = 48
 SMALL = {
-    "hybrid_recursive": ModelConfig(family="hybrid_recursive", d_model=32, n_layers=2, d_state=8, n_heads=4,
-                                    max_recursion_depth=3, max_cache_len=64, vocab_size=VOCAB),
-    "hybrid_recursive_per_token": ModelConfig(family="hybrid_recursive", d_model=32, n_layers=1, d_state=8,
-                                              n_heads=4, gate_per_token=True, max_cache_len=64, vocab_size=VOCAB),
-    "recursive_ssm": ModelConfig(family="recursive_ssm", d_model=32, n_layers=3, d_state=8, recurrent_depth=3,
-                                 adapter_rank=2, checkpoint_segments=2, vocab_size=VOCAB),
-    "hybrid_pattern": ModelConfig(family="hybrid_pattern", d_model=32, n_layers=3, layer_pattern="AMA", d_state=8,
-                                  n_heads=4, max_cache_len=64, vocab_size=VOCAB),
+    "hybrid_recursive": ModelConfig(
+        family="hybrid_recursive",
+        d_model=32,
+        n_layers=2,
+        d_state=8,
+        n_heads=4,
+        max_recursion_depth=3,
+        max_cache_len=64,
+        vocab_size=VOCAB,
+    ),
+    "hybrid_recursive_per_token": ModelConfig(
+        family="hybrid_recursive",
+        d_model=32,
+        n_layers=1,
+        d_state=8,
+        n_heads=4,
+        gate_per_token=True,
+        max_cache_len=64,
+        vocab_size=VOCAB,
+    ),
+    "recursive_ssm": ModelConfig(
+        family="recursive_ssm",
+        d_model=32,
+        n_layers=3,
+        d_state=8,
+        recurrent_depth=3,
+        adapter_rank=2,
+        checkpoint_segments=2,
+        vocab_size=VOCAB,
+    ),
+    "hybrid_pattern": ModelConfig(
+        family="hybrid_pattern",
+        d_model=32,
+        n_layers=3,
+        layer_pattern="AMA",
+        d_state=8,
+        n_heads=4,
+        max_cache_len=64,
+        vocab_size=VOCAB,
+    ),
 }
 FAMILIES = list(SMALL)
 CONFIG_FILES = config_files()
@@ -89,7 +129,7 @@ def test_each_attention_scale_only_reads_completed_past_windows(scale):
         expected = set(range(window_end, 16)) | ({position} if position >= 2 * scale - 1 else set())
         assert changed == expected, (scale, position, sorted(changed))
     # before the first complete window, a pooled scale contributes nothing
-    np.testing.assert_array_equal(np.asarray(out[0, :scale - 1]), 0.0)
+    np.testing.assert_array_equal(np.asarray(out[0, : scale - 1]), 0.0)
 
 
 def test_attention_treats_a_packed_document_as_if_alone():
@@ -113,7 +153,7 @@ def test_packed_documents_give_the_same_logits_as_documents_alone(name):
     start = 0
     for document in documents:
         alone, _ = model(jnp.asarray(document)[None])
-        np.testing.assert_allclose(packed[0, start:start + len(document)], alone[0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(packed[0, start : start + len(document)], alone[0], rtol=1e-4, atol=1e-4)
         start += len(document)
 
 
@@ -138,7 +178,7 @@ def test_chunked_prefill_and_decode_steps_equal_the_full_forward(name):
     logits, cache = forward(params, sequence[:, 5:9], cache)
     outputs.append(logits)
     for i in range(9, 14):
-        logits, cache = forward(params, sequence[:, i:i + 1], cache)
+        logits, cache = forward(params, sequence[:, i : i + 1], cache)
         outputs.append(logits)
     np.testing.assert_allclose(np.concatenate(outputs, 1), full, atol=2e-5)
 
@@ -153,38 +193,49 @@ def test_greedy_generation_of_prompts_of_different_lengths_matches_the_full_forw
         for _ in range(3):
             logits, _ = forward(params, jnp.asarray([sequence]))
             sequence.append(int(jnp.argmax(logits[0, -1])))
-        assert new == sequence[len(prompt):]
+        assert new == sequence[len(prompt) :]
 
 
 def test_recursion_shares_parameters_across_depth():
     def params(family, **kw):
         return count_params(build_model(dataclasses.replace(SMALL[family], **kw)))
+
     d, r = 32, 2
     # recursive_ssm: only the per-depth adapters (scale, shift, rank-r A and B) grow with depth
-    assert params("recursive_ssm", recurrent_depth=7) - params("recursive_ssm", recurrent_depth=2) \
-        == 5 * (2 * d + 2 * d * r)
-    assert params("recursive_ssm", recurrent_depth=7, adapter_rank=0) \
-        - params("recursive_ssm", recurrent_depth=2, adapter_rank=0) == 5 * 2 * d
+    assert params("recursive_ssm", recurrent_depth=7) - params("recursive_ssm", recurrent_depth=2) == 5 * (
+        2 * d + 2 * d * r
+    )
+    assert (
+        params("recursive_ssm", recurrent_depth=7, adapter_rank=0)
+        - params("recursive_ssm", recurrent_depth=2, adapter_rank=0)
+        == 5 * 2 * d
+    )
     # hybrid_recursive: one shared transform; only the gate's output row per depth is added (per layer)
     layers = SMALL["hybrid_recursive"].n_layers
-    assert params("hybrid_recursive", max_recursion_depth=5) - params("hybrid_recursive", max_recursion_depth=2) \
+    assert (
+        params("hybrid_recursive", max_recursion_depth=5) - params("hybrid_recursive", max_recursion_depth=2)
         == 3 * (d + 1) * layers
+    )
 
 
 def tiny_run_config(path, **model):
     config = load_config_file(ROOT / "configs" / path)
     config.model = dataclasses.replace(config.model, d_model=32, d_state=8, **model)
     config.data = dataclasses.replace(config.data, seq_len=32, num_threads=1)
-    config.train = TrainConfig(steps=16, batch_size=4, lr=5e-3, warmup_steps=2, save_every=16, log_every=1,
-                               eval_batches=1, seed=0)
+    config.train = TrainConfig(
+        steps=16, batch_size=4, lr=5e-3, warmup_steps=2, save_every=16, log_every=1, eval_batches=1, seed=0
+    )
     return config
 
 
-@pytest.mark.parametrize("path,model", [
-    ("tiny_hybrid.py", {"n_layers": 1, "n_heads": 2}),
-    ("tiny_recursive.py", {"n_layers": 2, "recurrent_depth": 2, "adapter_rank": 2}),
-    ("tiny_pattern.py", {"n_layers": 2, "layer_pattern": "AM", "n_heads": 2}),
-])
+@pytest.mark.parametrize(
+    "path,model",
+    [
+        ("tiny_hybrid.py", {"n_layers": 1, "n_heads": 2}),
+        ("tiny_recursive.py", {"n_layers": 2, "recurrent_depth": 2, "adapter_rank": 2}),
+        ("tiny_pattern.py", {"n_layers": 2, "layer_pattern": "AM", "n_heads": 2}),
+    ],
+)
 def test_tiny_variants_train_with_falling_loss(tmp_path, path, model):
     records = train(tiny_run_config(path, **model), tmp_path, log=lambda *_: None)
     losses = [r["loss"] for r in records]
@@ -203,19 +254,40 @@ def test_tiny_variants_train_with_falling_loss(tmp_path, path, model):
 
 def test_every_config_file_is_valid_and_hrm_info_describes_it():
     from hrm.info import describe
+
     assert {p.stem for p in CONFIG_FILES} >= {
-        "mamba_small", "mamba_medium_lite", "mamba_medium_plus", "mamba_medium_x", "mamba_medium",
-        "mamba_medium_extra", "mamba_large_lite", "mamba_large_plus", "mamba_large", "mamba_xlarge", "mamba_xxlarge",
-        "hybrid_small", "hybrid_small_mini", "hybrid_small_standard", "hybrid_small_plus", "hybrid_small_pro",
-        "hybrid_medium", "hybrid_large", "recursive_48x5", "hybrid_amam_1b", "hybrid_7030_small",
-        "tiny_hybrid", "tiny_recursive", "tiny_pattern"}
+        "mamba_small",
+        "mamba_medium_lite",
+        "mamba_medium_plus",
+        "mamba_medium_x",
+        "mamba_medium",
+        "mamba_medium_extra",
+        "mamba_large_lite",
+        "mamba_large_plus",
+        "mamba_large",
+        "mamba_xlarge",
+        "mamba_xxlarge",
+        "hybrid_small",
+        "hybrid_small_mini",
+        "hybrid_small_standard",
+        "hybrid_small_plus",
+        "hybrid_small_pro",
+        "hybrid_medium",
+        "hybrid_large",
+        "recursive_48x5",
+        "hybrid_amam_1b",
+        "hybrid_7030_small",
+        "tiny_hybrid",
+        "tiny_recursive",
+        "tiny_pattern",
+    }
     for path in CONFIG_FILES:
         config = load_config_file(path)
         text = describe(config, str(path))
         assert "total" in text and "effective depth" in text and "FLOPs per token" in text, path
         assert "documented size" in text, path
         if config.data.tokenizer == "gpt2":
-            assert config.model.vocab_size == 50264, path       # 50257 padded to a multiple of 8
+            assert config.model.vocab_size == 50264, path  # 50257 padded to a multiple of 8
 
 
 def test_hrm_info_command_line():
@@ -229,18 +301,44 @@ def test_hrm_info_command_line():
 def test_model_size_and_training_preset_flags():
     from hrm.config import model_sizes
     from hrm.train import parse_command_line
-    documented = ["small", "medium-lite", "medium-plus", "medium-x", "medium", "medium-extra", "large-lite",
-                  "large-plus", "large", "xlarge", "xxlarge", "hybrid-small", "hybrid-small-mini",
-                  "hybrid-small-standard", "hybrid-small-plus", "hybrid-small-pro", "hybrid-medium", "hybrid-large",
-                  "recursive-48x5", "hybrid-amam-1b", "hybrid-7030-small"]
+
+    documented = [
+        "small",
+        "medium-lite",
+        "medium-plus",
+        "medium-x",
+        "medium",
+        "medium-extra",
+        "large-lite",
+        "large-plus",
+        "large",
+        "xlarge",
+        "xxlarge",
+        "hybrid-small",
+        "hybrid-small-mini",
+        "hybrid-small-standard",
+        "hybrid-small-plus",
+        "hybrid-small-pro",
+        "hybrid-medium",
+        "hybrid-large",
+        "recursive-48x5",
+        "hybrid-amam-1b",
+        "hybrid-7030-small",
+    ]
     assert set(documented) <= set(model_sizes()), set(documented) - set(model_sizes())
     config, _ = parse_command_line(["--model_size", "hybrid-small"])
     assert config.model.family == "hybrid_recursive" and config.model.d_model == 512
     assert parse_command_line(["--model_size", "medium"])[0].model.d_model == 768
-    config, _ = parse_command_line(["--model_size", "hybrid_large", "--training_preset", "careful",
-                                    "--config.train.lr=2e-4"])
-    assert (config.train.steps, config.train.lr, config.train.warmup_steps, config.train.save_every,
-            config.train.eval_every) == (200_000, 2e-4, 5000, 10_000, 10_000)   # the override wins over the preset
+    config, _ = parse_command_line(
+        ["--model_size", "hybrid_large", "--training_preset", "careful", "--config.train.lr=2e-4"]
+    )
+    assert (
+        config.train.steps,
+        config.train.lr,
+        config.train.warmup_steps,
+        config.train.save_every,
+        config.train.eval_every,
+    ) == (200_000, 2e-4, 5000, 10_000, 10_000)  # the override wins over the preset
     config, _ = parse_command_line(["--config", str(ROOT / "configs/tiny.py"), "--training_preset", "fast"])
     assert (config.train.steps, config.train.lr, config.train.warmup_steps) == (50_000, 5e-4, 1000)
 
@@ -248,36 +346,50 @@ def test_model_size_and_training_preset_flags():
 def test_choosing_a_tokenizer_makes_the_model_vocab_follow_it():
     from hrm.config import resolve_config
     from hrm.train import parse_command_line
+
     config, _ = parse_command_line(["--model_size", "hybrid-small", "--tokenizer", "byte"])
-    assert resolve_config(config).model.vocab_size == 264          # not the config's GPT-2 50264
-    config, _ = parse_command_line(["--model_size", "hybrid-small", "--tokenizer", "byte",
-                                    "--config.model.vocab_size=512"])
-    assert config.model.vocab_size == 512                           # an explicit override still wins
+    assert resolve_config(config).model.vocab_size == 264  # not the config's GPT-2 50264
+    config, _ = parse_command_line(
+        ["--model_size", "hybrid-small", "--tokenizer", "byte", "--config.model.vocab_size=512"]
+    )
+    assert config.model.vocab_size == 512  # an explicit override still wins
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--model_size", "gigantic"], "unknown --model_size 'gigantic'; choose one of hybrid-7030-small, hybrid-amam-1b"),
-    (["--model_size", "small", "--training_preset", "slow"], "unknown --training_preset 'slow'"),
-    (["--model_size", "small", "--config", "configs/tiny.py"], "not allowed with argument"),
-    (["--config", "configs/tiny.py", "--config.model.vocab_size=128"],
-     "config key 'model.vocab_size' (128) is smaller than tokenizer 'byte' (258 tokens)"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--model_size", "gigantic"],
+            "unknown --model_size 'gigantic'; choose one of hybrid-7030-small, hybrid-amam-1b",
+        ),
+        (["--model_size", "small", "--training_preset", "slow"], "unknown --training_preset 'slow'"),
+        (["--model_size", "small", "--config", "configs/tiny.py"], "not allowed with argument"),
+        (
+            ["--config", "configs/tiny.py", "--config.model.vocab_size=128"],
+            "config key 'model.vocab_size' (128) is smaller than tokenizer 'byte' (258 tokens)",
+        ),
+    ],
+)
 def test_bad_flags_give_one_line_errors(args, message):
     result = run_module("hrm.train", *args, check=False)
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("layer_pattern", "AMX", "model.layer_pattern"),
-    ("n_heads", 5, "model.n_heads"),
-    ("attention_scales", "1,0", "model.attention_scales"),
-    ("ponder_prior", 1.0, "model.ponder_prior"),
-    ("recurrent_depth", 0, "model.recurrent_depth"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("layer_pattern", "AMX", "model.layer_pattern"),
+        ("n_heads", 5, "model.n_heads"),
+        ("attention_scales", "1,0", "model.attention_scales"),
+        ("ponder_prior", 1.0, "model.ponder_prior"),
+        ("recurrent_depth", 0, "model.recurrent_depth"),
+    ],
+)
 def test_bad_family_settings_name_the_key(key, value, message):
-    model = dataclasses.replace(SMALL["hybrid_pattern"] if key == "layer_pattern" else SMALL["hybrid_recursive"],
-                                **{key: value})
+    model = dataclasses.replace(
+        SMALL["hybrid_pattern"] if key == "layer_pattern" else SMALL["hybrid_recursive"], **{key: value}
+    )
     with pytest.raises(ConfigError, match=message):
         validate(Config(model=model, data=DataConfig(), train=TrainConfig()))
 
@@ -285,13 +397,16 @@ def test_bad_family_settings_name_the_key(key, value, message):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_remat_changes_the_program_not_the_gradients(name):
     """Every family rematerialises under model.remat, and the gradients (gate loss included) stay the same."""
+
     def grads(remat):
         graphdef, params = nnx.split(build_model(dataclasses.replace(SMALL[name], remat=remat), seed=2))
 
         def loss(p):
             (logits, _), sown = nnx.capture(nnx.merge(graphdef, p), nnx.Intermediate)(tokens(length=8))
-            return jnp.mean(logits ** 2) + sum(jax.tree.leaves(nnx.to_pure_dict(sown)), 0.0)
+            return jnp.mean(logits**2) + sum(jax.tree.leaves(nnx.to_pure_dict(sown)), 0.0)
+
         return jax.grad(loss)(params), str(jax.make_jaxpr(jax.grad(loss))(params))
+
     plain, plain_jaxpr = grads("none")
     for policy in ("block", "dots_with_no_batch_dims_saveable"):
         remat, remat_jaxpr = grads(policy)

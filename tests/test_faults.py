@@ -33,9 +33,9 @@ from tests.test_train import losses, small_run_args
 def test_the_first_update_has_a_positive_learning_rate():
     schedule = learning_rate_schedule(TrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1))
     rates = [float(schedule(i)) for i in range(100)]
-    assert rates[0] == pytest.approx(1e-4)                      # lr / warmup_steps, not 0
+    assert rates[0] == pytest.approx(1e-4)  # lr / warmup_steps, not 0
     assert rates[9] == pytest.approx(1e-3) and max(rates) == pytest.approx(1e-3)
-    assert rates[-1] == pytest.approx(1e-4)                     # min_lr_ratio at the last update
+    assert rates[-1] == pytest.approx(1e-4)  # min_lr_ratio at the last update
     assert float(learning_rate_schedule(TrainConfig(steps=10, warmup_steps=0, lr=1e-3))(0)) == pytest.approx(1e-3)
 
 
@@ -47,12 +47,18 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path):
     train(parse_command_line(args)[0], tmp_path / "straight", log=lambda *_: None)
     run_dir = tmp_path / "preempted"
     at_step = random.Random().randint(2, 8)
-    proc = subprocess.Popen([sys.executable, "-m", "hrm.train", *args, "--output_dir", str(run_dir)], cwd=ROOT,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hrm.train", *args, "--output_dir", str(run_dir)],
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not any(r["step"] >= at_step
-                                                                      for r in read_metrics(run_dir)):
+    while (
+        time.time() < deadline and proc.poll() is None and not any(r["step"] >= at_step for r in read_metrics(run_dir))
+    ):
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before the signal"
     sent = time.time()
@@ -77,6 +83,7 @@ def test_sigint_saves_at_the_finished_step_with_its_record(tmp_path):
         while not any(r["step"] >= 3 for r in read_metrics(run_dir)):
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGINT)
+
     threading.Thread(target=interrupt_after_step_3, daemon=True).start()
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(SystemExit) as stopped:
@@ -84,7 +91,7 @@ def test_sigint_saves_at_the_finished_step_with_its_record(tmp_path):
     assert stopped.value.code == 130
     steps = [r["step"] for r in read_metrics(run_dir)]
     assert steps == list(range(1, steps[-1] + 1)) and finished_steps(run_dir) == [steps[-1]]
-    assert signal.getsignal(signal.SIGINT) is handler                         # the handler is restored
+    assert signal.getsignal(signal.SIGINT) is handler  # the handler is restored
 
 
 def test_nonfinite_gradients_skip_the_update_and_a_run_of_them_stops(tmp_path, monkeypatch):
@@ -95,13 +102,18 @@ def test_nonfinite_gradients_skip_the_update_and_a_run_of_them_stops(tmp_path, m
 
     def poisoned_gradients(graphdef, params, batch, steps):
         grads, metrics = real_gradients(graphdef, params, batch, steps)
-        factor = io_callback(lambda: np.float32(np.nan if next(calls) in poisoned else 1.0),
-                             jax.ShapeDtypeStruct((), jnp.float32))
+        factor = io_callback(
+            lambda: np.float32(np.nan if next(calls) in poisoned else 1.0), jax.ShapeDtypeStruct((), jnp.float32)
+        )
         return jax.tree.map(lambda g: g * factor, grads), metrics
+
     monkeypatch.setattr(state_module, "accumulated_gradients", poisoned_gradients)
     messages = []
-    with pytest.raises(TrainingError, match=r"3 non-finite steps in a row up to step 7 .*last good checkpoint: "
-                                            rf"\S*{CHECKPOINT_DIR}/6;"):
+    with pytest.raises(
+        TrainingError,
+        match=r"3 non-finite steps in a row up to step 7 .*last good checkpoint: "
+        rf"\S*{CHECKPOINT_DIR}/6;",
+    ):
         train(small_config(steps=10, save_every=2, max_bad_steps=3), tmp_path, log=messages.append)
     assert any("step 3: non-finite loss or gradient, update skipped" in m for m in messages)
     records = {r["step"]: r for r in read_metrics(tmp_path) if "loss" in r}
@@ -109,7 +121,7 @@ def test_nonfinite_gradients_skip_the_update_and_a_run_of_them_stops(tmp_path, m
     assert np.isnan(records[3]["grad_norm"]) and records[4]["skipped_steps"] == 1
     params = {step: hrm.load(tmp_path, step=step).params for step in (4, 6)}
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params[6]))
-    assert jax.tree.all(jax.tree.map(np.array_equal, params[4], params[6]))     # 5 and 6 did not update
+    assert jax.tree.all(jax.tree.map(np.array_equal, params[4], params[6]))  # 5 and 6 did not update
 
 
 def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
@@ -121,9 +133,9 @@ def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
     finally:
         owner.kill()
         owner.wait()
-    lock = RunLock(tmp_path).acquire()                                     # its owner is gone: stale
+    lock = RunLock(tmp_path).acquire()  # its owner is gone: stale
     assert json.loads((tmp_path / LOCK_FILE).read_text()) == {"host": lock.owner["host"], "pid": os.getpid()}
-    (tmp_path / LOCK_FILE).write_text('{"host": "x", "pi')                 # cut short by a kill
+    (tmp_path / LOCK_FILE).write_text('{"host": "x", "pi')  # cut short by a kill
     RunLock(tmp_path).acquire().release()
     assert not (tmp_path / LOCK_FILE).exists()
 
@@ -132,15 +144,15 @@ def test_a_second_training_process_on_a_run_dir_refuses_with_one_line(tmp_path):
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         (tmp_path / LOCK_FILE).write_text(json.dumps({"host": RunLock(tmp_path).owner["host"], "pid": owner.pid}))
-        result = run_module("hrm.train", *small_run_args(steps=2, save_every=2), "--output_dir", tmp_path,
-                            check=False)
+        result = run_module("hrm.train", *small_run_args(steps=2, save_every=2), "--output_dir", tmp_path, check=False)
     finally:
         owner.kill()
         owner.wait()
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"error: '{tmp_path}' is in use by process {owner.pid} (lock file {tmp_path / LOCK_FILE}); wait for it, "
-        f"stop it, or pass another --output_dir (delete the lock file if that process is gone)"]
+        f"stop it, or pass another --output_dir (delete the lock file if that process is gone)"
+    ]
     assert not (tmp_path / "config.json").exists()
 
 
@@ -150,15 +162,33 @@ def test_sigterm_to_one_process_of_two_stops_both_at_one_step(tmp_path):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    args = [*map(str, small_run_args(steps=200, save_every=1000)), "--output_dir", str(tmp_path),
-            "--coordinator_address", f"localhost:{port}", "--num_processes", "2"]
-    procs = [subprocess.Popen([sys.executable, "-m", "hrm.train", *args, "--process_id", str(i)], cwd=ROOT,
-                              env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    args = [
+        *map(str, small_run_args(steps=200, save_every=1000)),
+        "--output_dir",
+        str(tmp_path),
+        "--coordinator_address",
+        f"localhost:{port}",
+        "--num_processes",
+        "2",
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hrm.train", *args, "--process_id", str(i)],
+            cwd=ROOT,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and procs[1].poll() is None and not any(r["step"] >= 3
-                                                                             for r in read_metrics(tmp_path)):
+        while (
+            time.time() < deadline
+            and procs[1].poll() is None
+            and not any(r["step"] >= 3 for r in read_metrics(tmp_path))
+        ):
             time.sleep(0.01)
         procs[1].send_signal(signal.SIGTERM)
         outputs = [p.communicate(timeout=180)[0] for p in procs]

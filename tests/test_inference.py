@@ -10,8 +10,7 @@ import pytest
 from flax import nnx
 
 from hrm.config import ModelConfig
-from hrm.inference import (Generator, Sampling, SamplingArrays, SamplingError, power_of_two_chunks,
-                           sample_logits)
+from hrm.inference import Generator, Sampling, SamplingArrays, SamplingError, power_of_two_chunks, sample_logits
 from hrm.models import build_model
 from hrm.models.attention import kv_cache_length, resize_kv_caches
 
@@ -19,12 +18,29 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside
 VOCAB = 48
 SMALL = {
     "mamba": ModelConfig(family="mamba", d_model=32, n_layers=2, d_state=8, vocab_size=VOCAB),
-    "hybrid_recursive": ModelConfig(family="hybrid_recursive", d_model=32, n_layers=1, d_state=8, n_heads=4,
-                                    max_recursion_depth=2, max_cache_len=96, vocab_size=VOCAB),
-    "recursive_ssm": ModelConfig(family="recursive_ssm", d_model=32, n_layers=2, d_state=8, recurrent_depth=2,
-                                 vocab_size=VOCAB),
-    "hybrid_pattern": ModelConfig(family="hybrid_pattern", d_model=32, n_layers=2, layer_pattern="AM", d_state=8,
-                                  n_heads=4, max_cache_len=96, vocab_size=VOCAB),
+    "hybrid_recursive": ModelConfig(
+        family="hybrid_recursive",
+        d_model=32,
+        n_layers=1,
+        d_state=8,
+        n_heads=4,
+        max_recursion_depth=2,
+        max_cache_len=96,
+        vocab_size=VOCAB,
+    ),
+    "recursive_ssm": ModelConfig(
+        family="recursive_ssm", d_model=32, n_layers=2, d_state=8, recurrent_depth=2, vocab_size=VOCAB
+    ),
+    "hybrid_pattern": ModelConfig(
+        family="hybrid_pattern",
+        d_model=32,
+        n_layers=2,
+        layer_pattern="AM",
+        d_state=8,
+        n_heads=4,
+        max_cache_len=96,
+        vocab_size=VOCAB,
+    ),
 }
 
 
@@ -85,7 +101,7 @@ def test_a_request_past_max_cache_len_is_refused_up_front():
 def test_prefill_compiles_per_power_of_two_chunk_not_per_prompt_length():
     assert power_of_two_chunks(300) == [256, 32, 8, 4] and power_of_two_chunks(2049) == [1024, 1024, 1]
     generator, params, _ = setup("mamba")
-    for length in (5, 6, 7, 12, 13, 15):       # chunks 8, 4, 2, 1 only
+    for length in (5, 6, 7, 12, 13, 15):  # chunks 8, 4, 2, 1 only
         generator.start(params, [[1] * length], 1)
     assert generator._extend._cache_size() == 4
 
@@ -107,9 +123,16 @@ def test_per_row_sampling_settings_and_keys():
     assert int(penalised[0]) != int(jnp.argmax(logits[0]))
 
 
-@pytest.mark.parametrize("bad,message", [(dict(temperature=float("nan")), "finite"),
-                                         (dict(temperature=-1.0), ">= 0"), (dict(top_k=0), "top_k"),
-                                         (dict(min_p=1.0), "min_p"), (dict(repetition_penalty=0.0), "repetition")])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (dict(temperature=float("nan")), "finite"),
+        (dict(temperature=-1.0), ">= 0"),
+        (dict(top_k=0), "top_k"),
+        (dict(min_p=1.0), "min_p"),
+        (dict(repetition_penalty=0.0), "repetition"),
+    ],
+)
 def test_impossible_settings_are_refused(bad, message):
     with pytest.raises(SamplingError, match=message):
         Sampling(**bad).check()

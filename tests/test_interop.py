@@ -22,15 +22,24 @@ TOKENS = np.random.default_rng(0).integers(0, 100, (2, 24))
 def reference_model(tie: bool, **config) -> "transformers.MambaForCausalLM":
     """A random tiny MambaForCausalLM with every tensor moved off its init (a swapped or mistransposed tensor
     would otherwise hide behind constants like D = 1 or equal A_log rows)."""
-    cfg = transformers.MambaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, state_size=8,
-                                   conv_kernel=3, expand=2, time_step_rank=3, tie_word_embeddings=tie,
-                                   layer_norm_epsilon=1e-4, **config)
+    cfg = transformers.MambaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        state_size=8,
+        conv_kernel=3,
+        expand=2,
+        time_step_rank=3,
+        tie_word_embeddings=tie,
+        layer_norm_epsilon=1e-4,
+        **config,
+    )
     torch.manual_seed(0)
     model = transformers.MambaForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("A_log", "D", "norm.weight", "norm_f.weight", "dt_proj.bias")):
-                p.add_(0.3 * torch.randn_like(p))   # keep A_log/dt moderate, but every row and channel different
+                p.add_(0.3 * torch.randn_like(p))  # keep A_log/dt moderate, but every row and channel different
             elif name.endswith("bias"):
                 p.normal_(0, 0.1)
             else:
@@ -54,8 +63,20 @@ def test_transformers_folder_matches_pytorch(tmp_path, tie, extra):
     model.save_pretrained(tmp_path)
     loaded = hrm.load(tmp_path)
     m = loaded.config.model
-    assert (m.family, m.d_model, m.n_layers, m.d_state, m.d_conv, m.expand, m.dt_rank, m.vocab_size, m.norm_eps,
-            m.tie_embeddings, m.bias, m.conv_bias) == ("mamba", 32, 2, 8, 3, 2, 3, 100, 1e-4, tie, not tie, tie)
+    assert (
+        m.family,
+        m.d_model,
+        m.n_layers,
+        m.d_state,
+        m.d_conv,
+        m.expand,
+        m.dt_rank,
+        m.vocab_size,
+        m.norm_eps,
+        m.tie_embeddings,
+        m.bias,
+        m.conv_bias,
+    ) == ("mamba", 32, 2, 8, 3, 2, 3, 100, 1e-4, tie, not tie, tie)
     assert_close(loaded.logits(TOKENS), torch_logits(model))
 
     save_transformers(m, loaded.params, tmp_path / "exported")
@@ -71,10 +92,21 @@ def test_state_spaces_folder_matches_pytorch(tmp_path):
     state = {name.replace("backbone.embeddings.", "backbone.embedding."): t for name, t in model.state_dict().items()}
     state["lm_head.weight"] = state["backbone.embedding.weight"]
     torch.save(state, tmp_path / "pytorch_model.bin")
-    (tmp_path / "config.json").write_text(json.dumps({
-        "d_model": 32, "n_layer": 2, "vocab_size": 97, "ssm_cfg": {"d_state": 8, "d_conv": 3, "dt_rank": 3},
-        "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 4}))
-    model.config.layer_norm_epsilon = 1e-5            # mamba_ssm's MixerModel: RMSNorm eps 1e-5, not configurable
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "d_model": 32,
+                "n_layer": 2,
+                "vocab_size": 97,
+                "ssm_cfg": {"d_state": 8, "d_conv": 3, "dt_rank": 3},
+                "rms_norm": True,
+                "residual_in_fp32": True,
+                "fused_add_norm": True,
+                "pad_vocab_size_multiple": 4,
+            }
+        )
+    )
+    model.config.layer_norm_epsilon = 1e-5  # mamba_ssm's MixerModel: RMSNorm eps 1e-5, not configurable
     for module in model.modules():
         if hasattr(module, "variance_epsilon"):
             module.variance_epsilon = 1e-5
@@ -83,15 +115,22 @@ def test_state_spaces_folder_matches_pytorch(tmp_path):
     assert_close(loaded.logits(TOKENS), torch_logits(model))
 
 
-def write_tokenizer(folder) -> "tokenizers.Tokenizer":
+def write_tokenizer(folder):
     """A small BPE tokenizer.json (fewer than 100 tokens, <|endoftext|> special) as a reference folder has."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
     text = ["the quick brown fox jumps over the lazy dog", "hello world, hello mamba"] * 20
-    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=90, special_tokens=["<|endoftext|>"],
-                                                      initial_alphabet=sorted(set("".join(text))),
-                                                      show_progress=False))
+    tok.train_from_iterator(
+        text,
+        trainers.BpeTrainer(
+            vocab_size=90,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=sorted(set("".join(text))),
+            show_progress=False,
+        ),
+    )
     tok.save(str(folder / "tokenizer.json"))
     return tok
 
@@ -112,12 +151,14 @@ def test_folder_tokenizer_is_used(tmp_path):
 
 def params_equal(a, b) -> bool:
     return jax.tree.structure(a) == jax.tree.structure(b) and all(
-        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 def test_convert_fine_tune_export_round_trip(tmp_path):
     """reference folder → hrm.convert → hrm.train --init_from → hrm.export --format hf → transformers and hrm."""
     from hrm import convert, export, train
+
     reference = reference_model(tie=False, use_conv_bias=False)
     reference.save_pretrained(tmp_path / "ref")
     write_tokenizer(tmp_path / "ref")
@@ -128,13 +169,28 @@ def test_convert_fine_tune_export_round_trip(tmp_path):
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "a.txt").write_text("the quick brown fox jumps over the lazy dog. hello mamba! " * 40)
-    train.main(["--init_from", str(tmp_path / "run"), "--data_dir", str(tmp_path / "data"), "--output_dir",
-                str(tmp_path / "ft"), "--config.data.seq_len=16", "--config.data.num_threads=1", "--batch_size=2",
-                "--config.train.steps=2", "--config.train.warmup_steps=0", "--config.train.lr=1e-4",
-                "--config.train.save_every=2"])
+    train.main(
+        [
+            "--init_from",
+            str(tmp_path / "run"),
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--output_dir",
+            str(tmp_path / "ft"),
+            "--config.data.seq_len=16",
+            "--config.data.num_threads=1",
+            "--batch_size=2",
+            "--config.train.steps=2",
+            "--config.train.warmup_steps=0",
+            "--config.train.lr=1e-4",
+            "--config.train.save_every=2",
+        ]
+    )
     tuned = hrm.load(tmp_path / "ft")
-    moved = [np.max(np.abs(np.asarray(x) - np.asarray(y)))
-             for x, y in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(converted.params))]
+    moved = [
+        np.max(np.abs(np.asarray(x) - np.asarray(y)))
+        for x, y in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(converted.params))
+    ]
     assert 0 < max(moved) < 1e-3, "fine-tuning starts from the converted weights and moves them a little"
 
     export.main(["--checkpoint", str(tmp_path / "ft"), "--format", "hf", str(tmp_path / "hf")])
@@ -150,6 +206,7 @@ def test_bad_folders_are_one_line(tmp_path):
     from hrm import export
     from hrm.cli import UsageError
     from hrm.training.checkpoint import CheckpointError, manager, save
+
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(CheckpointError, match="'llama' model; hrm loads model_type 'mamba'"):
@@ -169,8 +226,10 @@ def test_bad_folders_are_one_line(tmp_path):
         export.main(["--checkpoint", str(tmp_path / "rec"), "--format", "hf", str(tmp_path / "out")])
 
     from helpers import run_module
+
     result = run_module("hrm.convert", tmp_path / "missing", tmp_path / "out", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"error: '{tmp_path / 'missing'}' is not a reference Mamba folder: it needs a config.json with model_type "
-        "'mamba' (transformers) or d_model and n_layer (state-spaces) next to its weights"]
+        "'mamba' (transformers) or d_model and n_layer (state-spaces) next to its weights"
+    ]

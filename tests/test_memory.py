@@ -35,7 +35,7 @@ def test_vram_choice_takes_the_largest_micro_batch_that_fits():
 
 @pytest.mark.parametrize("text, gib", [("24gb", 24), ("24", 24), ("20.5", 20.5), ("16GiB", 16), ("2048MB", 2)])
 def test_vram_sizes_parse_as_the_documents_write_them(text, gib):
-    assert parse_vram(text) == int(gib * 2 ** 30)
+    assert parse_vram(text) == int(gib * 2**30)
 
 
 def test_bad_vram_is_one_line():
@@ -45,14 +45,23 @@ def test_bad_vram_is_one_line():
 
 def test_memtest_reports_fit_and_the_largest_micro_batch_as_json(tmp_path, monkeypatch):
     monkeypatch.setenv("HRM_CACHE_DIR", str(tmp_path))
-    args = ["--config", TINY, "--config.model.d_model=32", "--config.model.n_layers=1", "--seq_len", "64",
-            "--json"]
+    args = ["--config", TINY, "--config.model.d_model=32", "--config.model.n_layers=1", "--seq_len", "64", "--json"]
     fits = run_module("hrm.memtest", *args, "--vram", "1gb", "--vram_safety_margin", "0").stdout
     fits = json.loads(fits.splitlines()[-1])
     assert fits["fits"] is True and fits["global_batch_size"] == 8 and fits["seq_len"] == 64
-    assert {"fits", "total_bytes", "vram_bytes", "micro_batch_size", "accumulation_steps", "global_batch_size",
-            "seq_len", "param_bytes", "optimizer_bytes", "temp_bytes"} <= set(fits)
-    budget_mb = (fits["total_bytes"] * 0.6) / 2 ** 20
+    assert {
+        "fits",
+        "total_bytes",
+        "vram_bytes",
+        "micro_batch_size",
+        "accumulation_steps",
+        "global_batch_size",
+        "seq_len",
+        "param_bytes",
+        "optimizer_bytes",
+        "temp_bytes",
+    } <= set(fits)
+    budget_mb = (fits["total_bytes"] * 0.6) / 2**20
     tight = run_module("hrm.memtest", *args, "--vram", f"{budget_mb:.3f}mb", "--vram_safety_margin", "0")
     record = json.loads(tight.stdout.splitlines()[-1])
     assert record["fits"] is False and record["largest_fitting_micro_batch"] in (1, 2, 4)
@@ -63,7 +72,9 @@ def test_chunked_cross_entropy_equals_the_whole_and_never_holds_all_logits():
     import jax
     import jax.numpy as jnp
     import optax
+
     from hrm.training.state import chunked_cross_entropy
+
     keys = jax.random.split(jax.random.key(0), 4)
     x, head = jax.random.normal(keys[0], (4, 512, 32)), jax.random.normal(keys[1], (32, 1024)) * 0.1
     targets, mask = jax.random.randint(keys[2], (4, 512), 0, 1024), jax.random.bernoulli(keys[3], 0.7, (4, 512))
@@ -73,6 +84,7 @@ def test_chunked_cross_entropy_equals_the_whole_and_never_holds_all_logits():
 
     def chunked(x, head):
         return chunked_cross_entropy(x, head, targets, mask, chunk_tokens=256)
+
     assert float(chunked(x, head)) == pytest.approx(float(whole(x, head)), rel=1e-6)
     for a, b in zip(jax.grad(chunked, (0, 1))(x, head), jax.grad(whole, (0, 1))(x, head)):
         assert float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) < 1e-5
@@ -83,8 +95,11 @@ def test_chunked_cross_entropy_equals_the_whole_and_never_holds_all_logits():
 
 def test_vram_auto_on_a_cpu_keeps_the_batch_and_says_why():
     from hrm.training.loop import VramRequest, fit_batch_to_vram
+
     messages = []
     c = config(accumulation_steps=2)
     assert fit_batch_to_vram(c, VramRequest(), messages.append) is c
-    assert messages == ["--vram_auto: the cpu backend reports no memory limit; keeping micro-batch 4 x 2 "
-                        "accumulation (pass --vram to size for a GPU)"]
+    assert messages == [
+        "--vram_auto: the cpu backend reports no memory limit; keeping micro-batch 4 x 2 "
+        "accumulation (pass --vram to size for a GPU)"
+    ]

@@ -25,8 +25,8 @@ def test_initialisation_follows_the_reference():
     np.testing.assert_array_equal(mixer.D[...], np.ones(di))
     dt = jax.nn.softplus(mixer.dt_proj.bias[...])
     assert float(dt.min()) >= 1e-4 * 0.999 and float(dt.max()) <= 0.1 * 1.001
-    assert float(jnp.abs(mixer.dt_proj.kernel[...]).max()) <= r ** -0.5
-    bound = 1 / math.sqrt(di) / math.sqrt(cfg.n_layers)      # rescale_prenorm_residual
+    assert float(jnp.abs(mixer.dt_proj.kernel[...]).max()) <= r**-0.5
+    bound = 1 / math.sqrt(di) / math.sqrt(cfg.n_layers)  # rescale_prenorm_residual
     assert float(jnp.abs(mixer.out_proj.kernel[...]).max()) <= bound
     assert float(jnp.abs(mixer.out_proj.kernel[...]).max()) > 0.5 * bound
     assert abs(float(jnp.std(model.embed.embedding[...])) - 0.02) < 0.004
@@ -57,10 +57,10 @@ def test_recurrent_decode_equals_full_forward():
     _, model = small_model()
     tokens = jnp.asarray(np.random.default_rng().integers(0, 64, (2, 11)))
     full, _ = model(tokens)
-    logits, cache = model(tokens[:, :5], model.init_cache(2))         # chunked prefill ...
+    logits, cache = model(tokens[:, :5], model.init_cache(2))  # chunked prefill ...
     steps = [logits]
-    for t in range(5, 11):                                            # ... then one token at a time
-        step_logits, cache = model(tokens[:, t:t + 1], cache)
+    for t in range(5, 11):  # ... then one token at a time
+        step_logits, cache = model(tokens[:, t : t + 1], cache)
         steps.append(step_logits)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
 
@@ -85,7 +85,7 @@ def test_packed_documents_give_the_same_logits_as_documents_alone(backend):
     start = 0
     for document in documents:
         alone, _ = model(jnp.asarray(document)[None])
-        np.testing.assert_allclose(logits[0, start:start + len(document)], alone[0], rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(logits[0, start : start + len(document)], alone[0], rtol=2e-5, atol=2e-5)
         start += len(document)
     unsegmented, _ = model(packed)
     assert not np.allclose(unsegmented[0, 7:], logits[0, 7:], atol=1e-4)

@@ -23,11 +23,11 @@ def test_a_recursive_run_records_loss_lr_norms_throughput_and_perplexity(tmp_pat
     step = next(r for r in records if "loss" in r)
     assert set(step) >= {"step", "loss", "lr", "grad_norm", "tokens_per_sec", "epoch"}
     assert "mfu" not in step and any("MFU n/a: no peak FLOP/s known for 1 x cpu" in m for m in messages)
-    layers = [step[f"act_rms_layer_{i}"] for i in range(1, 7)]          # 2 blocks x 3 depths
+    layers = [step[f"act_rms_layer_{i}"] for i in range(1, 7)]  # 2 blocks x 3 depths
     depths = [step[f"state_rms_depth_{k}"] for k in range(1, 4)]
     assert "act_rms_layer_7" not in step and "state_rms_depth_4" not in step
     assert all(v > 0 and math.isfinite(v) for v in layers + depths)
-    assert depths == pytest.approx([layers[1], layers[3], layers[5]])   # the state after each depth's last block
+    assert depths == pytest.approx([layers[1], layers[3], layers[5]])  # the state after each depth's last block
     evaluation = next(r for r in records if "eval_loss" in r)
     assert evaluation["eval_perplexity"] == pytest.approx(math.exp(evaluation["eval_loss"]))
 
@@ -37,8 +37,14 @@ def test_hybrid_recursive_records_its_recursion_state_per_depth(tmp_path):
     config = small_config(steps=1, save_every=1, log_every=1)
     config.model.family, config.model.max_recursion_depth, config.model.n_heads = "hybrid_recursive", 2, 2
     record = train(config, tmp_path, log=lambda *_: None)[0]
-    assert {"act_rms_layer_1", "act_rms_layer_2", "state_rms_depth_1", "state_rms_depth_2",
-            "gate_depth_1", "gate_depth_2"} <= set(record)
+    assert {
+        "act_rms_layer_1",
+        "act_rms_layer_2",
+        "state_rms_depth_1",
+        "state_rms_depth_2",
+        "gate_depth_1",
+        "gate_depth_2",
+    } <= set(record)
     assert "act_rms_layer_3" not in record and "state_rms_depth_3" not in record
 
 
@@ -52,6 +58,7 @@ def test_peak_flops_come_from_the_table_or_are_unknown():
 def test_wandb_without_the_package_is_one_line():
     try:
         import wandb  # noqa: F401
+
         pytest.skip("wandb is installed")
     except ImportError:
         pass
@@ -68,11 +75,19 @@ def test_plot_runs_writes_the_comparison_pngs(tmp_path):
         records.append({"step": 5, "eval_loss": scale, "eval_perplexity": math.exp(scale)})
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "plots"
-    result = subprocess.run([sys.executable, ROOT / "scripts/plot_runs.py", tmp_path / "a", tmp_path / "b",
-                             "--out", out], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, ROOT / "scripts/plot_runs.py", tmp_path / "a", tmp_path / "b", "--out", out],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     for name in ("loss_vs_step", "loss_vs_time", "eval_loss", "lr"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    missing = subprocess.run([sys.executable, ROOT / "scripts/plot_runs.py", tmp_path / "nothing"],
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, ROOT / "scripts/plot_runs.py", tmp_path / "nothing"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "no metrics.jsonl in" in missing.stderr

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 import kernels
-from kernels import check
+from kernels import check, reference
 from kernels import pallas_scan as ps
-from kernels import reference
 
 try:  # pytest's default "prepend" import mode puts tests/ on sys.path; python -m pytest adds the root
     from test_kernels import numpy_scan, random_inputs, rel_err
@@ -25,7 +24,7 @@ except ImportError:  # pragma: no cover
     from tests.test_kernels import numpy_scan, random_inputs, rel_err
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-SMALL = dict(chunk=8, block_channels=8)   # several chunks and channel blocks at test sizes
+SMALL = dict(chunk=8, block_channels=8)  # several chunks and channel blocks at test sizes
 
 
 def _jnp(inputs, dtype=None):
@@ -39,23 +38,28 @@ def _loss_and_grads(fn, inputs, cot_y, cot_h, softplus=True):
     def loss(*args):
         kw = {**{k: None for k in NAMES}, **dict(zip(names, args))}
         y, h = fn(**kw, delta_softplus=softplus)
-        return (jnp.sum(y.astype(cot_y.dtype) * cot_y) + jnp.sum(h.astype(cot_h.dtype) * cot_h))
+        return jnp.sum(y.astype(cot_y.dtype) * cot_y) + jnp.sum(h.astype(cot_h.dtype) * cot_h)
 
     return names, jax.jit(jax.grad(loss, argnums=tuple(range(len(names)))))(*[inputs[k] for k in names])
 
 
 def _float64_grads(inputs, cot_y, cot_h, softplus=True, reset=None):
     with jax.enable_x64(True):
-        inputs64 = {k: None if v is None else jnp.asarray(np.asarray(v, np.float64))
-                    for k, v in inputs.items()}
-        names, grads = _loss_and_grads(functools.partial(reference.sequential_scan, reset=reset), inputs64, jnp.asarray(cot_y, jnp.float64),
-                                       jnp.asarray(cot_h, jnp.float64), softplus)
+        inputs64 = {k: None if v is None else jnp.asarray(np.asarray(v, np.float64)) for k, v in inputs.items()}
+        names, grads = _loss_and_grads(
+            functools.partial(reference.sequential_scan, reset=reset),
+            inputs64,
+            jnp.asarray(cot_y, jnp.float64),
+            jnp.asarray(cot_h, jnp.float64),
+            softplus,
+        )
         return names, [np.asarray(g) for g in grads]
 
 
 pallas = functools.partial(ps.pallas_scan, poison=True, **SMALL)
-on_gpu = pytest.mark.skipif(jax.default_backend() != "gpu",
-                            reason="needs a CUDA GPU: JAX_PLATFORMS=cuda python -m pytest -m gpu")
+on_gpu = pytest.mark.skipif(
+    jax.default_backend() != "gpu", reason="needs a CUDA GPU: JAX_PLATFORMS=cuda python -m pytest -m gpu"
+)
 
 
 def test_softplus_is_accurate_for_small_steps():
@@ -67,9 +71,9 @@ def test_softplus_is_accurate_for_small_steps():
     exact = np.logaddexp(0, x.astype(np.float64))
     worst = lambda out, where=slice(None): np.max((np.abs(np.asarray(out, np.float64) - exact) / exact)[where])
     for native in (True, False):
-        assert worst(ps.softplus(jnp.asarray(x), native)) < 5e-7, native   # measured 2.4e-7: 2 ulps
+        assert worst(ps.softplus(jnp.asarray(x), native)) < 5e-7, native  # measured 2.4e-7: 2 ulps
     small = (exact > 1e-4) & (exact < 1e-3)
-    assert worst(np.log(np.float32(1) + np.exp(x)), small) > 1e-5           # the old form, 5.8e-4 there
+    assert worst(np.log(np.float32(1) + np.exp(x)), small) > 1e-5  # the old form, 5.8e-4 there
 
 
 @pytest.mark.parametrize("dtype,dt_range", [("float32", (1e-4, 1e-3)), ("bfloat16", (1e-4, 1e-1))])
@@ -109,8 +113,7 @@ def test_kernels_write_every_element_of_their_raw_outputs():
     """Check the padded kernel outputs before any slicing: all finite although they started as NaN."""
     rng = np.random.default_rng()
     inputs = _jnp(random_inputs(rng, 2, 13, 12, 3, with_state=True))
-    cfg = ps._Config(length=13, chunk=4, block=8, softplus=True, log1p=True, gated=True, interpret=True,
-                     poison=True)
+    cfg = ps._Config(length=13, chunk=4, block=8, softplus=True, log1p=True, gated=True, interpret=True, poison=True)
     keep = jnp.asarray(rng.random((2, 13)) > 0.2, jnp.float32)
     x = ps._pad_inputs(cfg, *(inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")), keep)
     out = jax.jit(ps._forward, static_argnums=(0, 3))(cfg, x, ps._pad_state(cfg, inputs["initial_state"]), True)
@@ -126,16 +129,17 @@ def test_kernels_write_every_element_of_their_raw_outputs():
 
 def test_poison_hook_catches_unwritten_elements():
     """The hook itself works: a kernel that writes half its output leaves NaN in the other half."""
-    cfg = ps._Config(length=4, chunk=4, block=8, softplus=False, log1p=True, gated=False, interpret=True,
-                     poison=True)
+    cfg = ps._Config(length=4, chunk=4, block=8, softplus=False, log1p=True, gated=False, interpret=True, poison=True)
 
     def half(*, x, o):
         o[0:2, :] = x[0:2, :]
 
     spec = ps.pl.BlockSpec((4, 8), lambda i: (0, 0))
-    out = jax.jit(lambda x: ps._pallas_call(half, "half", cfg, (1,), {"x": (x, spec)},
-                                             {"o": (jax.ShapeDtypeStruct((4, 8), jnp.float32), spec)}))(
-        jnp.ones((4, 8), jnp.float32))["o"]
+    out = jax.jit(
+        lambda x: ps._pallas_call(
+            half, "half", cfg, (1,), {"x": (x, spec)}, {"o": (jax.ShapeDtypeStruct((4, 8), jnp.float32), spec)}
+        )
+    )(jnp.ones((4, 8), jnp.float32))["o"]
     assert bool(jnp.all(out[:2] == 1)) and bool(jnp.all(jnp.isnan(out[2:])))
     with pytest.raises(AssertionError, match="non-finite"):
         rel_err(out, np.ones((4, 8)))
@@ -156,10 +160,20 @@ def test_gradients_match_float64_and_reference(case):
     if case == "reset":  # packed documents: the state is zeroed at random steps, including step 0
         reset = jnp.asarray(rng.random((b, l)) < 0.2).at[:, 0].set([True, False])
     cot_y, cot_h = rng.standard_normal((b, l, d)), rng.standard_normal((b, d, n))
-    names, grads = _loss_and_grads(functools.partial(pallas, reset=reset), _jnp(inputs),
-                                   jnp.asarray(cot_y, jnp.float32), jnp.asarray(cot_h, jnp.float32), softplus)
-    _, grads_ref = _loss_and_grads(functools.partial(reference.associative_scan, reset=reset), _jnp(inputs),
-                                   jnp.asarray(cot_y, jnp.float32), jnp.asarray(cot_h, jnp.float32), softplus)
+    names, grads = _loss_and_grads(
+        functools.partial(pallas, reset=reset),
+        _jnp(inputs),
+        jnp.asarray(cot_y, jnp.float32),
+        jnp.asarray(cot_h, jnp.float32),
+        softplus,
+    )
+    _, grads_ref = _loss_and_grads(
+        functools.partial(reference.associative_scan, reset=reset),
+        _jnp(inputs),
+        jnp.asarray(cot_y, jnp.float32),
+        jnp.asarray(cot_h, jnp.float32),
+        softplus,
+    )
     _, grads64 = _float64_grads(inputs, cot_y, cot_h, softplus, reset)
     for name, g, g_ref, g64 in zip(names, grads, grads_ref, grads64):
         assert g.shape == inputs[name].shape and g.dtype == jnp.float32, name
@@ -180,8 +194,7 @@ def test_bf16_inputs_forward_and_gradients():
     assert rel_err(y, y64) < 1e-2 and rel_err(last, last64) < 1e-2
 
     cot_y, cot_h = rng.standard_normal((b, l, d)), rng.standard_normal((b, d, n))
-    names, grads = _loss_and_grads(pallas, bf16, jnp.asarray(cot_y, jnp.float32),
-                                   jnp.asarray(cot_h, jnp.float32))
+    names, grads = _loss_and_grads(pallas, bf16, jnp.asarray(cot_y, jnp.float32), jnp.asarray(cot_h, jnp.float32))
     _, grads64 = _float64_grads(exact, cot_y, cot_h)
     for name, g, g64 in zip(names, grads, grads64):
         assert g.dtype == bf16[name].dtype, name

@@ -66,16 +66,20 @@ def test_sampling_is_seeded_and_respects_top_k(run_dir):
 
 
 def test_sample_cli_prints_the_continuation(run_dir):
-    result = run_module("hrm.sample", "--checkpoint", run_dir, "--prompt", "def ", "--max_tokens", "20",
-                        "--temperature", "0")
+    result = run_module(
+        "hrm.sample", "--checkpoint", run_dir, "--prompt", "def ", "--max_tokens", "20", "--temperature", "0"
+    )
     assert result.stdout.startswith("def ") and len(result.stdout) > 4
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--temperature", "-1"], "temperature must be >= 0"),
-    (["--top_p", "1.5"], "top_p must be in (0, 1]"),
-    (["--max_tokens", "lots"], "invalid int value"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--top_p", "1.5"], "top_p must be in (0, 1]"),
+        (["--max_tokens", "lots"], "invalid int value"),
+    ],
+)
 def test_sample_cli_rejects_bad_values(run_dir, args, message):
     result = run_module("hrm.sample", "--checkpoint", run_dir, "--prompt", "x", *args, check=False)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
@@ -100,8 +104,9 @@ def test_sample_cli_lists_the_available_steps_for_a_missing_step(run_dir):
 
 
 def test_sample_cli_refuses_nan_temperature_and_a_file_as_checkpoint(run_dir):
-    from hrm.sample import main
     from hrm.cli import UsageError
+    from hrm.sample import main
+
     with pytest.raises(UsageError, match="temperature must be a finite number"):
         main(["--checkpoint", str(run_dir), "--prompt", "x", "--temperature", "nan"])
     with pytest.raises(hrm.api.CheckpointError, match="is a file"):
@@ -124,22 +129,60 @@ def test_export_writes_a_final_weights_folder_that_load_and_sample_accept(run_di
     assert exported.step == 12
     ids = original.tokenizer.encode("for i in range(3):")
     np.testing.assert_array_equal(exported.logits(ids), original.logits(ids))
-    result = run_module("hrm.sample", "--checkpoint", tmp_path / "final", "--prompt", "def ", "--max_tokens", "8",
-                        "--temperature", "0", "--stop", "\n\n\n")
+    result = run_module(
+        "hrm.sample",
+        "--checkpoint",
+        tmp_path / "final",
+        "--prompt",
+        "def ",
+        "--max_tokens",
+        "8",
+        "--temperature",
+        "0",
+        "--stop",
+        "\n\n\n",
+    )
     assert result.stdout == "def " + original.generate(["def "], max_new_tokens=8, temperature=0)[0] + "\n"
 
 
 def test_sample_streams_samples_stops_and_prompt_files(run_dir, tmp_path, capsys):
     from hrm.sample import main
+
     model = hrm.load(run_dir)
     full = model.generate(["def "], max_new_tokens=24, temperature=0, stop_at_eos=False)[0]
     stop = full[5:7]
     (tmp_path / "prompt.txt").write_text("def ")
-    main(["--checkpoint", str(run_dir), "--prompt_file", str(tmp_path / "prompt.txt"), "--max_tokens", "24",
-          "--temperature", "0", "--stop", stop])
-    assert capsys.readouterr().out == "def " + full[:full.index(stop)] + "\n"
-    main(["--checkpoint", str(run_dir), "--prompt", "a", "--num_samples", "3", "--max_tokens", "8",
-          "--temperature", "1.0", "--seed", "4"])
+    main(
+        [
+            "--checkpoint",
+            str(run_dir),
+            "--prompt_file",
+            str(tmp_path / "prompt.txt"),
+            "--max_tokens",
+            "24",
+            "--temperature",
+            "0",
+            "--stop",
+            stop,
+        ]
+    )
+    assert capsys.readouterr().out == "def " + full[: full.index(stop)] + "\n"
+    main(
+        [
+            "--checkpoint",
+            str(run_dir),
+            "--prompt",
+            "a",
+            "--num_samples",
+            "3",
+            "--max_tokens",
+            "8",
+            "--temperature",
+            "1.0",
+            "--seed",
+            "4",
+        ]
+    )
     out = capsys.readouterr().out
     assert out.count("--- sample") == 3
 
@@ -147,13 +190,27 @@ def test_sample_streams_samples_stops_and_prompt_files(run_dir, tmp_path, capsys
 def test_saved_state_continues_like_the_whole_prompt(run_dir, tmp_path, capsys):
     """--save_state after a prefix, --load_state with the rest: the greedy output of the whole prompt."""
     from hrm.sample import main
+
     model = hrm.load(run_dir)
     prefix, rest = "import os\nimport sys\n", "def main():\n"
-    main(["--checkpoint", str(run_dir), "--prompt", prefix, "--max_tokens", "0", "--save_state",
-          str(tmp_path / "s.npz")])
+    main(
+        ["--checkpoint", str(run_dir), "--prompt", prefix, "--max_tokens", "0", "--save_state", str(tmp_path / "s.npz")]
+    )
     capsys.readouterr()
-    main(["--checkpoint", str(run_dir), "--prompt", rest, "--max_tokens", "10", "--temperature", "0",
-          "--load_state", str(tmp_path / "s.npz")])
+    main(
+        [
+            "--checkpoint",
+            str(run_dir),
+            "--prompt",
+            rest,
+            "--max_tokens",
+            "10",
+            "--temperature",
+            "0",
+            "--load_state",
+            str(tmp_path / "s.npz"),
+        ]
+    )
     whole = model.generate([prefix + rest], max_new_tokens=10, temperature=0)[0]
     assert capsys.readouterr().out == rest + whole + "\n"
 
@@ -162,14 +219,25 @@ def test_chat_carries_the_conversation_through_stdin(run_dir):
     """Two turns and commands over stdin; the second reply equals a greedy continuation of the whole
     dialogue (template of hrm.data.sources), so the state was carried, not re-read."""
     from hrm.data.sources import dialogue_prompt
-    result = run_module("hrm.sample", "--checkpoint", run_dir, "--chat", "--temperature", "0", "--max_tokens", "6",
-                        input="/help\nhello\n/tokens 5\n/top_k 0\nhow are you\n/reset\n/quit\n")
+
+    result = run_module(
+        "hrm.sample",
+        "--checkpoint",
+        run_dir,
+        "--chat",
+        "--temperature",
+        "0",
+        "--max_tokens",
+        "6",
+        input="/help\nhello\n/tokens 5\n/top_k 0\nhow are you\n/reset\n/quit\n",
+    )
     lines = result.stdout.split("> ")
     assert "/reset" in lines[1] and "replies up to 5 tokens" in result.stdout and "top_k must be >= 1" in result.stdout
     model = hrm.load(run_dir)
     first = model.generate([dialogue_prompt(["hello"])], max_new_tokens=6, temperature=0)[0]
-    second = model.generate([dialogue_prompt(["hello"]) + first + "\n" + dialogue_prompt(["how are you"])],
-                            max_new_tokens=5, temperature=0)[0]
+    second = model.generate(
+        [dialogue_prompt(["hello"]) + first + "\n" + dialogue_prompt(["how are you"])], max_new_tokens=5, temperature=0
+    )[0]
     assert lines[2].startswith(first) and lines[5].startswith(second)
 
 
@@ -179,11 +247,22 @@ def test_max_tokens_past_an_attention_models_context_is_capped_with_a_note(tmp_p
     from hrm.export import save_final
     from hrm.sample import main
     from hrm.training.state import init_model
-    config = Config(model=ModelConfig(family="hybrid_pattern", layer_pattern="A", d_model=16, n_layers=1, d_state=4,
-                                      n_heads=2, max_cache_len=32, vocab_size=264), data=DataConfig(tokenizer="byte"))
+
+    config = Config(
+        model=ModelConfig(
+            family="hybrid_pattern",
+            layer_pattern="A",
+            d_model=16,
+            n_layers=1,
+            d_state=4,
+            n_heads=2,
+            max_cache_len=32,
+            vocab_size=264,
+        ),
+        data=DataConfig(tokenizer="byte"),
+    )
     save_final(config, init_model(config)[1], tmp_path / "final")
-    main(["--checkpoint", str(tmp_path / "final"), "--prompt", "abc", "--max_tokens", "10000000",
-          "--temperature", "0"])
+    main(["--checkpoint", str(tmp_path / "final"), "--prompt", "abc", "--max_tokens", "10000000", "--temperature", "0"])
     captured = capsys.readouterr()
     assert "--max_tokens 10000000 capped to 29" in captured.err and "model.max_cache_len (32" in captured.err
     assert captured.out.startswith("abc")

@@ -29,8 +29,11 @@ KEY = "test-key"
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A small byte-level mamba straight from initialisation, as an hrm.export folder."""
-    config = Config(name="serve", model=ModelConfig(d_model=32, n_layers=2, d_state=8, vocab_size=264),
-                    data=DataConfig(tokenizer="byte", seq_len=32))
+    config = Config(
+        name="serve",
+        model=ModelConfig(d_model=32, n_layers=2, d_state=8, vocab_size=264),
+        data=DataConfig(tokenizer="byte", seq_len=32),
+    )
     _, params = init_model(config)
     return save_final(config, params, tmp_path_factory.mktemp("final"))
 
@@ -41,9 +44,26 @@ def server(model_dir):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    process = subprocess.Popen([sys.executable, "-m", "hrm.serve", "--checkpoint", str(model_dir), "--port", str(port),
-                                "--api_key", KEY, "--max_tokens_limit", "64"], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hrm.serve",
+            "--checkpoint",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--api_key",
+            KEY,
+            "--max_tokens_limit",
+            "64",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -61,8 +81,11 @@ def server(model_dir):
 def call(url, path, body=None, key=KEY, raw=None):
     """(status, parsed JSON or the raw text of an event stream)."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json",
-                                                                      **({"Authorization": f"Bearer {key}"} if key else {})})
+    request = urllib.request.Request(
+        url + path,
+        data=data,
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
             text = response.read().decode()
@@ -83,33 +106,43 @@ def expected(model_dir, prompt, max_tokens):
 
 
 def test_completions_round_trip_equals_generate(server, model_dir):
-    status, body = call(server, "/v1/completions", {"prompt": ["def f(x):", "import"], "max_tokens": 12,
-                                                     "temperature": 0})
+    status, body = call(
+        server, "/v1/completions", {"prompt": ["def f(x):", "import"], "max_tokens": 12, "temperature": 0}
+    )
     assert status == 200 and body["object"] == "text_completion"
-    assert [c["text"] for c in body["choices"]] == [expected(model_dir, "def f(x):", 12), expected(model_dir, "import", 12)]
+    assert [c["text"] for c in body["choices"]] == [
+        expected(model_dir, "def f(x):", 12),
+        expected(model_dir, "import", 12),
+    ]
     assert body["choices"][0]["finish_reason"] in ("length", "stop")
     assert body["usage"]["prompt_tokens"] == len("def f(x):") + len("import")
-    status, sampled = call(server, "/v1/completions", {"prompt": "a", "max_tokens": 8, "n": 2, "seed": 3,
-                                                        "temperature": 1.0, "top_p": 0.9})
+    status, sampled = call(
+        server, "/v1/completions", {"prompt": "a", "max_tokens": 8, "n": 2, "seed": 3, "temperature": 1.0, "top_p": 0.9}
+    )
     assert status == 200 and len(sampled["choices"]) == 2
-    assert sampled == call(server, "/v1/completions", {"prompt": "a", "max_tokens": 8, "n": 2, "seed": 3,
-                                                        "temperature": 1.0, "top_p": 0.9})[1] | {
-        "id": sampled["id"], "created": sampled["created"]}
+    assert sampled == call(
+        server, "/v1/completions", {"prompt": "a", "max_tokens": 8, "n": 2, "seed": 3, "temperature": 1.0, "top_p": 0.9}
+    )[1] | {"id": sampled["id"], "created": sampled["created"]}
 
 
 def test_streaming_sends_the_same_text_as_events_ending_done(server, model_dir):
-    status, text = call(server, "/v1/completions", {"prompt": "class ", "max_tokens": 10, "temperature": 0,
-                                                     "stream": True})
-    events = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+    status, text = call(
+        server, "/v1/completions", {"prompt": "class ", "max_tokens": 10, "temperature": 0, "stream": True}
+    )
+    events = [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
     assert status == 200 and events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert "".join(c["choices"][0]["text"] for c in chunks) == expected(model_dir, "class ", 10)
     assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
-    status, text = call(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
-                                                          "max_tokens": 6, "temperature": 0, "stream": True})
+    status, text = call(
+        server,
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0, "stream": True},
+    )
     chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == \
-        expected(model_dir, dialogue_prompt(["hi"]), 6)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == expected(
+        model_dir, dialogue_prompt(["hi"]), 6
+    )
 
 
 def test_chat_generate_health_and_models(server, model_dir):
@@ -128,30 +161,41 @@ def test_a_hundred_concurrent_requests_are_batched_and_independent(server, model
     want = {p: expected(model_dir, p, 6) for p in prompts}
     before = call(server, "/health")[1]["decode_steps"]
     with concurrent.futures.ThreadPoolExecutor(100) as pool:
-        results = list(pool.map(lambda i: (prompts[i % 4], call(server, "/v1/completions", {
-            "prompt": prompts[i % 4], "max_tokens": 6, "temperature": 0})), range(100)))
+        results = list(
+            pool.map(
+                lambda i: (
+                    prompts[i % 4],
+                    call(server, "/v1/completions", {"prompt": prompts[i % 4], "max_tokens": 6, "temperature": 0}),
+                ),
+                range(100),
+            )
+        )
     assert all(status == 200 for _, (status, _) in results)
     assert all(body["choices"][0]["text"] == want[p] for p, (_, body) in results)
     health = call(server, "/health")[1]
-    assert health["max_active_rows"] > 1                       # requests shared decode steps ...
-    assert health["decode_steps"] - before < 100 * 6           # ... fewer steps than one request at a time
+    assert health["max_active_rows"] > 1  # requests shared decode steps ...
+    assert health["decode_steps"] - before < 100 * 6  # ... fewer steps than one request at a time
 
 
-@pytest.mark.parametrize("body,param", [
-    (b'{"prompt": "x", "max_tokens": ', None),                                # malformed JSON
-    ({"prompt": 5}, "prompt"),                                                # wrong type
-    ({"prompt": "x", "max_tokens": "5"}, "max_tokens"),
-    ({"prompt": "x", "bogus": 1}, "bogus"),                                   # unknown field
-    ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
-    ({"prompt": "x", "max_tokens": 10 ** 9}, "max_tokens"),
-    ({"prompt": "x", "temperature": -0.5}, "temperature"),
-    ({"prompt": "x" * 20000}, "prompt"),                                      # longer than allowed
-    ({"messages": []}, None),
-])
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        (b'{"prompt": "x", "max_tokens": ', None),  # malformed JSON
+        ({"prompt": 5}, "prompt"),  # wrong type
+        ({"prompt": "x", "max_tokens": "5"}, "max_tokens"),
+        ({"prompt": "x", "bogus": 1}, "bogus"),  # unknown field
+        ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 10**9}, "max_tokens"),
+        ({"prompt": "x", "temperature": -0.5}, "temperature"),
+        ({"prompt": "x" * 20000}, "prompt"),  # longer than allowed
+        ({"messages": []}, None),
+    ],
+)
 def test_bad_requests_get_a_400_with_an_openai_error_and_the_server_keeps_serving(server, body, param):
     path = "/v1/chat/completions" if isinstance(body, dict) and "messages" in body else "/v1/completions"
-    status, answer = call(server, path, raw=body if isinstance(body, bytes) else None,
-                          body=None if isinstance(body, bytes) else body)
+    status, answer = call(
+        server, path, raw=body if isinstance(body, bytes) else None, body=None if isinstance(body, bytes) else body
+    )
     assert status == 400 and answer["error"]["type"] == "invalid_request_error" and answer["error"]["message"]
     if param:
         assert param in (answer["error"]["param"] or "") + answer["error"]["message"]

@@ -33,7 +33,7 @@ def test_selective_copying_answer_is_the_data_tokens_in_order_at_random_spacing(
         data = [c for c in body if c != "."]
         assert "".join(data) == e.answer and len(e.answer) == 5 and set(e.answer) <= set("abcdef")
         spacings.add(tuple(i for i, c in enumerate(body) if c != "."))
-    assert len(spacings) == 50                       # positions vary (what LTI models cannot handle)
+    assert len(spacings) == 50  # positions vary (what LTI models cannot handle)
 
 
 def test_induction_heads_answer_follows_the_repeated_trigger():
@@ -84,8 +84,13 @@ def test_bad_settings_are_one_line_errors():
 
 
 def test_as_training_source_the_loss_is_on_the_answers_only(tmp_path):
-    cfg = DataConfig(dataset="synthetic:addition", completion_only=True, cache_dir=str(tmp_path), num_threads=1,
-                     synthetic=SyntheticConfig(examples=30, length=2))
+    cfg = DataConfig(
+        dataset="synthetic:addition",
+        completion_only=True,
+        cache_dir=str(tmp_path),
+        num_threads=1,
+        synthetic=SyntheticConfig(examples=30, length=2),
+    )
     tokenizer = get_tokenizer("byte")
     corpus = tokenized_corpus(cfg, tokenizer, log=lambda *_: None)
     examples = synthetic.examples("addition", cfg.synthetic, 30)
@@ -93,7 +98,7 @@ def test_as_training_source_the_loss_is_on_the_answers_only(tmp_path):
     for i, e in enumerate(examples):
         doc = corpus.document(i)
         assert tokenizer.decode(doc["tokens"][:-1]) == e.prompt + e.answer
-        assert doc["loss_mask"].tolist() == [0] * len(e.prompt) + [1] * (len(e.answer) + 1)   # answer + EOS
+        assert doc["loss_mask"].tolist() == [0] * len(e.prompt) + [1] * (len(e.answer) + 1)  # answer + EOS
     longer = dataclasses.replace(cfg, synthetic=dataclasses.replace(cfg.synthetic, length=3))
-    assert source_fingerprint(longer) != source_fingerprint(cfg)          # the token cache follows the task
+    assert source_fingerprint(longer) != source_fingerprint(cfg)  # the token cache follows the task
     assert not np.array_equal(tokenized_corpus(longer, tokenizer, log=lambda *_: None).tokens, corpus.tokens)

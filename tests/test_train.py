@@ -28,15 +28,32 @@ def losses(run_dir):
 
 def small_run_args(steps: int, save_every: int) -> list:
     """hrm.train arguments for a tiny model that runs ``steps`` quick steps, logging each one."""
-    return ["--config", TINY, "--config.model.d_model=32", "--config.model.n_layers=2", "--config.data.seq_len=32",
-            "--config.train.batch_size=4", "--config.train.log_every=1", f"--config.train.save_every={save_every}",
-            f"--config.train.steps={steps}", "--config.data.num_threads=1"]
+    return [
+        "--config",
+        TINY,
+        "--config.model.d_model=32",
+        "--config.model.n_layers=2",
+        "--config.data.seq_len=32",
+        "--config.train.batch_size=4",
+        "--config.train.log_every=1",
+        f"--config.train.save_every={save_every}",
+        f"--config.train.steps={steps}",
+        "--config.data.num_threads=1",
+    ]
 
 
 def test_tiny_config_loss_falls_in_30_steps(tmp_path):
-    result = run_module("hrm.train", "--config", TINY, "--output_dir", tmp_path,
-                        "--config.train.steps=30", "--config.train.log_every=5", "--config.train.warmup_steps=10",
-                        "--config.data.seq_len=64")
+    result = run_module(
+        "hrm.train",
+        "--config",
+        TINY,
+        "--output_dir",
+        tmp_path,
+        "--config.train.steps=30",
+        "--config.train.log_every=5",
+        "--config.train.warmup_steps=10",
+        "--config.data.seq_len=64",
+    )
     assert "selective scan backend: pallas (auto on cpu)" in result.stdout
     records = read_metrics(tmp_path)
     train_records = [r for r in records if "loss" in r]
@@ -56,7 +73,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
     straight = tmp_path / "straight"
     train(config, straight, log=lambda *_: None)
     resumed = tmp_path / "resumed"
-    train(config, resumed, log=lambda *_: None, stop_at_step=5)        # preempted after step 5
+    train(config, resumed, log=lambda *_: None, stop_at_step=5)  # preempted after step 5
     assert sorted(int(p.name) for p in (resumed / CHECKPOINT_DIR).iterdir()) == [4, 5]
     messages = []
     train(config, resumed, log=messages.append)
@@ -70,8 +87,12 @@ def test_resume_after_sigkill(tmp_path):
     args = small_run_args(steps=30, save_every=5)
     run_module("hrm.train", *args, "--output_dir", tmp_path / "straight")
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "hrm.train", *map(str, args), "--output_dir", str(killed)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hrm.train", *map(str, args), "--output_dir", str(killed)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint_5 = killed / CHECKPOINT_DIR / "5"
     deadline = time.time() + 300
     while time.time() < deadline and not (checkpoint_5.is_dir() and any(r["step"] >= 7 for r in read_metrics(killed))):
@@ -110,11 +131,30 @@ def test_two_processes_train_like_one(tmp_path):
         with socket.socket() as s:
             s.bind(("localhost", 0))
             port = s.getsockname()[1]
-        procs = [subprocess.Popen([sys.executable, "-m", "hrm.train", *map(str, args), "--output_dir",
-                                   str(tmp_path / "two"), "--coordinator_address", f"localhost:{port}",
-                                   "--num_processes", "2", "--process_id", str(i)],
-                                  cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "hrm.train",
+                    *map(str, args),
+                    "--output_dir",
+                    str(tmp_path / "two"),
+                    "--coordinator_address",
+                    f"localhost:{port}",
+                    "--num_processes",
+                    "2",
+                    "--process_id",
+                    str(i),
+                ],
+                cwd=ROOT,
+                env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for i in range(2)
+        ]
         outputs = [p.communicate(timeout=600)[0] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outputs
         return outputs[0]
@@ -125,13 +165,18 @@ def test_two_processes_train_like_one(tmp_path):
     assert [loss for _, loss in losses(tmp_path / "two")] == pytest.approx([loss for _, loss in one], rel=1e-5)
     assert sorted(int(p.name) for p in (tmp_path / "two" / CHECKPOINT_DIR).iterdir()) == [3, 6]
     assert [damage(tmp_path / "two" / CHECKPOINT_DIR / str(s)) for s in (3, 6)] == [None, None]  # both shards hashed
-    shutil.rmtree(tmp_path / "two" / CHECKPOINT_DIR / "6")       # as if both were killed after step 3's save
+    shutil.rmtree(tmp_path / "two" / CHECKPOINT_DIR / "6")  # as if both were killed after step 3's save
     assert "resumed from" in run_two_processes()
     assert [loss for _, loss in losses(tmp_path / "two")] == pytest.approx([loss for _, loss in one], rel=1e-5)
 
 
-@pytest.mark.parametrize("flags", [["--coordinator_address", "localhost:1234"],
-                                   ["--coordinator_address", "h:1", "--num_processes", "2", "--process_id", "2"]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--coordinator_address", "localhost:1234"],
+        ["--coordinator_address", "h:1", "--num_processes", "2", "--process_id", "2"],
+    ],
+)
 def test_incomplete_multi_process_flags_are_rejected(flags):
     with pytest.raises(UsageError, match="--process_id"):
         parse_command_line(["--config", str(TINY), *flags])
@@ -145,18 +190,33 @@ def test_accumulation_gives_the_losses_of_the_whole_batch(tmp_path, family):
         config = small_config(steps=4, save_every=4, batch_size=8, accumulation_steps=steps)
         config.model.family, config.model.n_heads = family, 2
         train(config, tmp_path / str(steps), log=lambda *_: None)
-        runs[steps] = [(r["loss"], r["grad_norm"], r.get("aux_loss", 0.0)) for r in read_metrics(tmp_path / str(steps))
-                       if "loss" in r]
+        runs[steps] = [
+            (r["loss"], r["grad_norm"], r.get("aux_loss", 0.0))
+            for r in read_metrics(tmp_path / str(steps))
+            if "loss" in r
+        ]
     assert len(runs[1]) == 4
     assert np.array(runs[4]) == pytest.approx(np.array(runs[1]), rel=1e-4)
 
 
 def test_accumulation_that_does_not_split_the_batch_is_one_line(tmp_path):
-    result = run_module("hrm.train", "--config", TINY, "--batch_size", "8", "--accumulation_steps", "3",
-                        "--output_dir", tmp_path, check=False)
+    result = run_module(
+        "hrm.train",
+        "--config",
+        TINY,
+        "--batch_size",
+        "8",
+        "--accumulation_steps",
+        "3",
+        "--output_dir",
+        tmp_path,
+        check=False,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == ("error: config key 'train.accumulation_steps' (3) must divide "
-                                     "train.batch_size (8), the global batch per optimizer step")
+    assert result.stderr.strip() == (
+        "error: config key 'train.accumulation_steps' (3) must divide "
+        "train.batch_size (8), the global batch per optimizer step"
+    )
 
 
 def test_bfloat16_trains_within_2_percent_of_float32(tmp_path):
@@ -167,7 +227,7 @@ def test_bfloat16_trains_within_2_percent_of_float32(tmp_path):
         config.model.dtype = dtype
         train(config, tmp_path / dtype, log=lambda *_: None)
         runs[dtype] = [loss for _, loss in losses(tmp_path / dtype)]
-    assert runs["float32"][-1] < 0.8 * runs["float32"][0]           # it learned something
+    assert runs["float32"][-1] < 0.8 * runs["float32"][0]  # it learned something
     for step in (0, -1):
         assert runs["bfloat16"][step] == pytest.approx(runs["float32"][step], rel=0.02)
 
@@ -193,9 +253,14 @@ print(json.dumps({"devices": jax.device_count(), "specs": sorted(specs),
 
 def test_sharded_parameters_train_like_replicated_ones_on_4_devices(tmp_path):
     """train.shard_params splits parameters and optimizer state over 4 (fake CPU) devices, same losses."""
-    result = subprocess.run([sys.executable, "-c", SHARDED_RUNS, str(tmp_path)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu",
-                                                         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    result = subprocess.run(
+        [sys.executable, "-c", SHARDED_RUNS, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["devices"] == 4

@@ -19,10 +19,22 @@ from hrm.training.resume import resume_point
 from tests.helpers import ROOT, run_module, small_config
 
 DOCUMENTS_JSON = {  # seed 002's "Custom config format", verbatim
-    "model": {"d_model": 512, "n_layers": 10, "d_state": 16, "expand_factor": 2, "dropout": 0.1,
-              "max_seq_len": 2048, "vocab_size": 50257},
-    "training": {"learning_rate": 3e-4, "warmup_steps": 2000, "max_steps": 100000, "save_steps": 5000,
-                 "eval_steps": 1000},
+    "model": {
+        "d_model": 512,
+        "n_layers": 10,
+        "d_state": 16,
+        "expand_factor": 2,
+        "dropout": 0.1,
+        "max_seq_len": 2048,
+        "vocab_size": 50257,
+    },
+    "training": {
+        "learning_rate": 3e-4,
+        "warmup_steps": 2000,
+        "max_steps": 100000,
+        "save_steps": 5000,
+        "eval_steps": 1000,
+    },
     "vram": {"batch_size": 4, "gradient_accumulation_steps": 8, "effective_batch_size": 32},
 }
 
@@ -37,10 +49,17 @@ def test_the_documents_json_config_loads(tmp_path):
     config = load_config_file(path)
     m, d, t = config.model, config.data, config.train
     assert (config.name, m.d_model, m.n_layers, m.d_state, m.expand, m.dropout, m.vocab_size) == (
-        "custom", 512, 10, 16, 2, 0.1, 50257)
+        "custom",
+        512,
+        10,
+        16,
+        2,
+        0.1,
+        50257,
+    )
     assert (d.seq_len, d.tokenizer) == (2048, "gpt2")
     assert (t.lr, t.warmup_steps, t.steps, t.save_every, t.eval_every) == (3e-4, 2000, 100000, 5000, 1000)
-    assert (t.batch_size, t.accumulation_steps) == (32, 8)       # global batch 4 x 8
+    assert (t.batch_size, t.accumulation_steps) == (32, 8)  # global batch 4 x 8
 
 
 def test_a_saved_config_json_loads_as_config(tmp_path):
@@ -48,17 +67,22 @@ def test_a_saved_config_json_loads_as_config(tmp_path):
     config.model.dropout = 0.2
     config.save_json(tmp_path / "config.json")
     assert load_config_file(tmp_path / "config.json") == config
-    result = run_module("hrm.info", "--config", tmp_path / "config.json")   # a CLI takes it as --config
+    result = run_module("hrm.info", "--config", tmp_path / "config.json")  # a CLI takes it as --config
     assert "family mamba, d_model 32" in result.stdout
 
 
-@pytest.mark.parametrize("raw,message", [
-    ({"model": {"d_modle": 4}, "optim": {}}, "unknown keys 'model.d_modle', 'optim'; did you mean model.d_model"),
-    ({"vram": {"batch_size": 4, "gradient_accumulation_steps": 8, "effective_batch_size": 30}},
-     "vram.effective_batch_size (30) must equal vram.batch_size x vram.gradient_accumulation_steps"),
-    ({"model": {"d_model": "wide"}}, "config key 'model.d_model' expects int, got 'wide'"),
-    ([1, 2], "must hold a JSON object"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"model": {"d_modle": 4}, "optim": {}}, "unknown keys 'model.d_modle', 'optim'; did you mean model.d_model"),
+        (
+            {"vram": {"batch_size": 4, "gradient_accumulation_steps": 8, "effective_batch_size": 30}},
+            "vram.effective_batch_size (30) must equal vram.batch_size x vram.gradient_accumulation_steps",
+        ),
+        ({"model": {"d_model": "wide"}}, "config key 'model.d_model' expects int, got 'wide'"),
+        ([1, 2], "must hold a JSON object"),
+    ],
+)
 def test_bad_json_configs_are_one_line(tmp_path, raw, message):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(raw))
@@ -70,10 +94,14 @@ def test_config_file_errors_say_what_they_got(tmp_path):
     raising = tmp_path / "raising.py"
     raising.write_text("def get_config():\n    return {}['model']\n")
     (tmp_path / "data_folder").mkdir()
-    for args, expected in [(["--config", raising], f"get_config() in config file '{raising}' failed: KeyError"),
-                           (["--config", tmp_path], f"--config '{tmp_path}' is a folder"),
-                           (["--config", "configs/tiny.py", "--data_path", tmp_path / "data_folder"],
-                            "is a folder; pass a dialogue JSONL file, or the folder as --data_dir")]:
+    for args, expected in [
+        (["--config", raising], f"get_config() in config file '{raising}' failed: KeyError"),
+        (["--config", tmp_path], f"--config '{tmp_path}' is a folder"),
+        (
+            ["--config", "configs/tiny.py", "--data_path", tmp_path / "data_folder"],
+            "is a folder; pass a dialogue JSONL file, or the folder as --data_dir",
+        ),
+    ]:
         result = run_module("hrm.train", *args, "--output_dir", tmp_path / "run", check=False)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
@@ -81,21 +109,49 @@ def test_config_file_errors_say_what_they_got(tmp_path):
 
 
 def test_shorthands_and_the_documents_flag_names():
-    config, args = parse_command_line(["--config", "configs/tiny.py", "--learning_rate", "1e-3", "--max_seq_len",
-                                       "64", "--epochs", "2", "--batch_size", "16", "--accumulation_steps", "4"])
+    config, args = parse_command_line(
+        [
+            "--config",
+            "configs/tiny.py",
+            "--learning_rate",
+            "1e-3",
+            "--max_seq_len",
+            "64",
+            "--epochs",
+            "2",
+            "--batch_size",
+            "16",
+            "--accumulation_steps",
+            "4",
+        ]
+    )
     assert (config.train.lr, config.data.seq_len, config.train.epochs) == (1e-3, 64, 2.0)
     assert (config.train.batch_size, config.train.accumulation_steps) == (16, 4)
-    for flag, hint in [("--n_blocks", "--config.model.n_layers"), ("--max_grad_norm", "--config.train.grad_clip"),
-                       ("--checkpoint_dir", "--output_dir"), ("--resume_from", "--resume"),
-                       ("--use_checkpointing", "--config.model.remat=block")]:
+    for flag, hint in [
+        ("--n_blocks", "--config.model.n_layers"),
+        ("--max_grad_norm", "--config.train.grad_clip"),
+        ("--checkpoint_dir", "--output_dir"),
+        ("--resume_from", "--resume"),
+        ("--use_checkpointing", "--config.model.remat=block"),
+    ]:
         with pytest.raises(UsageError, match=f"unrecognized argument '{flag}'; did you mean {hint}"):
             parse_command_line(["--config", "configs/tiny.py", flag, "3"])
 
 
 def test_help_shows_overrides_resuming_and_an_example_per_data_source():
     text = run_module("hrm.train", "--help").stdout
-    for expected in ["--config.section.key=value", "resumes", "--data_dir", "--data_path", "--dataset",
-                     "--resume", "--epochs", "--learning_rate", "--max_seq_len", "train_background.sh"]:
+    for expected in [
+        "--config.section.key=value",
+        "resumes",
+        "--data_dir",
+        "--data_path",
+        "--dataset",
+        "--resume",
+        "--epochs",
+        "--learning_rate",
+        "--max_seq_len",
+        "train_background.sh",
+    ]:
         assert expected in text, expected
 
 
@@ -103,12 +159,12 @@ def test_help_shows_overrides_resuming_and_an_example_per_data_source():
 def test_resume_from_a_path_into_a_new_directory_continues_exactly(tmp_path):
     config = small_config(steps=8, save_every=4)
     train(config, tmp_path / "straight", log=lambda *_: None)
-    train(config, tmp_path / "first", log=lambda *_: None, stop_at_step=6)   # checkpoints 4 and 6
+    train(config, tmp_path / "first", log=lambda *_: None, stop_at_step=6)  # checkpoints 4 and 6
     messages = []
     train(config, tmp_path / "from_step", log=messages.append, resume_from=tmp_path / "first" / CHECKPOINT_DIR / "4")
     assert any(m.startswith("resumed from") and m.endswith(f"/4 into {tmp_path / 'from_step'}") for m in messages)
     assert losses(tmp_path / "from_step") == [x for x in losses(tmp_path / "straight") if x[0] > 4]
-    train(config, tmp_path / "from_dir", log=lambda *_: None, resume_from=tmp_path / "first")   # its latest: 6
+    train(config, tmp_path / "from_dir", log=lambda *_: None, resume_from=tmp_path / "first")  # its latest: 6
     assert losses(tmp_path / "from_dir") == [x for x in losses(tmp_path / "straight") if x[0] > 6]
 
 
@@ -117,16 +173,22 @@ def test_resume_points_and_settings(tmp_path):
     train(config, tmp_path / "a", log=lambda *_: None)
     assert resume_point(tmp_path / "a") == (tmp_path / "a", 4)
     assert resume_point(tmp_path / "a" / CHECKPOINT_DIR / "2") == (tmp_path / "a", 2)
-    assert resume_point(tmp_path / "a" / "step_2") == (tmp_path / "a", 2)        # the documents' spelling
-    for bad, message in [(tmp_path / "a" / CHECKPOINT_DIR / "3", "no checkpoint at step 3; it has steps 2, 4"),
-                         (tmp_path / "nowhere", "does not exist")]:
+    assert resume_point(tmp_path / "a" / "step_2") == (tmp_path / "a", 2)  # the documents' spelling
+    for bad, message in [
+        (tmp_path / "a" / CHECKPOINT_DIR / "3", "no checkpoint at step 3; it has steps 2, 4"),
+        (tmp_path / "nowhere", "does not exist"),
+    ]:
         with pytest.raises(CheckpointError, match=message):
             resume_point(bad)
     # a new preset and overrides apply; the model, tokenizer and row length stay the resumed run's
     resumed = build_config("configs/tiny.py", [("train.warmup_steps", "7")], "careful", resume=str(tmp_path / "a"))
     assert resumed.model == Config.load_json(tmp_path / "a" / "config.json").model
     assert (resumed.train.steps, resumed.train.lr, resumed.train.warmup_steps, resumed.data.seq_len) == (
-        200_000, 1e-4, 7, 32)
+        200_000,
+        1e-4,
+        7,
+        32,
+    )
 
 
 def test_epochs_set_the_steps_from_the_training_tokens(tmp_path):
@@ -141,6 +203,7 @@ def test_epochs_set_the_steps_from_the_training_tokens(tmp_path):
     records = train(config, tmp_path / "run", log=messages.append)
     from hrm.data import tokenized_corpus
     from hrm.tokenizer import get_tokenizer
+
     tokens = training_tokens(config.data, tokenized_corpus(config.data, get_tokenizer("byte"), lambda *_: None))
     steps = math.ceil(0.5 * tokens / (4 * 33))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["steps"] == steps
@@ -149,15 +212,19 @@ def test_epochs_set_the_steps_from_the_training_tokens(tmp_path):
     assert any(m.startswith(f"epochs: 0.5 x {tokens:,} tokens") for m in messages)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--config.model.d_model=1000000", "parameters: their weights, gradients and AdamW moments need"),
-    ("--config.model.n_layers=10000", "parameters: their weights, gradients and AdamW moments need"),
-    pytest.param("--config.data.seq_len=10000000", "does not fit: its train step needs", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.model.d_model=1000000", "parameters: their weights, gradients and AdamW moments need"),
+        ("--config.model.n_layers=10000", "parameters: their weights, gradients and AdamW moments need"),
+        pytest.param("--config.data.seq_len=10000000", "does not fit: its train step needs", marks=pytest.mark.slow),
+    ],
+)
 def test_impossible_sizes_are_one_line_before_anything_is_allocated(tmp_path, override, message):
     started = time.time()
-    result = run_module("hrm.train", "--config", "configs/tiny.py", override, "--output_dir", tmp_path,
-                        check=False, timeout=300)
+    result = run_module(
+        "hrm.train", "--config", "configs/tiny.py", override, "--output_dir", tmp_path, check=False, timeout=300
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / CHECKPOINT_DIR).exists() and time.time() - started < 300
@@ -167,24 +234,44 @@ def test_impossible_sizes_are_one_line_before_anything_is_allocated(tmp_path, ov
 def test_train_background_starts_detached_logs_and_stops(tmp_path):
     env = {**os.environ, "HRM_LOG_DIR": str(tmp_path / "logs"), "JAX_PLATFORMS": "cpu"}
     run_dir = tmp_path / "bg_run"
-    started = subprocess.run(["bash", ROOT / "scripts/train_background.sh", "--config", "configs/tiny.py",
-                              "--config.model.d_model=32", "--config.model.n_layers=1", "--config.data.seq_len=32",
-                              "--config.train.steps=100000", "--config.train.log_every=1",
-                              "--output_dir", run_dir], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=60)
+    started = subprocess.run(
+        [
+            "bash",
+            ROOT / "scripts/train_background.sh",
+            "--config",
+            "configs/tiny.py",
+            "--config.model.d_model=32",
+            "--config.model.n_layers=1",
+            "--config.data.seq_len=32",
+            "--config.train.steps=100000",
+            "--config.train.log_every=1",
+            "--output_dir",
+            run_dir,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert started.returncode == 0, started.stderr
-    pid_file, = (tmp_path / "logs").glob("training_bg_run_*.pid")
+    (pid_file,) = (tmp_path / "logs").glob("training_bg_run_*.pid")
     log_file = pid_file.with_suffix(".log")
     assert f"tail -f {log_file}" in started.stdout and f"--stop {pid_file}" in started.stdout
     pid = int(pid_file.read_text())
-    assert os.getpgid(pid) == pid                                  # its own process group (setsid)
+    assert os.getpgid(pid) == pid  # its own process group (setsid)
     deadline = time.time() + 300
     while time.time() < deadline and "step 2 " not in log_file.read_text():
         time.sleep(0.5)
     assert "step 2 " in log_file.read_text(), log_file.read_text()
-    assert "step 2 " in (run_dir / "train.log").read_text()       # hrm.train's own log in the run directory
-    stopped = subprocess.run(["bash", ROOT / "scripts/train_background.sh", "--stop", pid_file], cwd=ROOT,
-                             capture_output=True, text=True, timeout=90)
+    assert "step 2 " in (run_dir / "train.log").read_text()  # hrm.train's own log in the run directory
+    stopped = subprocess.run(
+        ["bash", ROOT / "scripts/train_background.sh", "--stop", pid_file],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert stopped.returncode == 0 and f"stopped training process {pid}" in stopped.stdout, stopped
     assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
     assert not pid_file.exists()
@@ -192,13 +279,17 @@ def test_train_background_starts_detached_logs_and_stops(tmp_path):
 
 def test_an_unreadable_data_file_is_skipped_and_counted(tmp_path, monkeypatch):
     from hrm.data.sources import Skipped, read_text
+
     secret = tmp_path / "secret.txt"
     secret.write_text("text")
     secret.chmod(0)
-    if os.access(secret, os.R_OK):   # root reads anything: make the read fail as it would for a user
+    if os.access(secret, os.R_OK):  # root reads anything: make the read fail as it would for a user
         real = Path.read_bytes
-        monkeypatch.setattr(Path, "read_bytes", lambda p: (_ for _ in ()).throw(PermissionError(13, "denied"))
-                            if p == secret else real(p))
+        monkeypatch.setattr(
+            Path,
+            "read_bytes",
+            lambda p: (_ for _ in ()).throw(PermissionError(13, "denied")) if p == secret else real(p),
+        )
     skipped = Skipped()
     assert read_text(secret, skipped) is None
     assert skipped.summary() == "skipped 1 unreadable files (e.g. secret.txt)"
@@ -209,5 +300,6 @@ def test_the_size_check_counts_parameters_exactly(name):
     """hrm.info.parameter_table extrapolates from 1- and 2-layer shapes; it equals tracing every layer."""
     from hrm.config import resolve_config
     from hrm.info import _full_parameter_table, parameter_table
+
     model = resolve_config(load_config_file(ROOT / "configs" / f"{name}.py")).model
     assert parameter_table(model) == _full_parameter_table(model)

@@ -10,13 +10,27 @@ from hrm.data.pieces import document_pieces, piece_summary
 from hrm.data.pipeline import packed_batches, packing_efficiency, piece_dataset, split_batch, split_documents
 from hrm.data.sources import DataError
 
-__all__ = ["DataError", "TokenizedCorpus", "check_data_fingerprint", "data_fingerprint", "document_batches",
-           "document_pieces", "eval_batches", "packed_batches", "packing_efficiency", "packing_summary",
-           "piece_dataset", "split_batch", "split_documents", "tokenized_corpus", "training_batches"]
+__all__ = [
+    "DataError",
+    "TokenizedCorpus",
+    "check_data_fingerprint",
+    "data_fingerprint",
+    "document_batches",
+    "document_pieces",
+    "eval_batches",
+    "packed_batches",
+    "packing_efficiency",
+    "packing_summary",
+    "piece_dataset",
+    "split_batch",
+    "split_documents",
+    "tokenized_corpus",
+    "training_batches",
+]
 
-EVAL_SEED = 0            # the held-out pieces' fixed shuffle
+EVAL_SEED = 0  # the held-out pieces' fixed shuffle
 TRUNCATION_WARNING = 0.05
-SUMMARY_ROWS = 256       # rows packed at start-up to report the packing efficiency
+SUMMARY_ROWS = 256  # rows packed at start-up to report the packing efficiency
 
 
 def training_batches(cfg_data, corpus: TokenizedCorpus, batch_size: int, seed: int):
@@ -54,9 +68,13 @@ def packing_summary(cfg_data, corpus: TokenizedCorpus, batch_size: int, seed: in
     iterator = iter(training_batches(cfg_data, corpus, batch_size, seed))
     batches = [split_batch(next(iterator)) for _ in range(math.ceil(SUMMARY_ROWS / batch_size))]
     efficiency = sum(packing_efficiency(b) for b in batches) / len(batches)
-    lines = [f"packing: {text}; packing efficiency {efficiency:.1%} (document tokens / row tokens, first "
-             f"{len(batches) * batch_size} rows)"]
+    lines = [
+        f"packing: {text}; packing efficiency {efficiency:.1%} (document tokens / row tokens, first "
+        f"{len(batches) * batch_size} rows)"
+    ]
     if long > TRUNCATION_WARNING:
-        lines.append(f"warning: {long:.0%} of the training documents are longer than a row and are cut or "
-                     f"truncated; raise data.seq_len (now {cfg_data.seq_len}) to keep more of them whole")
+        lines.append(
+            f"warning: {long:.0%} of the training documents are longer than a row and are cut or "
+            f"truncated; raise data.seq_len (now {cfg_data.seq_len}) to keep more of them whole"
+        )
     return lines

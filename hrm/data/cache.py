@@ -26,9 +26,9 @@ BATCH_DOCUMENTS = 512
 
 @dataclasses.dataclass
 class TokenizedCorpus:
-    tokens: np.ndarray          # (total,) int32, every document followed by EOS
-    offsets: np.ndarray         # (documents + 1,) int64
-    loss_mask: np.ndarray       # (total,) uint8: 1 where the token is a training target
+    tokens: np.ndarray  # (total,) int32, every document followed by EOS
+    offsets: np.ndarray  # (documents + 1,) int64
+    loss_mask: np.ndarray  # (total,) uint8: 1 where the token is a training target
     meta: dict
 
     def __len__(self) -> int:
@@ -40,13 +40,15 @@ class TokenizedCorpus:
     def piece(self, start: int, end: int, first_target: int = 0) -> dict:
         """Tokens ``[start, end)`` of the corpus and their loss mask, 0 before ``first_target`` (context only)."""
         loss_mask = np.array(self.loss_mask[start:end])
-        loss_mask[:max(0, first_target - start)] = 0
+        loss_mask[: max(0, first_target - start)] = 0
         return {"tokens": np.asarray(self.tokens[start:end]), "loss_mask": loss_mask}
 
     def summary(self) -> str:
         m = self.meta
-        return (f"data: {len(self):,} documents, {m['tokens']:,} tokens ({m['tokenizer']}) from "
-                f"{'; '.join(f'{k} {v}' for k, v in m['sources'])}; {m['skipped']}")
+        return (
+            f"data: {len(self):,} documents, {m['tokens']:,} tokens ({m['tokenizer']}) from "
+            f"{'; '.join(f'{k} {v}' for k, v in m['sources'])}; {m['skipped']}"
+        )
 
 
 def default_cache_dir() -> Path:
@@ -66,10 +68,12 @@ def tokenized_corpus(cfg, tokenizer: Tokenizer, log=print) -> TokenizedCorpus:
         state = "built"
     else:
         state = "reused"
-    corpus = TokenizedCorpus(tokens=np.load(folder / "tokens.npy", mmap_mode="r"),
-                             offsets=np.load(folder / "offsets.npy"),
-                             loss_mask=np.load(folder / "loss_mask.npy", mmap_mode="r"),
-                             meta=json.loads((folder / "meta.json").read_text()))
+    corpus = TokenizedCorpus(
+        tokens=np.load(folder / "tokens.npy", mmap_mode="r"),
+        offsets=np.load(folder / "offsets.npy"),
+        loss_mask=np.load(folder / "loss_mask.npy", mmap_mode="r"),
+        meta=json.loads((folder / "meta.json").read_text()),
+    )
     log(f"{corpus.summary()}; token cache {state}: {folder}")
     return corpus
 
@@ -77,8 +81,8 @@ def tokenized_corpus(cfg, tokenizer: Tokenizer, log=print) -> TokenizedCorpus:
 def _encode_documents(documents, tokenizer: Tokenizer, completion_only: bool, threads: int):
     """Token ids and loss masks for a batch of documents (prompt and completion tokenized apart)."""
     encode = lambda texts: tokenizer.encoding.encode_ordinary_batch(texts, num_threads=threads)
-    prompts = encode([d.text[:d.prompt_chars] for d in documents])
-    completions = encode([d.text[d.prompt_chars:] for d in documents])
+    prompts = encode([d.text[: d.prompt_chars] for d in documents])
+    completions = encode([d.text[d.prompt_chars :] for d in documents])
     for prompt, completion in zip(prompts, completions):
         ids = prompt + completion + [tokenizer.eos_id]
         mask = [0 if completion_only else 1] * len(prompt) + [1] * (len(completion) + 1)
@@ -104,19 +108,27 @@ def _build(cfg, tokenizer: Tokenizer, folder: Path) -> None:
     flush()
     sources = source_descriptions(cfg)
     if not tokens:
-        raise DataError(f"no usable documents in {', '.join(f'{k} {v}' for k, v in sources)} "
-                        f"({skipped.summary()}); check the paths, columns and file types")
+        raise DataError(
+            f"no usable documents in {', '.join(f'{k} {v}' for k, v in sources)} "
+            f"({skipped.summary()}); check the paths, columns and file types"
+        )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
     try:
         np.save(tmp / "tokens.npy", np.concatenate(tokens))
         np.save(tmp / "loss_mask.npy", np.concatenate(masks))
         np.save(tmp / "offsets.npy", np.asarray(offsets, np.int64))
-        meta = {"tokens": int(offsets[-1]), "documents": len(tokens), "tokenizer": tokenizer.name,
-                "sources": sources, "skipped": skipped.summary(), "skipped_counts": dict(skipped.counts)}
+        meta = {
+            "tokens": int(offsets[-1]),
+            "documents": len(tokens),
+            "tokenizer": tokenizer.name,
+            "sources": sources,
+            "skipped": skipped.summary(),
+            "skipped_counts": dict(skipped.counts),
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         os.replace(tmp, folder)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / "meta.json").exists():   # another process may have built it meanwhile
+        if not (folder / "meta.json").exists():  # another process may have built it meanwhile
             raise

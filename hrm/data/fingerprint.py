@@ -28,26 +28,37 @@ def _digest(array: np.ndarray) -> str:
 def data_fingerprint(cfg_data, corpus: TokenizedCorpus) -> dict:
     """What identifies the run's data: sources, sizes, tokenizer and loss mask, and the held-out split."""
     _, held_out = split_documents(len(corpus), cfg_data.eval_fraction)
-    fingerprint = {"sources": corpus.meta["sources"], "tokenizer": corpus.meta["tokenizer"],
-                   "completion_only": cfg_data.completion_only, "documents": len(corpus),
-                   "tokens": int(corpus.meta["tokens"]), "document sizes": _digest(np.diff(corpus.offsets)),
-                   "eval_fraction": cfg_data.eval_fraction, "held-out documents": _digest(held_out)}
-    return json.loads(json.dumps(fingerprint))                               # as it reads back from the file
+    fingerprint = {
+        "sources": corpus.meta["sources"],
+        "tokenizer": corpus.meta["tokenizer"],
+        "completion_only": cfg_data.completion_only,
+        "documents": len(corpus),
+        "tokens": int(corpus.meta["tokens"]),
+        "document sizes": _digest(np.diff(corpus.offsets)),
+        "eval_fraction": cfg_data.eval_fraction,
+        "held-out documents": _digest(held_out),
+    }
+    return json.loads(json.dumps(fingerprint))  # as it reads back from the file
 
 
-def check_data_fingerprint(run_dir: Path, fingerprint: dict, resuming: bool, allow_change: bool, log=print,
-                           write: bool = True) -> None:
+def check_data_fingerprint(
+    run_dir: Path, fingerprint: dict, resuming: bool, allow_change: bool, log=print, write: bool = True
+) -> None:
     """Refuse to resume ``run_dir`` on data other than it was trained on (``DataError``), unless
     ``allow_change``; then (on the writing process) save ``fingerprint`` as the run's data."""
     path = Path(run_dir) / FINGERPRINT_FILE
     saved = json.loads(path.read_text()) if resuming and path.exists() else fingerprint
     changed = [f"{key} {saved.get(key)} -> {value}" for key, value in fingerprint.items() if saved.get(key) != value]
     if changed and not allow_change:
-        raise DataError(f"the data of the run in '{run_dir}' changed ({'; '.join(changed)}); pass "
-                        f"--allow_data_change to resume on it anyway, or a new --output_dir")
+        raise DataError(
+            f"the data of the run in '{run_dir}' changed ({'; '.join(changed)}); pass "
+            f"--allow_data_change to resume on it anyway, or a new --output_dir"
+        )
     if changed:
-        log(f"data changed ({'; '.join(changed)}); resuming on it (--allow_data_change): the exact resume of "
-            f"the data order is lost")
+        log(
+            f"data changed ({'; '.join(changed)}); resuming on it (--allow_data_change): the exact resume of "
+            f"the data order is lost"
+        )
     if write:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(fingerprint, indent=1))

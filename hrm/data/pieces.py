@@ -36,19 +36,23 @@ def _targets(corpus: TokenizedCorpus, indices: np.ndarray, seq_len: int):
     trained = np.add.reduceat(corpus.loss_mask, corpus.offsets[:-1], dtype=np.int64)[indices]
     starts, ends = corpus.offsets[indices], corpus.offsets[indices + 1]
     first = np.maximum(starts + 1, ends - trained)
-    return starts, first, ends, -(-(ends - first) // seq_len)             # ceil(targets / seq_len) pieces
+    return starts, first, ends, -(-(ends - first) // seq_len)  # ceil(targets / seq_len) pieces
 
 
 def piece_summary(corpus: TokenizedCorpus, indices: np.ndarray, seq_len: int) -> tuple[str, float]:
     """(one line, fraction of documents longer than a row): what became of the documents ``indices``."""
     starts, first, ends, counts = _targets(corpus, indices, seq_len)
     long, split = ends - starts > seq_len + 1, counts > 1
-    unread = np.maximum(0, np.minimum(first + seq_len, ends) - seq_len - 1 - starts)   # prompt before row 1
-    text = (f"{len(starts):,} documents, rows of {seq_len + 1} tokens (data.seq_len {seq_len} + 1): "
-            f"{np.sum(~long):,} fit a row and stay whole, {np.sum(long):,} are longer")
+    unread = np.maximum(0, np.minimum(first + seq_len, ends) - seq_len - 1 - starts)  # prompt before row 1
+    text = (
+        f"{len(starts):,} documents, rows of {seq_len + 1} tokens (data.seq_len {seq_len} + 1): "
+        f"{np.sum(~long):,} fit a row and stay whole, {np.sum(long):,} are longer"
+    )
     if np.any(split):
         text += f"; {np.sum(split):,} cut into {counts[split].sum():,} row-sized pieces (each its own segment)"
     if np.any(unread):
-        text += (f"; {np.sum(unread > 0):,} prompts truncated on the left to fit their answer "
-                 f"({unread.sum():,} prompt tokens never read)")
+        text += (
+            f"; {np.sum(unread > 0):,} prompts truncated on the left to fit their answer "
+            f"({unread.sum():,} prompt tokens never read)"
+        )
     return text, float(np.mean(long)) if len(starts) else 0.0

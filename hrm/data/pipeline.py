@@ -18,7 +18,7 @@ import numpy as np
 from hrm.data.cache import TokenizedCorpus
 from hrm.data.pieces import document_pieces
 
-PACKING_BINS = 64        # rows filled together (at least a batch): more bins leave less padding
+PACKING_BINS = 64  # rows filled together (at least a batch): more bins leave less padding
 
 
 def split_documents(n_documents: int, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -28,23 +28,33 @@ def split_documents(n_documents: int, eval_fraction: float) -> tuple[np.ndarray,
     return np.sort(order[n_eval:]), np.sort(order[:n_eval])
 
 
-def piece_dataset(corpus: TokenizedCorpus, indices: np.ndarray, seq_len: int, seed: int,
-                  epochs: int | None = None) -> grain.MapDataset:
+def piece_dataset(
+    corpus: TokenizedCorpus, indices: np.ndarray, seq_len: int, seed: int, epochs: int | None = None
+) -> grain.MapDataset:
     """The pieces ({"tokens", "loss_mask"}) of the documents ``indices``, shuffled by ``seed`` anew every
     epoch, for ``epochs`` epochs (None: endless)."""
     ds = grain.MapDataset.source(document_pieces(corpus, indices, seq_len)).seed(seed).shuffle()
     return ds.repeat(epochs).map(lambda piece: corpus.piece(*map(int, piece)))
 
 
-def packed_batches(pieces: grain.MapDataset, seq_len: int, batch_size: int, num_threads: int,
-                   prefetch: int, seed: int = 0, drop_remainder: bool = True) -> grain.IterDataset:
+def packed_batches(
+    pieces: grain.MapDataset,
+    seq_len: int,
+    batch_size: int,
+    num_threads: int,
+    prefetch: int,
+    seed: int = 0,
+    drop_remainder: bool = True,
+) -> grain.IterDataset:
     """Batches of rows of ``seq_len + 1`` tokens (inputs and shifted targets) packed with whole pieces, with
     segment ids (0: padding) and positions; a finite dataset's last, smaller batch is kept unless
     ``drop_remainder``."""
     rows = grain.experimental.FirstFitPackIterDataset(
         pieces.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)),
         length_struct={"tokens": seq_len + 1, "loss_mask": seq_len + 1},
-        num_packing_bins=max(batch_size, PACKING_BINS), seed=seed)
+        num_packing_bins=max(batch_size, PACKING_BINS),
+        seed=seed,
+    )
     return rows.batch(batch_size, drop_remainder=drop_remainder)
 
 

@@ -27,7 +27,7 @@ from hrm.errors import UserError
 TEXT_SUFFIXES = (".txt", ".py", ".md", ".json")
 TABLE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 COLUMN_SEPARATOR = "\n\n"
-SYNTHETIC_PREFIX = "synthetic:"   # --dataset synthetic:NAME, hrm/data/synthetic.py
+SYNTHETIC_PREFIX = "synthetic:"  # --dataset synthetic:NAME, hrm/data/synthetic.py
 
 
 class DataError(UserError):
@@ -37,7 +37,7 @@ class DataError(UserError):
 @dataclasses.dataclass
 class Document:
     text: str
-    prompt_chars: int = 0      # the first prompt_chars characters are context (no loss if completion_only)
+    prompt_chars: int = 0  # the first prompt_chars characters are context (no loss if completion_only)
 
 
 class Skipped:
@@ -55,8 +55,9 @@ class Skipped:
     def summary(self) -> str:
         if not self.counts:
             return "skipped 0"
-        return "skipped " + "; ".join(f"{n} {reason} (e.g. {', '.join(self.examples[reason])})"
-                                      for reason, n in sorted(self.counts.items()))
+        return "skipped " + "; ".join(
+            f"{n} {reason} (e.g. {', '.join(self.examples[reason])})" for reason, n in sorted(self.counts.items())
+        )
 
 
 def stdlib_files() -> list[Path]:
@@ -147,8 +148,11 @@ def dialogue_documents(path: str, skipped: Skipped) -> Iterator[Document]:
         context, response = record.get("context"), record.get("response")
         if isinstance(context, str):
             context = [context]
-        if (not isinstance(response, str) or not isinstance(context, list)
-                or not all(isinstance(turn, str) for turn in context)):
+        if (
+            not isinstance(response, str)
+            or not isinstance(context, list)
+            or not all(isinstance(turn, str) for turn in context)
+        ):
             skipped.add("dialogue lines without a context list and a response string", f"{path.name}:{number}")
             continue
         prompt = dialogue_prompt(context)
@@ -202,9 +206,12 @@ def _hf_rows(name: str, split: str):
         import datasets
     except ImportError:
         looks_local = Path(name).exists() or name.startswith((".", "/"))
-        raise DataError(f"--dataset '{name}' " + ("does not exist" if not looks_local else "is a folder") +
-                        "; local files must be .jsonl/.json/.parquet/.csv, and Hugging Face datasets need "
-                        "pip install datasets") from None
+        raise DataError(
+            f"--dataset '{name}' "
+            + ("does not exist" if not looks_local else "is a folder")
+            + "; local files must be .jsonl/.json/.parquet/.csv, and Hugging Face datasets need "
+            "pip install datasets"
+        ) from None
     if Path(name).is_dir():
         loaded = datasets.load_from_disk(name)
         if isinstance(loaded, datasets.DatasetDict):
@@ -215,8 +222,10 @@ def _hf_rows(name: str, split: str):
         try:
             loaded = datasets.load_dataset(name, split=split)
         except Exception as error:
-            raise DataError(f"could not load Hugging Face dataset '{name}' split '{split}' "
-                            f"({type(error).__name__}); offline, pass a local file or a save_to_disk folder") from None
+            raise DataError(
+                f"could not load Hugging Face dataset '{name}' split '{split}' "
+                f"({type(error).__name__}); offline, pass a local file or a save_to_disk folder"
+            ) from None
     return iter(loaded), list(loaded.column_names)
 
 
@@ -228,8 +237,10 @@ def column_documents(name: str, split: str, text_column: str, skipped: Skipped) 
     wanted = [c.strip() for c in text_column.split(",") if c.strip()]
     missing = [c for c in wanted if c not in available]
     if missing or not wanted:
-        raise DataError(f"column(s) {', '.join(missing) or repr(text_column)} not in '{name}'; available columns: "
-                        f"{', '.join(map(str, available)) or 'none'} (choose with --text_column)")
+        raise DataError(
+            f"column(s) {', '.join(missing) or repr(text_column)} not in '{name}'; available columns: "
+            f"{', '.join(map(str, available)) or 'none'} (choose with --text_column)"
+        )
     for number, row in enumerate(rows, 1):
         values = [row.get(c) for c in wanted]
         if not all(isinstance(v, str) for v in values):
@@ -244,8 +255,11 @@ def column_documents(name: str, split: str, text_column: str, skipped: Skipped) 
 
 def source_descriptions(cfg) -> list[tuple[str, str]]:
     """The (kind, location) sources a data config names, or the default stdlib corpus."""
-    sources = [(kind, location) for kind, location in
-               (("data_dir", cfg.data_dir), ("data_path", cfg.data_path), ("dataset", cfg.dataset)) if location]
+    sources = [
+        (kind, location)
+        for kind, location in (("data_dir", cfg.data_dir), ("data_path", cfg.data_path), ("dataset", cfg.dataset))
+        if location
+    ]
     return sources or [("stdlib", sysconfig.get_paths()["stdlib"])]
 
 
@@ -263,6 +277,7 @@ def iter_documents(cfg, skipped: Skipped) -> Iterator[Document]:
             yield from dialogue_documents(location, skipped)
         elif location.startswith(SYNTHETIC_PREFIX):
             from hrm.data.synthetic import documents
+
             yield from documents(location, cfg.synthetic)
         else:
             yield from column_documents(location, cfg.dataset_split, cfg.text_column, skipped)
@@ -273,8 +288,15 @@ def source_fingerprint(cfg) -> list:
     parts = []
     for kind, location in source_descriptions(cfg):
         path = Path(location)
-        files = stdlib_files() if kind == "stdlib" else directory_files(path) if kind == "data_dir" else (
-            sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else [])
+        files = (
+            stdlib_files()
+            if kind == "stdlib"
+            else directory_files(path)
+            if kind == "data_dir"
+            else (
+                sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
+            )
+        )
         stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
         parts.append([kind, location, stats, cfg.dataset_split, cfg.text_column])
         if location.startswith(SYNTHETIC_PREFIX):

@@ -34,7 +34,8 @@ from typing import Callable
 
 import numpy as np
 
-from hrm.data.sources import SYNTHETIC_PREFIX as PREFIX, DataError, Document
+from hrm.data.sources import SYNTHETIC_PREFIX as PREFIX
+from hrm.data.sources import DataError, Document
 
 TRAIN_STREAM, TEST_STREAM = 0, 1
 FINAL_ANSWER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
@@ -48,12 +49,12 @@ class Example:
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    make: Callable[[np.random.Generator, int, int, int], Example]   # (rng, length, targets, vocab)
-    length: int            # default size (see the module docstring)
-    targets: int = 0       # default number of targets (tasks that have them)
-    vocab: int = 0         # default alphabet (tasks that have one)
+    make: Callable[[np.random.Generator, int, int, int], Example]  # (rng, length, targets, vocab)
+    length: int  # default size (see the module docstring)
+    targets: int = 0  # default number of targets (tasks that have them)
+    vocab: int = 0  # default alphabet (tasks that have one)
     max_vocab: int = 26
-    final_answer: bool = False   # score the "#### N" result, not the whole answer
+    final_answer: bool = False  # score the "#### N" result, not the whole answer
 
 
 class SyntheticError(DataError):
@@ -74,7 +75,7 @@ def selective_copying(rng, length: int, targets: int, vocab: int) -> Example:
 
 
 def induction_heads(rng, length: int, targets: int, vocab: int) -> Example:
-    tokens = _letters(rng, vocab, length - 3)           # + trigger, its letter, the final trigger
+    tokens = _letters(rng, vocab, length - 3)  # + trigger, its letter, the final trigger
     where = int(rng.integers(0, len(tokens) + 1))
     answer = str(_letters(rng, vocab, 1)[0])
     return Example("".join(tokens[:where]) + "@" + answer + "".join(tokens[where:]) + "@", answer)
@@ -90,7 +91,7 @@ def mqar(rng, length: int, targets: int, vocab: int) -> Example:
 
 def _number(rng, max_digits: int) -> int:
     digits = int(rng.integers(1, max_digits + 1))
-    return int(rng.integers(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits))
+    return int(rng.integers(0 if digits == 1 else 10 ** (digits - 1), 10**digits))
 
 
 def addition(rng, length: int, targets: int, vocab: int) -> Example:
@@ -124,10 +125,9 @@ TASKS = {
 
 def task_name(spec: str) -> str:
     """``NAME`` of ``synthetic:NAME`` (or of a bare name), checked."""
-    name = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
+    name = spec[len(PREFIX) :] if spec.startswith(PREFIX) else spec
     if name not in TASKS:
-        raise SyntheticError(f"unknown synthetic task '{name}'; choose one of "
-                             f"{', '.join(PREFIX + t for t in TASKS)}")
+        raise SyntheticError(f"unknown synthetic task '{name}'; choose one of {', '.join(PREFIX + t for t in TASKS)}")
     return name
 
 
@@ -184,5 +184,6 @@ def documents(spec: str, cfg) -> list:
     completion (``data.completion_only`` puts the loss on it alone)."""
     if cfg.examples < 1:
         raise SyntheticError(f"data.synthetic.examples must be positive, got {cfg.examples}")
-    return [Document(e.prompt + e.answer, prompt_chars=len(e.prompt))
-            for e in examples(task_name(spec), cfg, cfg.examples)]
+    return [
+        Document(e.prompt + e.answer, prompt_chars=len(e.prompt)) for e in examples(task_name(spec), cfg, cfg.examples)
+    ]

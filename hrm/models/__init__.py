@@ -22,8 +22,12 @@ from hrm.models.hybrid import HybridPatternLM, HybridRecursiveLM
 from hrm.models.lm import MambaLM
 from hrm.models.recursive import RecursiveSSM
 
-FAMILIES = {"mamba": MambaLM, "hybrid_recursive": HybridRecursiveLM, "recursive_ssm": RecursiveSSM,
-            "hybrid_pattern": HybridPatternLM}
+FAMILIES = {
+    "mamba": MambaLM,
+    "hybrid_recursive": HybridRecursiveLM,
+    "recursive_ssm": RecursiveSSM,
+    "hybrid_pattern": HybridPatternLM,
+}
 
 
 def build_model(cfg: ModelConfig, seed: int = 0) -> nnx.Module:

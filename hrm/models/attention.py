@@ -42,15 +42,15 @@ from hrm.models.mamba import torch_default_init
 from hrm.models.segments import positions_in_segment
 
 NEG_INF = -1e30
-NEVER = jnp.iinfo(jnp.int32).max   # the position of a padding key: no query sees it
-BLOCK_SIZE = 512                  # queries per flash_attention block
+NEVER = jnp.iinfo(jnp.int32).max  # the position of a padding key: no query sees it
+BLOCK_SIZE = 512  # queries per flash_attention block
 
 
 class KVCache(NamedTuple):
-    keys: dict         # scale s -> (batch, ceil(length / s), heads, head_dim): pooled keys, RoPE applied
-    values: dict       # scale s -> (batch, ceil(length / s), heads, head_dim): pooled values
+    keys: dict  # scale s -> (batch, ceil(length / s), heads, head_dim): pooled keys, RoPE applied
+    values: dict  # scale s -> (batch, ceil(length / s), heads, head_dim): pooled values
     recent: jax.Array  # (batch, max(scales) - 1, heads, 2 * head_dim): raw keys and values of the last positions
-    pos: jax.Array     # (batch,) int32: positions written so far
+    pos: jax.Array  # (batch,) int32: positions written so far
 
 
 def kv_slots(length: int, s: int) -> int:
@@ -61,6 +61,7 @@ def kv_slots(length: int, s: int) -> int:
 def resize_kv_caches(cache, length: int):
     """``cache`` (any model's decode cache) with every KVCache's buffers grown (or cut) to ``length``
     positions; slots past a row's position are never read, so growing leaves every result unchanged."""
+
     def fit(buffers: dict) -> dict:
         out = {}
         for s, buffer in buffers.items():
@@ -83,7 +84,7 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     """Rotary embedding of x (batch, length, heads, head_dim) at positions (batch, length)."""
     half = x.shape[-1] // 2
     freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions.astype(jnp.float32)[..., None] * freqs                  # (b, l, half)
+    angles = positions.astype(jnp.float32)[..., None] * freqs  # (b, l, half)
     cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
@@ -110,7 +111,7 @@ def pool_windows(keys: jax.Array, values: jax.Array, segment_ids: jax.Array, s: 
         return keys, values, position, segment_ids
     slots = -(-n // s)
     is_end = (positions_in_segment(segment_ids) + 1) % s == 0
-    slot = jnp.where(is_end, jnp.cumsum(is_end, axis=1) - 1, slots)        # slot `slots` is dropped
+    slot = jnp.where(is_end, jnp.cumsum(is_end, axis=1) - 1, slots)  # slot `slots` is dropped
     rows = jnp.arange(b)[:, None]
     ends = jnp.full((b, slots), NEVER, jnp.int32).at[rows, slot].set(position, mode="drop")
     window = jnp.clip(ends[:, :, None] - jnp.arange(s - 1, -1, -1), 0, n - 1).reshape(b, slots * s)
@@ -157,8 +158,11 @@ def _attend_query_block(q, q_pos, q_seg, k, v, k_pos, k_seg):
 
         return jax.lax.cond(_overlaps(q_pos, k_pos_j), attend, lambda c: c, carry), None
 
-    init = (jnp.full((b, h, bq), NEG_INF, jnp.float32), jnp.zeros((b, h, bq), jnp.float32),
-            jnp.zeros((b, h, bq, d), jnp.float32))
+    init = (
+        jnp.full((b, h, bq), NEG_INF, jnp.float32),
+        jnp.zeros((b, h, bq), jnp.float32),
+        jnp.zeros((b, h, bq, d), jnp.float32),
+    )
     (m, total, acc), _ = jax.lax.scan(step, init, (k, v, k_pos, k_seg))
     seen = total > 0
     out = acc / jnp.where(seen, total, 1.0)[..., None]
@@ -206,12 +210,12 @@ def _flash_bwd(residuals, d_out):
                 dk, dv = carry
                 logits, mask = _block_scores(q_i, k_j, q_pos_i, k_pos_j, q_seg_i, k_seg_j)
                 p = jnp.where(mask, jnp.exp(logits - lse_i[..., None]), 0.0)
-                dv = dv + jnp.einsum("bhqk,bqhd->bkhd", p.astype(d_out_i.dtype), d_out_i,
-                                     preferred_element_type=jnp.float32)
+                dv = dv + jnp.einsum(
+                    "bhqk,bqhd->bkhd", p.astype(d_out_i.dtype), d_out_i, preferred_element_type=jnp.float32
+                )
                 dp = jnp.einsum("bqhd,bkhd->bhqk", d_out_i, v_j, preferred_element_type=jnp.float32)
                 ds = p * (dp - d_row_i[..., None]) * scale
-                dk = dk + jnp.einsum("bhqk,bqhd->bkhd", ds.astype(q_i.dtype), q_i,
-                                     preferred_element_type=jnp.float32)
+                dk = dk + jnp.einsum("bhqk,bqhd->bkhd", ds.astype(q_i.dtype), q_i, preferred_element_type=jnp.float32)
                 dq_i = jnp.einsum("bhqk,bkhd->bqhd", ds.astype(k_j.dtype), k_j, preferred_element_type=jnp.float32)
                 return (dk, dv), dq_i
 
@@ -240,9 +244,15 @@ def blocked_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, block_q: int, block_k
         x = jnp.pad(x, [(0, 0), (0, -x.shape[1] % block)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
         return jnp.moveaxis(x.reshape(x.shape[0], -1, block, *x.shape[2:]), 1, 0)
 
-    out = flash_attention(split(q, block_q, 0), split(k, block_k, 0), split(v, block_k, 0),
-                          split(q_pos, block_q, 0), split(k_pos, block_k, NEVER),
-                          split(q_seg, block_q, 0), split(k_seg, block_k, 0))
+    out = flash_attention(
+        split(q, block_q, 0),
+        split(k, block_k, 0),
+        split(v, block_k, 0),
+        split(q_pos, block_q, 0),
+        split(k_pos, block_k, NEVER),
+        split(q_seg, block_q, 0),
+        split(k_seg, block_k, 0),
+    )
     b, length = q.shape[:2]
     return jnp.moveaxis(out, 0, 1).reshape(b, -1, *out.shape[3:])[:, :length]
 
@@ -254,7 +264,7 @@ def cached_attention(q, k, v, q_pos, s: int, block_k: int) -> jax.Array:
     step reads O(current length) of the buffer, never all of it. Returns (b, l, h, d) in v's dtype."""
     b, l, h, d = q.shape
     n = k.shape[1]
-    block = math.gcd(n, block_k)              # a power of two dividing the buffer: no padding copy
+    block = math.gcd(n, block_k)  # a power of two dividing the buffer: no padding copy
     last = jnp.max(q_pos)
     zeros_q, zeros_k = jnp.zeros((b, l), jnp.int32), jnp.zeros((b, block), jnp.int32)
 
@@ -276,8 +286,12 @@ def cached_attention(q, k, v, q_pos, s: int, block_k: int) -> jax.Array:
         pv = jnp.einsum("bhqk,bkhd->bhqd", p.astype(v_j.dtype), v_j, preferred_element_type=jnp.float32)
         return i + 1, m_new, total * rescale + p.sum(-1), acc * rescale[..., None] + pv
 
-    init = (jnp.zeros((), jnp.int32), jnp.full((b, h, l), NEG_INF, jnp.float32), jnp.zeros((b, h, l), jnp.float32),
-            jnp.zeros((b, h, l, d), jnp.float32))
+    init = (
+        jnp.zeros((), jnp.int32),
+        jnp.full((b, h, l), NEG_INF, jnp.float32),
+        jnp.zeros((b, h, l), jnp.float32),
+        jnp.zeros((b, h, l, d), jnp.float32),
+    )
     _, _, total, acc = jax.lax.while_loop(more, attend, init)
     out = acc / jnp.where(total > 0, total, 1.0)[..., None]
     return jnp.swapaxes(out, 1, 2).astype(v.dtype)
@@ -291,16 +305,18 @@ class MultiScaleAttention(nnx.Module):
     share at every scale.
     """
 
-    def __init__(self, cfg: ModelConfig, scales: tuple[int, ...] = (1,), *, block_size: int = BLOCK_SIZE,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: ModelConfig, scales: tuple[int, ...] = (1,), *, block_size: int = BLOCK_SIZE, rngs: nnx.Rngs
+    ):
         self.cfg = cfg
         self.scales = tuple(scales)
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.d_model // cfg.n_heads
         self.block_size = block_size
         dtype = jnp.dtype(cfg.dtype)
-        linear = lambda init: nnx.Linear(cfg.d_model, cfg.d_model, use_bias=False, dtype=dtype,
-                                         kernel_init=init, rngs=rngs)
+        linear = lambda init: nnx.Linear(
+            cfg.d_model, cfg.d_model, use_bias=False, dtype=dtype, kernel_init=init, rngs=rngs
+        )
         self.q_proj = linear(torch_default_init)
         self.k_proj = linear(torch_default_init)
         self.v_proj = linear(torch_default_init)
@@ -313,9 +329,12 @@ class MultiScaleAttention(nnx.Module):
         length = self.cfg.max_cache_len if length is None else length
         dtype = jnp.dtype(self.cfg.dtype)
         buffer = lambda s: jnp.zeros((batch, kv_slots(length, s), self.n_heads, self.head_dim), dtype)
-        return KVCache({s: buffer(s) for s in self.scales}, {s: buffer(s) for s in self.scales},
-                       jnp.zeros((batch, max(self.scales) - 1, self.n_heads, 2 * self.head_dim), dtype),
-                       jnp.zeros((batch,), jnp.int32))
+        return KVCache(
+            {s: buffer(s) for s in self.scales},
+            {s: buffer(s) for s in self.scales},
+            jnp.zeros((batch, max(self.scales) - 1, self.n_heads, 2 * self.head_dim), dtype),
+            jnp.zeros((batch,), jnp.int32),
+        )
 
     def __call__(self, x: jax.Array, cache: KVCache | None = None, segment_ids: jax.Array | None = None):
         """x (batch, length, d_model) → (out (batch, length, d_model), cache).
@@ -330,7 +349,7 @@ class MultiScaleAttention(nnx.Module):
         k = self.k_proj(x).reshape(b, l, h, dh)
         v = self.v_proj(x).reshape(b, l, h, dh)
         start = jnp.zeros((b,), jnp.int32) if cache is None else cache.pos
-        q_pos = start[:, None] + jnp.arange(l, dtype=jnp.int32)[None]            # (b, l)
+        q_pos = start[:, None] + jnp.arange(l, dtype=jnp.int32)[None]  # (b, l)
         q = rope(q, q_pos, self.cfg.rope_theta)
         if cache is None:
             q_seg = k_seg = jnp.zeros((b, l), jnp.int32) if segment_ids is None else segment_ids
@@ -338,13 +357,26 @@ class MultiScaleAttention(nnx.Module):
             for s in self.scales:
                 pooled_k, pooled_v, k_pos, pooled_seg = pool_windows(k, v, k_seg, s)
                 pooled_k = rope(pooled_k, k_pos, self.cfg.rope_theta)
-                outs.append(blocked_attention(q, pooled_k, pooled_v, q_pos, k_pos, q_seg, pooled_seg,
-                                              self.block_size, max(self.block_size // s, 1)))
+                outs.append(
+                    blocked_attention(
+                        q,
+                        pooled_k,
+                        pooled_v,
+                        q_pos,
+                        k_pos,
+                        q_seg,
+                        pooled_seg,
+                        self.block_size,
+                        max(self.block_size // s, 1),
+                    )
+                )
             new_cache = None
         else:
             new_cache = self._extend_cache(cache, k, v, q_pos)
-            outs = [cached_attention(q, new_cache.keys[s], new_cache.values[s], q_pos, s,
-                                     max(self.block_size // s, 1)) for s in self.scales]
+            outs = [
+                cached_attention(q, new_cache.keys[s], new_cache.values[s], q_pos, s, max(self.block_size // s, 1))
+                for s in self.scales
+            ]
         if len(outs) > 1:
             weights = jax.nn.softmax(self.scale_logits[...])
             out = sum(w.astype(o.dtype) * o for w, o in zip(weights, outs))
@@ -366,14 +398,14 @@ class MultiScaleAttention(nnx.Module):
         keys, values = {}, {}
         for s in self.scales:
             slots = cache.keys[s].shape[1]
-            window = raw[:, raw.shape[1] - l - s + 1:]                               # (b, s - 1 + l, h, 2dh)
-            mean = sum(window[:, i:i + l].astype(jnp.float32) for i in range(s)) / s
+            window = raw[:, raw.shape[1] - l - s + 1 :]  # (b, s - 1 + l, h, 2dh)
+            mean = sum(window[:, i : i + l].astype(jnp.float32) for i in range(s)) / s
             ends = (q_pos + 1) % s == 0
             slot = jnp.where(ends, (q_pos + 1) // s - 1, slots)
             new_k = rope(mean[..., :dh].astype(k.dtype), q_pos, self.cfg.rope_theta)
             keys[s] = cache.keys[s].at[rows, slot].set(new_k.astype(cache.keys[s].dtype), mode="drop")
             values[s] = cache.values[s].at[rows, slot].set(mean[..., dh:].astype(cache.values[s].dtype), mode="drop")
-        recent = raw[:, raw.shape[1] - cache.recent.shape[1]:]
+        recent = raw[:, raw.shape[1] - cache.recent.shape[1] :]
         return KVCache(keys, values, recent, cache.pos + l)
 
 

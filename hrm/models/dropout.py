@@ -16,7 +16,7 @@ import contextlib
 import jax
 import jax.numpy as jnp
 
-_active: list = []   # [key, calls] while a train-step forward is being traced
+_active: list = []  # [key, calls] while a train-step forward is being traced
 
 
 @contextlib.contextmanager

@@ -56,15 +56,21 @@ class HybridRecursiveLM(LanguageModel):
     """``n_layers`` HybridRecursiveLayers between the shared embedding and head."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        super().__init__(cfg, lambda rngs: [HybridRecursiveLayer(cfg, rngs=rngs) for _ in range(cfg.n_layers)],
-                         rngs=rngs)
+        super().__init__(
+            cfg, lambda rngs: [HybridRecursiveLayer(cfg, rngs=rngs) for _ in range(cfg.n_layers)], rngs=rngs
+        )
 
     @staticmethod
     def work(cfg: ModelConfig) -> Work:
         n, scales = cfg.n_layers, cfg.attention_scales
-        return Work(n, f"{n} layers, each Mamba + recursive transform x {cfg.max_recursion_depth} + attention at "
-                       f"scales {','.join(map(str, scales))}",
-                    {"recursive processor": cfg.max_recursion_depth}, n, n * sum(1 / s for s in scales))
+        return Work(
+            n,
+            f"{n} layers, each Mamba + recursive transform x {cfg.max_recursion_depth} + attention at "
+            f"scales {','.join(map(str, scales))}",
+            {"recursive processor": cfg.max_recursion_depth},
+            n,
+            n * sum(1 / s for s in scales),
+        )
 
 
 class AttentionLayer(nnx.Module):
@@ -91,10 +97,16 @@ class HybridPatternLM(LanguageModel):
             if letter == "A":
                 return AttentionLayer(cfg, rngs=rngs)
             return ResidualBlock(cfg, Mamba(cfg, rngs=rngs), rngs=rngs)
+
         super().__init__(cfg, lambda rngs: [make(c, rngs) for c in cfg.layer_pattern], rngs=rngs)
 
     @staticmethod
     def work(cfg: ModelConfig) -> Work:
         mamba, attention = cfg.layer_pattern.count("M"), cfg.layer_pattern.count("A")
-        return Work(cfg.n_layers, f"{cfg.n_layers} layers '{cfg.layer_pattern}' ({mamba} Mamba, {attention} "
-                                  f"attention)", {}, mamba, float(attention))
+        return Work(
+            cfg.n_layers,
+            f"{cfg.n_layers} layers '{cfg.layer_pattern}' ({mamba} Mamba, {attention} attention)",
+            {},
+            mamba,
+            float(attention),
+        )

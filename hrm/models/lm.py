@@ -14,9 +14,11 @@ from hrm.models.mamba import Mamba
 
 # model.remat → what a rematerialised layer keeps for the backward pass (jax.checkpoint policies; "block" keeps
 # only the layer's input). https://docs.jax.dev/en/latest/gradient-checkpointing.html
-REMAT_POLICIES = {"block": jax.checkpoint_policies.nothing_saveable,
-                  "dots_saveable": jax.checkpoint_policies.dots_saveable,
-                  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+REMAT_POLICIES = {
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def rms(x: jax.Array) -> jax.Array:
@@ -64,11 +66,12 @@ class ResidualBlock(nnx.Module):
 
 class Work(NamedTuple):
     """What one token's forward pass applies, per family (``hrm.info`` counts FLOPs from it)."""
-    depth: int                       # effective layers
-    description: str                 # how they are made up, for a reader
-    weight_reuse: dict[str, int]     # component (hrm.info.component_of) → applications; 1 when absent
-    scans: int                       # selective-scan applications
-    attention: float                 # full-context attention applications (a 1/s-pooled scale counts 1/s)
+
+    depth: int  # effective layers
+    description: str  # how they are made up, for a reader
+    weight_reuse: dict[str, int]  # component (hrm.info.component_of) → applications; 1 when absent
+    scans: int  # selective-scan applications
+    attention: float  # full-context attention applications (a 1/s-pooled scale counts 1/s)
 
 
 class LanguageModel(nnx.Module):
@@ -81,8 +84,9 @@ class LanguageModel(nnx.Module):
     def __init__(self, cfg: ModelConfig, make_layers, *, rngs: nnx.Rngs):
         self.cfg = cfg
         dtype = jnp.dtype(cfg.dtype)
-        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype,
-                               embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        self.embed = nnx.Embed(
+            cfg.vocab_size, cfg.d_model, dtype=dtype, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
+        )
         self.layers = nnx.List(make_layers(rngs))
         self.norm_f = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.float32, rngs=rngs)
         if not cfg.tie_embeddings:
@@ -142,5 +146,8 @@ class MambaLM(LanguageModel):
     """Embedding → n_layers Mamba residual blocks → RMSNorm → (tied) LM head."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        super().__init__(cfg, lambda rngs: [ResidualBlock(cfg, Mamba(cfg, rngs=rngs), rngs=rngs)
-                                            for _ in range(cfg.n_layers)], rngs=rngs)
+        super().__init__(
+            cfg,
+            lambda rngs: [ResidualBlock(cfg, Mamba(cfg, rngs=rngs), rngs=rngs) for _ in range(cfg.n_layers)],
+            rngs=rngs,
+        )

@@ -23,8 +23,8 @@ torch_default_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform
 
 
 class MambaCache(NamedTuple):
-    conv: jax.Array   # (batch, d_conv - 1, d_inner): the most recent inputs to the causal conv
-    ssm: jax.Array    # (batch, d_inner, d_state) float32
+    conv: jax.Array  # (batch, d_conv - 1, d_inner): the most recent inputs to the causal conv
+    ssm: jax.Array  # (batch, d_inner, d_state) float32
 
 
 def dt_rank(cfg: ModelConfig) -> int:
@@ -41,11 +41,13 @@ def _uniform(low, high):
 
 def _dt_bias_init(cfg: ModelConfig):
     """Inverse softplus of dt ~ exp(U(log dt_min, log dt_max)), clamped at dt_init_floor."""
+
     def init(key, shape, dtype=jnp.float32):
         u = jax.random.uniform(key, shape, jnp.float32)
         dt = jnp.exp(u * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
         dt = jnp.maximum(dt, cfg.dt_init_floor)
         return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
+
     return init
 
 
@@ -61,23 +63,28 @@ class Mamba(nnx.Module):
         if cfg.rescale_prenorm_residual:
             out_init = nnx.initializers.variance_scaling(1 / (3 * cfg.n_layers), "fan_in", "uniform")
         self.in_proj = linear(d, 2 * di, use_bias=cfg.bias, kernel_init=torch_default_init)
-        self.conv_kernel = nnx.Param(_uniform(-k ** -0.5, k ** -0.5)(rngs.params(), (k, di)))
-        self.conv_bias = nnx.Param(_uniform(-k ** -0.5, k ** -0.5)(rngs.params(), (di,))
-                                   if cfg.conv_bias else jnp.zeros((di,)))
+        self.conv_kernel = nnx.Param(_uniform(-(k**-0.5), k**-0.5)(rngs.params(), (k, di)))
+        self.conv_bias = nnx.Param(
+            _uniform(-(k**-0.5), k**-0.5)(rngs.params(), (di,)) if cfg.conv_bias else jnp.zeros((di,))
+        )
         self.x_proj = linear(di, r + 2 * n, use_bias=False, kernel_init=torch_default_init)
-        self.dt_proj = linear(r, di, use_bias=True, kernel_init=_uniform(-r ** -0.5, r ** -0.5),
-                              bias_init=_dt_bias_init(cfg))
+        self.dt_proj = linear(
+            r, di, use_bias=True, kernel_init=_uniform(-(r**-0.5), r**-0.5), bias_init=_dt_bias_init(cfg)
+        )
         self.A_log = nnx.Param(jnp.log(jnp.broadcast_to(jnp.arange(1, n + 1, dtype=jnp.float32), (di, n))))
         self.D = nnx.Param(jnp.ones((di,), jnp.float32))
         self.out_proj = linear(di, d, use_bias=cfg.bias, kernel_init=out_init)
 
     def init_cache(self, batch: int) -> MambaCache:
         di, dtype = d_inner(self.cfg), jnp.dtype(self.cfg.dtype)
-        return MambaCache(conv=jnp.zeros((batch, self.cfg.d_conv - 1, di), dtype),
-                          ssm=jnp.zeros((batch, di, self.cfg.d_state), jnp.float32))
+        return MambaCache(
+            conv=jnp.zeros((batch, self.cfg.d_conv - 1, di), dtype),
+            ssm=jnp.zeros((batch, di, self.cfg.d_state), jnp.float32),
+        )
 
-    def __call__(self, x: jax.Array, cache: MambaCache | None = None,
-                 segment_ids: jax.Array | None = None) -> tuple[jax.Array, MambaCache]:
+    def __call__(
+        self, x: jax.Array, cache: MambaCache | None = None, segment_ids: jax.Array | None = None
+    ) -> tuple[jax.Array, MambaCache]:
         """x (batch, length, d_model) → (out (batch, length, d_model), cache after the last position).
 
         ``segment_ids`` (batch, length) marks packed documents: where the id changes, the conv and
@@ -93,21 +100,35 @@ class Mamba(nnx.Module):
         conv_kernel = self.conv_kernel[...].astype(xs.dtype)
         length = xs.shape[1]
         if segment_ids is None:
-            xc = sum(window[:, i:i + length] * conv_kernel[i] for i in range(k))
-        else:   # an input from another document contributes nothing
+            xc = sum(window[:, i : i + length] * conv_kernel[i] for i in range(k))
+        else:  # an input from another document contributes nothing
             before = jnp.repeat(segment_ids[:, :1], k - 1, axis=1)
             padded = jnp.concatenate([before, segment_ids], axis=1)
-            xc = sum(window[:, i:i + length] * conv_kernel[i]
-                     * (padded[:, i:i + length] == segment_ids)[..., None].astype(xs.dtype) for i in range(k))
+            xc = sum(
+                window[:, i : i + length]
+                * conv_kernel[i]
+                * (padded[:, i : i + length] == segment_ids)[..., None].astype(xs.dtype)
+                for i in range(k)
+            )
         xc = jax.nn.silu(xc + self.conv_bias[...].astype(xs.dtype))
-        new_conv = window[:, window.shape[1] - (k - 1):]
+        new_conv = window[:, window.shape[1] - (k - 1) :]
 
         n, r = self.cfg.d_state, dt_rank(self.cfg)
         dt_low, B, C = jnp.split(self.x_proj(xc), [r, r + n], axis=-1)
-        dt = dt_low @ self.dt_proj.kernel[...].astype(dt_low.dtype)   # bias is applied inside the scan
+        dt = dt_low @ self.dt_proj.kernel[...].astype(dt_low.dtype)  # bias is applied inside the scan
         y, ssm = kernels.selective_scan(
-            xc, dt, -jnp.exp(self.A_log[...]), B, C, D=self.D[...], z=z,
-            delta_bias=self.dt_proj.bias[...], delta_softplus=True, return_last_state=True,
-            initial_state=cache.ssm, reset=document_starts(segment_ids),
-            backend=self.cfg.scan_backend if x.shape[1] > 1 else "sequential")
+            xc,
+            dt,
+            -jnp.exp(self.A_log[...]),
+            B,
+            C,
+            D=self.D[...],
+            z=z,
+            delta_bias=self.dt_proj.bias[...],
+            delta_softplus=True,
+            return_last_state=True,
+            initial_state=cache.ssm,
+            reset=document_starts(segment_ids),
+            backend=self.cfg.scan_backend if x.shape[1] > 1 else "sequential",
+        )
         return self.out_proj(y), MambaCache(conv=new_conv, ssm=ssm)

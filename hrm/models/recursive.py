@@ -72,9 +72,10 @@ class RecursiveProcessor(nnx.Module):
         dtype = jnp.dtype(cfg.dtype)
         self.depth = cfg.max_recursion_depth
         self.gate_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
-        self.gate = nnx.Linear(cfg.d_model, self.depth, dtype=jnp.float32, kernel_init=nnx.initializers.zeros,
-                               rngs=rngs)
-        self.transform = ResidualBlock(cfg, MLP(cfg, rngs=rngs), rngs=rngs)   # norm → MLP (residual unused)
+        self.gate = nnx.Linear(
+            cfg.d_model, self.depth, dtype=jnp.float32, kernel_init=nnx.initializers.zeros, rngs=rngs
+        )
+        self.transform = ResidualBlock(cfg, MLP(cfg, rngs=rngs), rngs=rngs)  # norm → MLP (residual unused)
 
     def init_cache(self, batch: int):
         return (jnp.zeros((batch, self.cfg.d_model), jnp.float32), jnp.zeros((batch,), jnp.float32))
@@ -90,15 +91,15 @@ class RecursiveProcessor(nnx.Module):
         return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), cache
 
     def __call__(self, u, cache=None, segment_ids=None):
-        w, cache = self.gate_weights(u, cache, segment_ids)                    # (b, l, depth)
+        w, cache = self.gate_weights(u, cache, segment_ids)  # (b, l, depth)
         state = jnp.zeros(u.shape, jnp.float32)
         transform = self.transform.mixer
         state_rms = []
         for k in range(self.depth):
             out, _ = transform(self.transform.norm(state.astype(u.dtype) + u))
-            state = state + w[..., k:k + 1] * dropout(out, self.cfg.dropout).astype(jnp.float32)
+            state = state + w[..., k : k + 1] * dropout(out, self.cfg.dropout).astype(jnp.float32)
             state_rms.append(rms(state))
-        if cache is None:   # a full forward (training, evaluation); decoding steps record nothing
+        if cache is None:  # a full forward (training, evaluation); decoding steps record nothing
             self._record_gate(w)
             record_probe(self, "probe_state_rms", jnp.stack(state_rms))
         return (u.astype(jnp.float32) + state).astype(u.dtype), cache
@@ -120,8 +121,9 @@ class RecursiveProcessor(nnx.Module):
         (``hrm.training.state``); other forwards (generation, ``hrm.load``'s logits) discard them, and flax 0.12
         would warn about every such sow."""
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Using 'Module.sow\(\)' outside of 'nnx.capture\(\)'",
-                                    category=DeprecationWarning)
+            warnings.filterwarnings(
+                "ignore", message=r"Using 'Module.sow\(\)' outside of 'nnx.capture\(\)'", category=DeprecationWarning
+            )
             super().sow(*args, **kwargs)
 
 
@@ -136,7 +138,7 @@ class DepthAdapters(nnx.Module):
         self.scale = nnx.Param(jnp.zeros((depth, d), jnp.float32))
         self.shift = nnx.Param(jnp.zeros((depth, d), jnp.float32))
         if r:
-            self.lora_a = nnx.Param(jax.random.normal(rngs.params(), (depth, d, r)) * d ** -0.5)
+            self.lora_a = nnx.Param(jax.random.normal(rngs.params(), (depth, d, r)) * d**-0.5)
             self.lora_b = nnx.Param(jnp.zeros((depth, r, d), jnp.float32))
 
     def per_depth(self) -> dict:
@@ -165,25 +167,33 @@ class RecursiveSSM(LanguageModel):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         # Residual-branch init scaled for the effective depth, as a 240-layer stack would be.
         block_cfg = dataclasses.replace(cfg, n_layers=cfg.n_layers * cfg.recurrent_depth)
-        super().__init__(cfg, lambda rngs: [ResidualBlock(block_cfg, Mamba(block_cfg, rngs=rngs), rngs=rngs)
-                                            for _ in range(cfg.n_layers)], rngs=rngs)
+        super().__init__(
+            cfg,
+            lambda rngs: [
+                ResidualBlock(block_cfg, Mamba(block_cfg, rngs=rngs), rngs=rngs) for _ in range(cfg.n_layers)
+            ],
+            rngs=rngs,
+        )
         self.adapters = DepthAdapters(cfg, rngs=rngs)
 
     @staticmethod
     def work(cfg: ModelConfig) -> Work:
         n, depth = cfg.n_layers, cfg.recurrent_depth
-        return Work(n * depth, f"{n} physical blocks x {depth} depths = {n * depth} layers", {"mamba": depth},
-                    n * depth, 0.0)
+        return Work(
+            n * depth, f"{n} physical blocks x {depth} depths = {n * depth} layers", {"mamba": depth}, n * depth, 0.0
+        )
 
     def init_cache(self, batch: int):
         depth = self.cfg.recurrent_depth
-        return tuple(jax.tree.map(lambda a: jnp.repeat(a[:, None], depth, axis=1), layer.init_cache(batch))
-                     for layer in self.layers)
+        return tuple(
+            jax.tree.map(lambda a: jnp.repeat(a[:, None], depth, axis=1), layer.init_cache(batch))
+            for layer in self.layers
+        )
 
     def body(self, x, cache=None, segment_ids=None):
         n, seg = len(self.layers), self.cfg.checkpoint_segments
         caches = None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), tuple(cache))
-        segments = tuple(tuple(self.layers[lo:lo + seg]) for lo in range(0, n, seg))
+        segments = tuple(tuple(self.layers[lo : lo + seg]) for lo in range(0, n, seg))
 
         def run_segment(blocks, x, block_caches):
             new = []
@@ -202,14 +212,19 @@ class RecursiveSSM(LanguageModel):
             new, norms = (), []
             with fold_in_dropout_key(depth):
                 for i, blocks in enumerate(segments):
-                    x, block_caches = run_segment(blocks, x, tuple(depth_caches[i * seg:(i + 1) * seg]))
+                    x, block_caches = run_segment(blocks, x, tuple(depth_caches[i * seg : (i + 1) * seg]))
                     new = new + block_caches
                     norms.append(rms(x))
             return x, (new, jnp.stack(norms))
 
-        x, (new_caches, norms) = over_depth(x.astype(residual_dtype(self.cfg)), segments, self.adapters.per_depth(), caches,
-                                            jnp.arange(self.cfg.recurrent_depth))
-        if cache is None:   # the residual stream after each segment (depth-major) and after each depth
+        x, (new_caches, norms) = over_depth(
+            x.astype(residual_dtype(self.cfg)),
+            segments,
+            self.adapters.per_depth(),
+            caches,
+            jnp.arange(self.cfg.recurrent_depth),
+        )
+        if cache is None:  # the residual stream after each segment (depth-major) and after each depth
             record_probe(self, "probe_act_rms", jnp.ravel(norms))
             record_probe(self, "probe_state_rms", norms[:, -1])
         return x, None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), new_caches)

@@ -17,8 +17,9 @@ def document_starts(segment_ids: jax.Array | None) -> jax.Array | None:
     carried in from an earlier chunk (decoding) flows into it. ``None`` (one document per row) stays ``None``."""
     if segment_ids is None:
         return None
-    return jnp.concatenate([jnp.zeros_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
-                           axis=1)
+    return jnp.concatenate(
+        [jnp.zeros_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
+    )
 
 
 def positions_in_segment(segment_ids: jax.Array) -> jax.Array:

@@ -60,6 +60,7 @@ def warn(message: str) -> None:
 
 # --- manifests: checksums, eval loss, final flag, config copy -----------------------------------------------
 
+
 def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -69,8 +70,9 @@ def _file_digest(path: Path) -> str:
 
 
 def _hashed_files(step_dir: Path) -> list[Path]:
-    return sorted(p for p in step_dir.rglob("*") if p.is_file() and
-                  not (p.parent == step_dir and p.name in UNHASHED_FILES))
+    return sorted(
+        p for p in step_dir.rglob("*") if p.is_file() and not (p.parent == step_dir and p.name in UNHASHED_FILES)
+    )
 
 
 def write_manifest(step_dir: Path, info: dict) -> None:
@@ -112,6 +114,7 @@ def damage(step_dir: Path) -> str | None:
 
 # --- steps and names ---------------------------------------------------------------------------------------
 
+
 def checkpoint_root(run_dir: Path) -> Path:
     return Path(run_dir).absolute() / CHECKPOINT_DIR
 
@@ -149,8 +152,11 @@ def _available(run_dir: Path) -> str:
     steps = finished_steps(run_dir)
     names = named_steps(run_dir, steps)
     named = ", ".join(f"{name}={step}" for name, step in names.items() if name != "latest")
-    return (f"available steps: {', '.join(map(str, steps))}" + (f" ({named})" if named else "")) if steps \
+    return (
+        (f"available steps: {', '.join(map(str, steps))}" + (f" ({named})" if named else ""))
+        if steps
         else "no finished step"
+    )
 
 
 def resolve_step(run_dir: str | Path, step: int | str | None = None, log=warn) -> int:
@@ -161,8 +167,10 @@ def resolve_step(run_dir: str | Path, step: int | str | None = None, log=warn) -
     run_dir = Path(run_dir)
     steps = finished_steps(run_dir)
     if not steps:
-        raise CheckpointError(f"no finished checkpoint in '{checkpoint_root(run_dir)}'; "
-                              f"train first with python -m hrm.train --output_dir {run_dir}")
+        raise CheckpointError(
+            f"no finished checkpoint in '{checkpoint_root(run_dir)}'; "
+            f"train first with python -m hrm.train --output_dir {run_dir}"
+        )
     if step is None or step == "latest":
         for candidate in reversed(steps):
             problem = damage(checkpoint_root(run_dir) / str(candidate))
@@ -173,8 +181,9 @@ def resolve_step(run_dir: str | Path, step: int | str | None = None, log=warn) -
     if isinstance(step, str) and not step.lstrip("-").isdigit():
         names = named_steps(run_dir, steps)
         if step not in STEP_NAMES:
-            raise CheckpointError(f"unknown step '{step}'; pass a number or one of {', '.join(STEP_NAMES)} "
-                                  f"({_available(run_dir)})")
+            raise CheckpointError(
+                f"unknown step '{step}'; pass a number or one of {', '.join(STEP_NAMES)} ({_available(run_dir)})"
+            )
         if step not in names:
             raise CheckpointError(f"'{run_dir}' has no '{step}' checkpoint yet; {_available(run_dir)}")
         resolved = names[step]
@@ -184,12 +193,15 @@ def resolve_step(run_dir: str | Path, step: int | str | None = None, log=warn) -
             raise CheckpointError(f"'{run_dir}' has no checkpoint at step {resolved}; {_available(run_dir)}")
     problem = damage(checkpoint_root(run_dir) / str(resolved))
     if problem is not None:
-        raise CheckpointError(f"checkpoint step {resolved} in '{run_dir}' is damaged ({problem}); pass another "
-                              f"--step: {_available(run_dir)}")
+        raise CheckpointError(
+            f"checkpoint step {resolved} in '{run_dir}' is damaged ({problem}); pass another "
+            f"--step: {_available(run_dir)}"
+        )
     return resolved
 
 
 # --- the run's checkpoints ---------------------------------------------------------------------------------
+
 
 class ExactIteratorState:
     """A grain iterator as grain's orbax handler sees it: its state as JSON bytes, restored with tuples.
@@ -231,11 +243,12 @@ class Checkpoints:
         self.keep = keep
         self.config = config.to_dict() if config is not None else None
         self.is_main = jax.process_index() == 0
-        self._pending = collections.deque()      # (step, info) of saves whose manifest is not written yet
-        self._in_flight = None                   # (step, bytes) of the newest save not known to be finished
+        self._pending = collections.deque()  # (step, info) of saves whose manifest is not written yet
+        self._in_flight = None  # (step, bytes) of the newest save not known to be finished
         remove_tmp_dirs(self.run_dir)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=None, async_options=ocp.AsyncOptions(post_finalization_callback=self._write_pending_manifest))
+            max_to_keep=None, async_options=ocp.AsyncOptions(post_finalization_callback=self._write_pending_manifest)
+        )
         self.mgr = ocp.CheckpointManager(checkpoint_root(self.run_dir), options=options)
 
     def _write_pending_manifest(self) -> None:
@@ -251,11 +264,10 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         return list(self.mgr.all_steps())
 
-    def save(self, step: int, state, data_iterator=None, eval_loss: float | None = None,
-             final: bool = False) -> None:
+    def save(self, step: int, state, data_iterator=None, eval_loss: float | None = None, final: bool = False) -> None:
         """Start saving ``state`` (and the iterator's position) as ``step``; then keep the newest ``keep``
         steps plus the best and final ones. Disk full: ``CheckpointError`` naming the bytes needed."""
-        self.wait_until_finished()            # surfaces a failed previous save before starting this one
+        self.wait_until_finished()  # surfaces a failed previous save before starting this one
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(ExactIteratorState(data_iterator))
@@ -286,8 +298,9 @@ class Checkpoints:
         last = [s for s in finished_steps(self.run_dir) if s != step]
         raise CheckpointError(
             f"disk full saving checkpoint step {step} in '{self.run_dir}': it needs about {nbytes:,} bytes, "
-            f"{free:,} are free; free some space and re-run to " +
-            (f"resume from step {max(last)} (its checkpoint is intact)" if last else "start again")) from None
+            f"{free:,} are free; free some space and re-run to "
+            + (f"resume from step {max(last)} (its checkpoint is intact)" if last else "start again")
+        ) from None
 
     def _prune(self, new_step: int, new_info: dict) -> None:
         """Delete finished steps other than the newest ``keep`` and the best and final ones."""
@@ -295,11 +308,14 @@ class Checkpoints:
         steps = sorted(finished + [new_step])
         infos = {s: step_info(self.run_dir, s) for s in finished}
         infos[new_step] = new_info
-        keep = set(steps[-self.keep:])
+        keep = set(steps[-self.keep :])
         evaluated = [(info["eval_loss"], s) for s, info in infos.items() if info.get("eval_loss") is not None]
         keep |= {min(evaluated)[1]} if evaluated else set()
-        keep |= {max(s for s, info in infos.items() if info.get("final"))} if any(
-            info.get("final") for info in infos.values()) else set()
+        keep |= (
+            {max(s for s, info in infos.items() if info.get("final"))}
+            if any(info.get("final") for info in infos.values())
+            else set()
+        )
         for step in finished:
             if step not in keep:
                 self.mgr.delete(step)
@@ -317,8 +333,10 @@ class Checkpoints:
                 return step
             moved = self.run_dir / DAMAGED_DIR / str(step)
             older = [s for s in finished_steps(self.run_dir) if s < step]
-            log(f"checkpoint step {step} is damaged ({problem}); moved to {moved}, resuming from "
-                f"{'step ' + str(max(older)) if older else 'the start'}")
+            log(
+                f"checkpoint step {step} is damaged ({problem}); moved to {moved}, resuming from "
+                f"{'step ' + str(max(older)) if older else 'the start'}"
+            )
             _sync("hrm_damaged_check")
             if self.is_main:
                 moved.parent.mkdir(exist_ok=True)
@@ -336,6 +354,7 @@ class Checkpoints:
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)
 
 
@@ -353,15 +372,19 @@ def _restore_state(mgr, run_dir: Path, step: int, abstract_state, data_iterator=
     try:
         return mgr.restore(step, args=ocp.args.Composite(**items))["state"]
     except (ValueError, KeyError, TypeError, OSError) as error:
-        raise CheckpointError(f"cannot resume from '{checkpoint_root(run_dir) / str(step)}' "
-                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); it was "
-                              f"written by another model or hrm version: pass a new --output_dir") from None
+        raise CheckpointError(
+            f"cannot resume from '{checkpoint_root(run_dir) / str(step)}' "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); it was "
+            f"written by another model or hrm version: pass a new --output_dir"
+        ) from None
 
 
 def restore_state(run_dir: Path, step: int, abstract_state, data_iterator=None):
     """The train state (and data position) at ``step`` of another run, read-only (``--resume PATH``)."""
-    mgr = ocp.CheckpointManager(checkpoint_root(run_dir), options=ocp.CheckpointManagerOptions(
-        read_only=True, create=False, save_interval_steps=0, max_to_keep=None))
+    mgr = ocp.CheckpointManager(
+        checkpoint_root(run_dir),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None),
+    )
     try:
         return _restore_state(mgr, Path(run_dir), step, abstract_state, data_iterator)
     finally:
@@ -372,13 +395,22 @@ def restore_params(run_dir: Path, abstract_params, step: int | str | None = None
     """Only the model parameters of the latest good (or given: number or name) step of a run directory."""
     run_dir = Path(run_dir)
     step = resolve_step(run_dir, step, log)
-    mgr = ocp.CheckpointManager(checkpoint_root(run_dir), options=ocp.CheckpointManagerOptions(
-        read_only=True, create=False, save_interval_steps=0, max_to_keep=None))
+    mgr = ocp.CheckpointManager(
+        checkpoint_root(run_dir),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None),
+    )
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)
-    restored = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item={"params": target}, partial_restore=True,
-                                     restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}))))
+    restored = mgr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item={"params": target},
+                partial_restore=True,
+                restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}),
+            )
+        ),
+    )
     mgr.close()
     return restored["state"]["params"], step
 
@@ -392,7 +424,7 @@ def read_run_config(run_dir: Path, log=warn) -> Config:
         raise CheckpointError(f"'{run_dir}' has no {CONFIG_FILE}; pass the --output_dir of an hrm.train run")
     try:
         return Config.load_json(run_dir / CONFIG_FILE)
-    except (ValueError, OSError) as error:    # JSONDecodeError and ConfigError are ValueErrors
+    except (ValueError, OSError) as error:  # JSONDecodeError and ConfigError are ValueErrors
         problem = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     for step in reversed(finished_steps(run_dir)):
         saved = step_info(run_dir, step).get("config")
@@ -403,5 +435,7 @@ def read_run_config(run_dir: Path, log=warn) -> Config:
                 continue
             log(f"'{run_dir / CONFIG_FILE}' is damaged ({problem}); using the copy saved with step {step}")
             return config
-    raise CheckpointError(f"'{run_dir / CONFIG_FILE}' is damaged ({problem}) and no checkpoint holds a copy; "
-                          f"restore it or pass a new --output_dir")
+    raise CheckpointError(
+        f"'{run_dir / CONFIG_FILE}' is damaged ({problem}) and no checkpoint holds a copy; "
+        f"restore it or pass a new --output_dir"
+    )

@@ -43,7 +43,7 @@ class StopSignals:
         try:
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:       # not the main thread: signals keep their default behaviour
+        except ValueError:  # not the main thread: signals keep their default behaviour
             pass
         return self
 
@@ -61,6 +61,7 @@ def agreed_signal(local: int) -> int:
     if jax.process_count() == 1:
         return local
     from jax.experimental import multihost_utils
+
     return int(np.max(multihost_utils.process_allgather(np.int32(local))))
 
 
@@ -73,7 +74,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # alive, another user's
+    except PermissionError:  # alive, another user's
         return True
     return True
 
@@ -103,19 +104,21 @@ class RunLock:
             host, pid = owner["host"], int(owner["pid"])
         except FileNotFoundError:
             return
-        except (ValueError, KeyError, TypeError):   # a lock file cut short by a kill: nobody holds it
+        except (ValueError, KeyError, TypeError):  # a lock file cut short by a kill: nobody holds it
             host, pid = self.owner["host"], -1
         if host == self.owner["host"] and (pid == os.getpid() or pid <= 0 or not _pid_alive(pid)):
             stale = self.path.with_name(f"{self.path.name}.stale.{os.getpid()}")
             try:
                 os.replace(self.path, stale)
                 stale.unlink()
-            except FileNotFoundError:    # another process took it over first
+            except FileNotFoundError:  # another process took it over first
                 pass
             return
         where = f"process {pid}" + ("" if host == self.owner["host"] else f" on host {host}")
-        raise ConfigError(f"'{self.path.parent}' is in use by {where} (lock file {self.path}); wait for it, stop it, "
-                          f"or pass another --output_dir (delete the lock file if that process is gone)")
+        raise ConfigError(
+            f"'{self.path.parent}' is in use by {where} (lock file {self.path}); wait for it, stop it, "
+            f"or pass another --output_dir (delete the lock file if that process is gone)"
+        )
 
     def release(self) -> None:
         try:
@@ -141,9 +144,13 @@ class BadSteps:
             return
         self.in_a_row += 1
         self.total += 1
-        log(f"step {step}: non-finite loss or gradient, update skipped ({self.in_a_row} in a row, "
-            f"{self.total} this run)")
+        log(
+            f"step {step}: non-finite loss or gradient, update skipped ({self.in_a_row} in a row, "
+            f"{self.total} this run)"
+        )
         if self.in_a_row >= self.max_in_a_row:
-            raise TrainingError(f"{self.in_a_row} non-finite steps in a row up to step {step} (train.max_bad_steps); "
-                                f"last good checkpoint: {last_good()}; lower train.lr or raise train.warmup_steps "
-                                f"and resume from it")
+            raise TrainingError(
+                f"{self.in_a_row} non-finite steps in a row up to step {step} (train.max_bad_steps); "
+                f"last good checkpoint: {last_good()}; lower train.lr or raise train.warmup_steps "
+                f"and resume from it"
+            )

@@ -12,12 +12,21 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import kernels
 from hrm.config import DEFAULT_SAFETY_MARGIN_MB, Config, ConfigError, resolve_config
-from hrm.data import (check_data_fingerprint, data_fingerprint, eval_batches, packing_efficiency, packing_summary,
-                      split_batch, tokenized_corpus, training_batches)
+from hrm.data import (
+    check_data_fingerprint,
+    data_fingerprint,
+    eval_batches,
+    packing_efficiency,
+    packing_summary,
+    split_batch,
+    tokenized_corpus,
+    training_batches,
+)
 from hrm.tokenizer import get_tokenizer
 from hrm.training import checkpoint, faults, memory, runinfo
 from hrm.training.evaluation import held_out_loss
@@ -34,16 +43,21 @@ def check_same_run(run_dir: Path, config: Config) -> None:
     if not (run_dir / checkpoint.CONFIG_FILE).exists():
         return
     saved = checkpoint.read_run_config(run_dir)
-    fixed = {"model": (saved.model, config.model), "data.tokenizer": (saved.data.tokenizer, config.data.tokenizer),
-             "data.seq_len": (saved.data.seq_len, config.data.seq_len)}
+    fixed = {
+        "model": (saved.model, config.model),
+        "data.tokenizer": (saved.data.tokenizer, config.data.tokenizer),
+        "data.seq_len": (saved.data.seq_len, config.data.seq_len),
+    }
     for key, (old, new) in fixed.items():
         if old != new:
             diff = ""
             if dataclasses.is_dataclass(old):
                 changed = [f.name for f in dataclasses.fields(old) if getattr(old, f.name) != getattr(new, f.name)]
                 diff = f" ({', '.join(f'{key}.{n}: {getattr(old, n)} -> {getattr(new, n)}' for n in changed)})"
-            raise ConfigError(f"'{run_dir}' holds a run with a different {key}{diff}; "
-                              f"pass a new --output_dir or the original settings")
+            raise ConfigError(
+                f"'{run_dir}' holds a run with a different {key}{diff}; "
+                f"pass a new --output_dir or the original settings"
+            )
 
 
 def init_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
@@ -68,12 +82,14 @@ def state_shardings(state, mesh: Mesh, shard_params: bool):
         if not shard_params or n == 1 or not dims:
             return NamedSharding(mesh, P())
         return NamedSharding(mesh, P(*(("data" if i == dims[0] else None) for i in range(x.ndim))))
+
     return jax.tree.map(spec, state)
 
 
 @dataclasses.dataclass
 class VramRequest:
     """``--vram_auto`` (read the device's memory limit) or ``--vram`` bytes, less a safety margin in MB."""
+
     vram_bytes: int | None = None
     safety_margin_mb: float = DEFAULT_SAFETY_MARGIN_MB
 
@@ -82,22 +98,34 @@ def fit_batch_to_vram(config: Config, request: VramRequest, log) -> Config:
     """The config with the largest micro-batch that fits the requested memory (the global batch kept)."""
     vram = request.vram_bytes or memory.device_memory_limit()
     if vram is None:
-        log(f"--vram_auto: the {jax.default_backend()} backend reports no memory limit; keeping micro-batch "
+        log(
+            f"--vram_auto: the {jax.default_backend()} backend reports no memory limit; keeping micro-batch "
             f"{config.train.batch_size // config.train.accumulation_steps} x {config.train.accumulation_steps} "
-            f"accumulation (pass --vram to size for a GPU)")
+            f"accumulation (pass --vram to size for a GPU)"
+        )
         return config
     budget = vram - int(request.safety_margin_mb * memory.MIB)
     config, step = memory.fit_to_vram(config, budget, jax.device_count())
-    log(f"vram: micro-batch {step.micro_batch_size} x {step.accumulation_steps} accumulation = global batch "
+    log(
+        f"vram: micro-batch {step.micro_batch_size} x {step.accumulation_steps} accumulation = global batch "
         f"{config.train.batch_size}; {step.total_bytes / memory.GIB:.2f} GB per device of "
-        f"{vram / memory.GIB:.2f} GB - {request.safety_margin_mb:g} MB margin (XLA estimate)")
+        f"{vram / memory.GIB:.2f} GB - {request.safety_margin_mb:g} MB margin (XLA estimate)"
+    )
     return config
 
 
-def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | None = None,
-          vram: VramRequest | None = None, allow_data_change: bool = False,
-          init_from: str | Path | None = None, resume_from: str | Path | None = None, wandb: bool = False,
-          time_limit_s: float | None = None) -> list[dict]:
+def train(
+    config: Config,
+    run_dir: str | Path,
+    log=print,
+    stop_at_step: int | None = None,
+    vram: VramRequest | None = None,
+    allow_data_change: bool = False,
+    init_from: str | Path | None = None,
+    resume_from: str | Path | None = None,
+    wandb: bool = False,
+    time_limit_s: float | None = None,
+) -> list[dict]:
     """Train (or resume) the run in ``run_dir``; returns the metrics records written this call.
 
     ``stop_at_step`` ends this call early with a checkpoint, as a preemption would (the schedule
@@ -120,14 +148,18 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     run_dir = Path(run_dir)
     t = config.train
     if (t.batch_size // t.accumulation_steps) % jax.device_count():
-        raise ConfigError(f"the micro-batch (train.batch_size {t.batch_size} / train.accumulation_steps "
-                          f"{t.accumulation_steps}) must be a multiple of the {jax.device_count()} devices; "
-                          f"change --config.train.batch_size or --config.train.accumulation_steps")
+        raise ConfigError(
+            f"the micro-batch (train.batch_size {t.batch_size} / train.accumulation_steps "
+            f"{t.accumulation_steps}) must be a multiple of the {jax.device_count()} devices; "
+            f"change --config.train.batch_size or --config.train.accumulation_steps"
+        )
     tokenizer = get_tokenizer(config.data.tokenizer)
     if tokenizer.vocab_size > config.model.vocab_size:
-        raise ConfigError(f"config key 'model.vocab_size' ({config.model.vocab_size}) is smaller than tokenizer "
-                          f"'{config.data.tokenizer}' ({tokenizer.vocab_size} tokens); set "
-                          f"--config.model.vocab_size=0 to follow the tokenizer")
+        raise ConfigError(
+            f"config key 'model.vocab_size' ({config.model.vocab_size}) is smaller than tokenizer "
+            f"'{config.data.tokenizer}' ({tokenizer.vocab_size} tokens); set "
+            f"--config.model.vocab_size=0 to follow the tokenizer"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = faults.RunLock(run_dir, jax.process_index()).acquire()
     check_same_run(run_dir, config)
@@ -137,7 +169,7 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     sharded = NamedSharding(mesh, P("data"))
     graphdef, abstract_state = memory.abstract_train_state(config)
     state_sharding = state_shardings(abstract_state, mesh, t.shard_params)
-    step_fn = compile_train_step(graphdef, config, abstract_state, state_sharding, mesh)   # checks its memory
+    step_fn = compile_train_step(graphdef, config, abstract_state, state_sharding, mesh)  # checks its memory
     run_dir.mkdir(parents=True, exist_ok=True)
     corpus = tokenized_corpus(config.data, tokenizer, log)
     for line in packing_summary(config.data, corpus, t.batch_size, t.seed):
@@ -146,7 +178,7 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     if t.epochs:
         config = with_epoch_steps(config, epoch_tokens, log)
         t = config.train
-        step_fn = compile_train_step(graphdef, config, abstract_state, state_sharding, mesh)   # the new schedule
+        step_fn = compile_train_step(graphdef, config, abstract_state, state_sharding, mesh)  # the new schedule
     if is_main:
         tmp = run_dir / (checkpoint.CONFIG_FILE + ".tmp")
         config.save_json(tmp)
@@ -162,7 +194,7 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     start = mgr.newest_good_step(log) or 0
     source = resume_point(resume_from) if resume_from and not start else None
     fingerprint = data_fingerprint(config.data, corpus)
-    if source:   # the data must be the one the resumed run read, or its position means nothing
+    if source:  # the data must be the one the resumed run read, or its position means nothing
         check_data_fingerprint(source[0], fingerprint, True, allow_data_change, log, write=False)
     check_data_fingerprint(run_dir, fingerprint, bool(start), allow_data_change, log, write=is_main)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
@@ -175,8 +207,10 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
         log(f"resumed from {source[0] / checkpoint.CHECKPOINT_DIR / str(start)} into {run_dir}")
     elif init_from:
         state = with_initial_params(state, Path(init_from), log)
-    log(f"model {config.model.family}: {n_params:,} parameters; "
-        f"{kernels.banner(config.model.scan_backend, config.model.dtype)}")
+    log(
+        f"model {config.model.family}: {n_params:,} parameters; "
+        f"{kernels.banner(config.model.scan_backend, config.model.dtype)}"
+    )
     utilisation = Utilisation(config)
     log(utilisation.describe())
 
@@ -184,8 +218,10 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     rows = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
 
     def to_device(batch):
-        return {k: jax.make_array_from_process_local_data(sharded, v[rows].astype(BATCH_DTYPES[k]))
-                for k, v in batch.items()}
+        return {
+            k: jax.make_array_from_process_local_data(sharded, v[rows].astype(BATCH_DTYPES[k]))
+            for k, v in batch.items()
+        }
 
     eval_fn = jax.jit(partial(next_token_loss, graphdef), in_shardings=(state_sharding["params"], sharded))
 
@@ -209,9 +245,10 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
     def last_good() -> str:
         latest = mgr.latest_step()
         return str(run_dir / checkpoint.CHECKPOINT_DIR / str(latest)) if latest else "none (a re-run starts afresh)"
+
     try:
         timer, tokens, packed = time.perf_counter(), 0, []
-        clock = None            # training seconds: from the end of this call's first (compiling) step
+        clock = None  # training seconds: from the end of this call's first (compiling) step
         while step < min(t.steps, stop_at_step or t.steps):
             if time_limit_s is not None and clock is not None and time.perf_counter() - clock >= time_limit_s:
                 break
@@ -229,17 +266,22 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
             if step % t.log_every == 0 or step == t.steps:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "skipped"}
                 elapsed = time.perf_counter() - timer
-                record = {"step": step, **values, "tokens_per_sec": tokens / elapsed,
-                          "packing_efficiency": float(np.mean(packed)), "skipped_steps": bad.total,
-                          "seconds": time.perf_counter() - clock,
-                          "epoch": step * t.batch_size * (config.data.seq_len + 1) / max(epoch_tokens, 1)}
+                record = {
+                    "step": step,
+                    **values,
+                    "tokens_per_sec": tokens / elapsed,
+                    "packing_efficiency": float(np.mean(packed)),
+                    "skipped_steps": bad.total,
+                    "seconds": time.perf_counter() - clock,
+                    "epoch": step * t.batch_size * (config.data.seq_len + 1) / max(epoch_tokens, 1),
+                }
                 mfu = utilisation.mfu(record["tokens_per_sec"])
                 if mfu is not None:
                     record["mfu"] = mfu
                 peak = memory.peak_memory_in_use()
                 if peak is not None:
                     record["peak_mem_gb"] = peak / memory.GIB
-                timer, tokens, packed = time.perf_counter(), 0, []   # the probe and the writes count in the next
+                timer, tokens, packed = time.perf_counter(), 0, []  # the probe and the writes count in the next
                 if probe is not None:
                     record.update({k: float(v) for k, v in jax.device_get(probe(state["params"], batch)).items()})
                 writer.write(record)
@@ -252,12 +294,14 @@ def train(config: Config, run_dir: str | Path, log=print, stop_at_step: int | No
             if step % t.save_every == 0 and step != t.steps:
                 save()
             signum = faults.agreed_signal(stop.received)
-            if signum:      # preempted: save at this step (the iterator has consumed exactly its batches), exit
+            if signum:  # preempted: save at this step (the iterator has consumed exactly its batches), exit
                 if step not in mgr.all_steps():
                     save()
                 mgr.close()
-                log(f"stopped by {signal.Signals(signum).name}: checkpoint {last_good()}; run the same command "
-                    f"to resume")
+                log(
+                    f"stopped by {signal.Signals(signum).name}: checkpoint {last_good()}; run the same command "
+                    f"to resume"
+                )
                 raise SystemExit(faults.exit_code(signum))
         if step not in mgr.all_steps():
             save()
@@ -284,22 +328,39 @@ def compile_train_step(graphdef, config: Config, abstract_state, state_sharding,
     memory estimate of it against the device (``memory.check_step_fits``): nothing is allocated yet."""
     sharded = NamedSharding(mesh, P("data"))
     t = config.train
-    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                  abstract_state, state_sharding)
-    batch = {k: jax.ShapeDtypeStruct((t.batch_size, config.data.seq_len), dtype, sharding=sharded)
-             for k, dtype in BATCH_DTYPES.items()}
-    step = jax.jit(make_train_step(graphdef, config), in_shardings=(state_sharding, sharded),
-                   out_shardings=(state_sharding, NamedSharding(mesh, P())), donate_argnums=0)
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_sharding
+    )
+    batch = {
+        k: jax.ShapeDtypeStruct((t.batch_size, config.data.seq_len), dtype, sharding=sharded)
+        for k, dtype in BATCH_DTYPES.items()
+    }
+    step = jax.jit(
+        make_train_step(graphdef, config),
+        in_shardings=(state_sharding, sharded),
+        out_shardings=(state_sharding, NamedSharding(mesh, P())),
+        donate_argnums=0,
+    )
     compiled = step.lower(abstract_state, batch).compile()
     devices = mesh.shape["data"]
-    memory.check_step_fits(memory.step_memory(compiled, abstract_state, batch, t.batch_size // t.accumulation_steps
-                                              // devices, t.accumulation_steps, config.data.seq_len), config)
+    memory.check_step_fits(
+        memory.step_memory(
+            compiled,
+            abstract_state,
+            batch,
+            t.batch_size // t.accumulation_steps // devices,
+            t.accumulation_steps,
+            config.data.seq_len,
+        ),
+        config,
+    )
     return compiled
 
 
 def training_tokens(cfg_data, corpus) -> int:
     """Row tokens (inputs and targets) of one pass over the training documents' pieces: an epoch."""
     from hrm.data import document_pieces, split_documents
+
     pieces = document_pieces(corpus, split_documents(len(corpus), cfg_data.eval_fraction)[0], cfg_data.seq_len)
     return int(np.sum(pieces[:, 1] - pieces[:, 0]))
 
@@ -309,8 +370,10 @@ def with_epoch_steps(config: Config, epoch_tokens: int, log) -> Config:
     rows are packed ~98-100% full (docs/BENCHMARKS.md), so an epoch's last steps may repeat a few pieces."""
     t = config.train
     steps = max(1, math.ceil(t.epochs * epoch_tokens / (t.batch_size * (config.data.seq_len + 1))))
-    log(f"epochs: {t.epochs:g} x {epoch_tokens:,} tokens / ({t.batch_size} rows x {config.data.seq_len + 1} "
-        f"tokens) = {steps:,} steps")
+    log(
+        f"epochs: {t.epochs:g} x {epoch_tokens:,} tokens / ({t.batch_size} rows x {config.data.seq_len + 1} "
+        f"tokens) = {steps:,} steps"
+    )
     train = dataclasses.replace(t, steps=steps, save_every=min(t.save_every, steps))
     return dataclasses.replace(config, train=train)
 
@@ -319,12 +382,13 @@ def with_initial_params(state: dict, init_from: Path, log) -> dict:
     """``state`` with the parameters of ``init_from``'s latest checkpoint (fine-tuning: weights only; the step,
     the optimizer and the data start afresh)."""
     from hrm.training.state import abstract_params
+
     shapes = lambda params: jax.tree.map(lambda x: x.shape, params)
     if shapes(abstract_params(checkpoint.read_run_config(init_from))) != shapes(state["params"]):
-        raise ConfigError(f"--init_from '{init_from}' holds a model of other shapes than this run's config.model; "
-                          f"keep its model settings (drop the model.* overrides that change sizes)")
+        raise ConfigError(
+            f"--init_from '{init_from}' holds a model of other shapes than this run's config.model; "
+            f"keep its model settings (drop the model.* overrides that change sizes)"
+        )
     params, step = checkpoint.restore_params(init_from, state["params"])
     log(f"initialised the weights from {init_from / checkpoint.CHECKPOINT_DIR / str(step)}")
     return {**state, "params": jax.device_put(params, jax.tree.map(lambda x: x.sharding, state["params"]))}
-
-

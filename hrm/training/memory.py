@@ -26,21 +26,22 @@ from hrm.config import Config, ConfigError
 from hrm.models import build_model
 from hrm.training.state import init_train_state, make_train_step
 
-GIB = 2 ** 30
-MIB = 2 ** 20
+GIB = 2**30
+MIB = 2**20
 
 
 @dataclasses.dataclass
 class StepMemory:
     """Bytes one device needs for a train step at ``micro_batch_size`` rows of ``seq_len`` tokens."""
+
     micro_batch_size: int
     accumulation_steps: int
     seq_len: int
     param_bytes: int
     optimizer_bytes: int
     batch_bytes: int
-    temp_bytes: int           # activations, gradients and every other intermediate XLA keeps live
-    total_bytes: int          # arguments + outputs - aliased (donated) + temporaries
+    temp_bytes: int  # activations, gradients and every other intermediate XLA keeps live
+    total_bytes: int  # arguments + outputs - aliased (donated) + temporaries
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -75,8 +76,12 @@ def _nbytes(tree) -> int:
 
 def _abstract_batch(rows: int, seq_len: int) -> dict:
     tokens = jax.ShapeDtypeStruct((rows, seq_len), jnp.int32)
-    return {"inputs": tokens, "targets": tokens, "mask": jax.ShapeDtypeStruct((rows, seq_len), jnp.bool_),
-            "segment_ids": tokens}
+    return {
+        "inputs": tokens,
+        "targets": tokens,
+        "mask": jax.ShapeDtypeStruct((rows, seq_len), jnp.bool_),
+        "segment_ids": tokens,
+    }
 
 
 def gpu_config(config: Config) -> Config:
@@ -95,8 +100,10 @@ def train_step_memory(config: Config, micro_batch_size: int | None = None, devic
     micro = micro_batch_size or t.batch_size // t.accumulation_steps
     steps = t.batch_size // micro
     if t.batch_size % micro or micro % devices:
-        raise ConfigError(f"micro-batch {micro} must divide train.batch_size ({t.batch_size}) and be a multiple "
-                          f"of the {devices} devices")
+        raise ConfigError(
+            f"micro-batch {micro} must divide train.batch_size ({t.batch_size}) and be a multiple "
+            f"of the {devices} devices"
+        )
     share = dataclasses.replace(t, batch_size=t.batch_size // devices, accumulation_steps=steps)
     config = dataclasses.replace(config, train=share)
     graphdef, state = abstract_train_state(config)
@@ -114,12 +121,22 @@ def abstract_train_state(config: Config):
 def step_memory(compiled, state, batch, micro_batch_size: int, accumulation_steps: int, seq_len: int) -> StepMemory:
     """One device's ``StepMemory`` from a compiled train step's memory analysis (the state donated)."""
     analysis = compiled.memory_analysis()
-    total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
-             + analysis.temp_size_in_bytes)
-    return StepMemory(micro_batch_size=micro_batch_size, accumulation_steps=accumulation_steps, seq_len=seq_len,
-                      param_bytes=_nbytes(state["params"]), optimizer_bytes=_nbytes(state["opt_state"]),
-                      batch_bytes=_nbytes(batch), temp_bytes=int(analysis.temp_size_in_bytes),
-                      total_bytes=int(total))
+    total = (
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        - analysis.alias_size_in_bytes
+        + analysis.temp_size_in_bytes
+    )
+    return StepMemory(
+        micro_batch_size=micro_batch_size,
+        accumulation_steps=accumulation_steps,
+        seq_len=seq_len,
+        param_bytes=_nbytes(state["params"]),
+        optimizer_bytes=_nbytes(state["opt_state"]),
+        batch_bytes=_nbytes(batch),
+        temp_bytes=int(analysis.temp_size_in_bytes),
+        total_bytes=int(total),
+    )
 
 
 # float32 parameters, gradients and AdamW's two moments: the least a train step holds per parameter.
@@ -134,20 +151,24 @@ def memory_budget() -> tuple[int, str]:
         return limit, f"{jax.local_devices()[0].device_kind} memory"
     available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return available // jax.local_device_count(), "available host memory" + (
-        f" / {jax.local_device_count()} devices" if jax.local_device_count() > 1 else "")
+        f" / {jax.local_device_count()} devices" if jax.local_device_count() > 1 else ""
+    )
 
 
 def check_parameters_fit(config: Config, devices: int = 1) -> int:
     """The parameter count (from shapes, ``hrm.info.parameter_table``); a ``ConfigError`` before anything is
     traced or allocated when their weights, gradients and optimizer moments alone exceed ``memory_budget``."""
     from hrm.info import parameter_table
+
     n_params = sum(parameter_table(config.model).values())
     need = n_params * TRAIN_BYTES_PER_PARAM // (devices if config.train.shard_params else 1)
     budget, what = memory_budget()
     if need > budget:
-        raise ConfigError(f"{config.name} has {n_params:,} parameters: their weights, gradients and AdamW moments "
-                          f"need {need / GIB:,.1f} GB per device, more than the {budget / GIB:,.1f} GB of {what}; "
-                          f"lower model.d_model or model.n_layers")
+        raise ConfigError(
+            f"{config.name} has {n_params:,} parameters: their weights, gradients and AdamW moments "
+            f"need {need / GIB:,.1f} GB per device, more than the {budget / GIB:,.1f} GB of {what}; "
+            f"lower model.d_model or model.n_layers"
+        )
     return n_params
 
 
@@ -156,10 +177,12 @@ def check_step_fits(memory: StepMemory, config: Config) -> None:
     ``memory_budget`` (XLA's estimate, before the state is allocated)."""
     budget, what = memory_budget()
     if memory.total_bytes > budget:
-        raise ConfigError(f"{config.name} does not fit: its train step needs {memory.total_bytes / GIB:,.1f} GB per "
-                          f"device (micro-batch {memory.micro_batch_size} x {memory.seq_len} tokens; XLA estimate), "
-                          f"more than the {budget / GIB:,.1f} GB of {what}; lower data.seq_len or the micro-batch "
-                          f"(--accumulation_steps), or set model.remat=block")
+        raise ConfigError(
+            f"{config.name} does not fit: its train step needs {memory.total_bytes / GIB:,.1f} GB per "
+            f"device (micro-batch {memory.micro_batch_size} x {memory.seq_len} tokens; XLA estimate), "
+            f"more than the {budget / GIB:,.1f} GB of {what}; lower data.seq_len or the micro-batch "
+            f"(--accumulation_steps), or set model.remat=block"
+        )
 
 
 @functools.cache
@@ -167,8 +190,12 @@ def _code_fingerprint() -> str:
     """A hash of the sources a train step is built from (models, training, config, kernels): a cached
     estimate is only valid for the code that made it."""
     hrm_dir, kernels_dir = Path(__file__).parents[1], Path(kernels.__file__).parent
-    paths = [*(hrm_dir / "models").rglob("*.py"), *(hrm_dir / "training").rglob("*.py"), hrm_dir / "config.py",
-             *kernels_dir.rglob("*.py")]
+    paths = [
+        *(hrm_dir / "models").rglob("*.py"),
+        *(hrm_dir / "training").rglob("*.py"),
+        hrm_dir / "config.py",
+        *kernels_dir.rglob("*.py"),
+    ]
     digest = hashlib.sha256()
     for path in sorted(paths):
         digest.update(path.read_bytes())
@@ -176,8 +203,10 @@ def _code_fingerprint() -> str:
 
 
 def _cache_path(config: Config, micro_batch_size: int | None, devices: int) -> Path:
-    key = json.dumps([config.to_dict(), micro_batch_size, devices, jax.__version__, jax.default_backend(),
-                      _code_fingerprint()], sort_keys=True)
+    key = json.dumps(
+        [config.to_dict(), micro_batch_size, devices, jax.__version__, jax.default_backend(), _code_fingerprint()],
+        sort_keys=True,
+    )
     root = Path(os.environ.get("HRM_CACHE_DIR") or Path.home() / ".cache" / "hrm") / "memtest"
     return root / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
@@ -186,8 +215,9 @@ def cached_train_step_memory(config: Config, micro_batch_size: int | None = None
     """``train_step_memory``, remembered on disk per config, micro-batch and device count (a compile takes
     seconds to a minute)."""
     micro = micro_batch_size or config.train.batch_size // config.train.accumulation_steps
-    config = dataclasses.replace(config, train=dataclasses.replace(
-        config.train, accumulation_steps=max(1, config.train.batch_size // micro)))   # one key per micro-batch
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, accumulation_steps=max(1, config.train.batch_size // micro))
+    )  # one key per micro-batch
     path = _cache_path(config, micro, devices)
     try:
         return StepMemory(**json.loads(path.read_text()))
@@ -198,7 +228,7 @@ def cached_train_step_memory(config: Config, micro_batch_size: int | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(memory.to_dict()))
     except OSError:
-        pass   # a read-only cache only costs a recompile
+        pass  # a read-only cache only costs a recompile
     return memory
 
 
@@ -229,9 +259,11 @@ def fit_to_vram(config: Config, budget_bytes: int, devices: int = 1) -> tuple[Co
     best = largest_micro_batch(gpu_config(config), budget_bytes, devices)
     if best is None:
         need = cached_train_step_memory(gpu_config(config), devices, devices)
-        raise ConfigError(f"{config.name} does not fit: its train step needs {need.total_bytes / GIB:.2f} GB per "
-                          f"device even at micro-batch {devices} (seq_len {config.data.seq_len}), the budget is "
-                          f"{budget_bytes / GIB:.2f} GB; lower data.seq_len, set model.remat=block, or use a "
-                          f"larger GPU")
+        raise ConfigError(
+            f"{config.name} does not fit: its train step needs {need.total_bytes / GIB:.2f} GB per "
+            f"device even at micro-batch {devices} (seq_len {config.data.seq_len}), the budget is "
+            f"{budget_bytes / GIB:.2f} GB; lower data.seq_len, set model.remat=block, or use a "
+            f"larger GPU"
+        )
     train = dataclasses.replace(config.train, accumulation_steps=best.accumulation_steps)
     return dataclasses.replace(config, train=train), best

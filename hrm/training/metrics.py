@@ -36,8 +36,9 @@ class MetricsWriter:
     short). ``wandb_config`` (the run's config dict) also logs every record to a Weights & Biases run named
     after the run directory."""
 
-    def __init__(self, run_dir: Path, start_step: int, total_steps: int, enabled: bool = True,
-                 wandb_config: dict | None = None):
+    def __init__(
+        self, run_dir: Path, start_step: int, total_steps: int, enabled: bool = True, wandb_config: dict | None = None
+    ):
         self.enabled = enabled
         self.path = Path(run_dir) / METRICS_FILE
         self.tb = None
@@ -47,13 +48,16 @@ class MetricsWriter:
             return
         if wandb_config is not None:
             from hrm.training.monitor import require_wandb
-            self.wandb = require_wandb().init(project="hrm", name=Path(run_dir).name, dir=str(run_dir),
-                                              config=wandb_config, resume="allow")
+
+            self.wandb = require_wandb().init(
+                project="hrm", name=Path(run_dir).name, dir=str(run_dir), config=wandb_config, resume="allow"
+            )
         kept = [r for r in read_metrics(run_dir) if r["step"] <= start_step]
-        tmp = self.path.with_name(METRICS_FILE + ".tmp")   # rewritten whole: repaired, never half-written
+        tmp = self.path.with_name(METRICS_FILE + ".tmp")  # rewritten whole: repaired, never half-written
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.path)
         from tensorboardX import SummaryWriter
+
         self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1)
         if sys.stderr.isatty():
             self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
@@ -91,7 +95,7 @@ class MetricsWriter:
             f.write(json.dumps(record) + "\n")
         for key in ("eval_loss", "eval_perplexity"):
             if key in record:
-                self.tb.add_scalar(f"eval/{key[len('eval_'):]}", record[key], record["step"])
+                self.tb.add_scalar(f"eval/{key[len('eval_') :]}", record[key], record["step"])
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
         message = f"step {record['step']} eval_loss {record['eval_loss']:.4f}"

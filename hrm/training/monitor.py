@@ -20,11 +20,21 @@ from flax import nnx
 # datasheets; Google Cloud's TPU v4/v5e/v5p/v6e pages. Matched as substrings of ``device.device_kind``, first
 # match wins (so "H100 PCIe" comes before "H100").
 PEAK_TFLOPS = (
-    ("H100 PCIe", (756.0, 378.0)), ("H100", (989.4, 494.7)), ("H200", (989.4, 494.7)),
-    ("GH200", (989.4, 494.7)), ("A100", (312.0, 156.0)), ("L4", (121.0, 60.0)), ("A10", (125.0, 62.5)),
-    ("RTX 4090", (165.2, 82.6)), ("RTX 3090", (71.0, 35.6)),
-    ("TPU v4", (275.0, 275.0)), ("TPU v5 lite", (197.0, 197.0)), ("TPU v5e", (197.0, 197.0)),
-    ("TPU v5p", (459.0, 459.0)), ("TPU v5", (459.0, 459.0)), ("TPU v6", (918.0, 918.0)),
+    ("H100 PCIe", (756.0, 378.0)),
+    ("H100", (989.4, 494.7)),
+    ("H200", (989.4, 494.7)),
+    ("GH200", (989.4, 494.7)),
+    ("A100", (312.0, 156.0)),
+    ("L4", (121.0, 60.0)),
+    ("A10", (125.0, 62.5)),
+    ("RTX 4090", (165.2, 82.6)),
+    ("RTX 3090", (71.0, 35.6)),
+    ("TPU v4", (275.0, 275.0)),
+    ("TPU v5 lite", (197.0, 197.0)),
+    ("TPU v5e", (197.0, 197.0)),
+    ("TPU v5p", (459.0, 459.0)),
+    ("TPU v5", (459.0, 459.0)),
+    ("TPU v6", (918.0, 918.0)),
 )
 
 
@@ -39,6 +49,7 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
 def training_flops_per_token(config) -> int:
     """Model FLOPs of one trained token: forward + backward = 3x the forward (hrm.info.flops_per_token)."""
     from hrm.info import flops_per_token, parameter_table
+
     return 3 * flops_per_token(config.model, parameter_table(config.model), config.data.seq_len)
 
 
@@ -56,8 +67,11 @@ class Utilisation:
         return None if self.peak is None else tokens_per_sec * self.flops_per_token / self.peak
 
     def describe(self) -> str:
-        peak = (f"peak {self.peak / 1e12:,.0f} TFLOP/s ({self.device})" if self.peak else
-                f"MFU n/a: no peak FLOP/s known for {self.device}")
+        peak = (
+            f"peak {self.peak / 1e12:,.0f} TFLOP/s ({self.device})"
+            if self.peak
+            else f"MFU n/a: no peak FLOP/s known for {self.device}"
+        )
         return f"model FLOPs per trained token {self.flops_per_token:,} (3x forward); {peak}"
 
 
@@ -66,6 +80,7 @@ def activation_norms(graphdef, params, batch) -> dict[str, jax.Array]:
     depths one after another) and ``state_rms_depth_<k>`` (the recursion state after depth k, averaged over
     layers) of a full forward of ``batch``."""
     from hrm.training.state import sown_values
+
     model = nnx.merge(graphdef, params)
     _, sown = nnx.capture(model.features, nnx.Intermediate)(batch["inputs"], segment_ids=batch.get("segment_ids"))
     values = sown_values(sown)
@@ -90,15 +105,19 @@ def make_probe(graphdef, params_sharding, batch_sharding):
 
     def probe(params, batch):
         return activation_norms(graphdef, params, jax.tree.map(lambda x: x[:rows], batch))
+
     return jax.jit(probe, in_shardings=(params_sharding, batch_sharding))
 
 
 def require_wandb():
     """The ``wandb`` module, or a one-line ``UsageError`` saying how to install it."""
     from hrm.cli import UsageError
+
     try:
         import wandb
     except ImportError:
-        raise UsageError("--wandb needs the wandb package: pip install wandb (WANDB_MODE=offline logs without a "
-                         "network); or drop --wandb, metrics.jsonl and tensorboard (tb/) have the same records")
+        raise UsageError(
+            "--wandb needs the wandb package: pip install wandb (WANDB_MODE=offline logs without a "
+            "network); or drop --wandb, metrics.jsonl and tensorboard (tb/) have the same records"
+        )
     return wandb

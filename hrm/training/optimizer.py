@@ -24,20 +24,25 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
         progress = jnp.clip((count - decay_start) / max(cfg.steps - 1 - decay_start, 1), 0.0, 1.0)
         cosine = end + (cfg.lr - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
         return jnp.where(count < warmup, cfg.lr * (count + 1) / max(warmup, 1), cosine)
+
     return schedule
 
 
 def weight_decay_mask(params):
     """Decay weight matrices only: never A_log, D, norms or biases (as the reference Mamba)."""
+
     def decays(path, leaf):
         names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        names = [n for n in names if n != "value"]     # nnx.Variable leaves end in ".value"
+        names = [n for n in names if n != "value"]  # nnx.Variable leaves end in ".value"
         return leaf.ndim >= 2 and names[-1] not in NO_DECAY_NAMES
+
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip),
-        optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
-                    mask=weight_decay_mask))
+        optax.adamw(
+            learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=weight_decay_mask
+        ),
+    )

@@ -22,7 +22,7 @@ class StepProfiler:
     def after_step(self, outputs) -> None:
         if self.done:
             return
-        if not self.started:                    # the first step compiled: trace the next ones
+        if not self.started:  # the first step compiled: trace the next ones
             jax.block_until_ready(outputs)
             jax.profiler.start_trace(str(self.dir))
             self.started = True

@@ -24,10 +24,12 @@ def resume_point(path: str | Path) -> tuple[Path, int]:
         run_dir, step = path, None
     if not (run_dir / CONFIG_FILE).is_file():
         what = "does not exist" if not path.exists() else "is a file" if path.is_file() else "is no hrm run"
-        raise CheckpointError(f"--resume '{path}' {what}; pass a run directory (with {CONFIG_FILE} and "
-                              f"{CHECKPOINT_DIR}/) or one of its steps, DIR/{CHECKPOINT_DIR}/N")
+        raise CheckpointError(
+            f"--resume '{path}' {what}; pass a run directory (with {CONFIG_FILE} and "
+            f"{CHECKPOINT_DIR}/) or one of its steps, DIR/{CHECKPOINT_DIR}/N"
+        )
     quiet_orbax()
-    try:     # the newest good step (or the one named), checked against its checksums
+    try:  # the newest good step (or the one named), checked against its checksums
         return run_dir, resolve_step(run_dir, step)
     except CheckpointError as error:
         raise CheckpointError(f"--resume '{path}': {error}") from None

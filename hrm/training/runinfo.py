@@ -25,19 +25,25 @@ def summary(run_dir: Path) -> dict:
     evals = [r for r in records if "eval_loss" in r]
     tokens_per_step = config.train.batch_size * config.data.seq_len
     seconds, previous = 0.0, 0
-    for record in train:    # each record's tokens/s covers the steps since the one before
+    for record in train:  # each record's tokens/s covers the steps since the one before
         seconds += (record["step"] - previous) * tokens_per_step / record["tokens_per_sec"]
         previous = record["step"]
     steps = max((r["step"] for r in records), default=0)
-    result = {"name": config.name, "family": config.model.family, "steps": steps,
-              "tokens": steps * tokens_per_step, "train_seconds": seconds,
-              "tokens_per_sec": previous * tokens_per_step / seconds if seconds else None,
-              "final_loss": train[-1]["loss"] if train else None,
-              "skipped_steps": train[-1].get("skipped_steps", 0) if train else 0}
+    result = {
+        "name": config.name,
+        "family": config.model.family,
+        "steps": steps,
+        "tokens": steps * tokens_per_step,
+        "train_seconds": seconds,
+        "tokens_per_sec": previous * tokens_per_step / seconds if seconds else None,
+        "final_loss": train[-1]["loss"] if train else None,
+        "skipped_steps": train[-1].get("skipped_steps", 0) if train else 0,
+    }
     if evals:
         best = min(evals, key=lambda r: r["eval_loss"])
-        result.update(best_eval_loss=best["eval_loss"], best_eval_step=best["step"],
-                      final_eval_loss=evals[-1]["eval_loss"])
+        result.update(
+            best_eval_loss=best["eval_loss"], best_eval_step=best["step"], final_eval_loss=evals[-1]["eval_loss"]
+        )
     result["checkpoints"] = checkpoint.named_steps(run_dir)
     return result
 
@@ -56,8 +62,11 @@ def checkpoints(run_dir: Path, verify: bool = False) -> list[dict]:
     names = checkpoint.named_steps(run_dir, steps)
     rows = []
     for step in steps:
-        row = {"step": step, "eval_loss": checkpoint.step_info(run_dir, step).get("eval_loss"),
-               "names": [name for name, s in names.items() if s == step]}
+        row = {
+            "step": step,
+            "eval_loss": checkpoint.step_info(run_dir, step).get("eval_loss"),
+            "names": [name for name, s in names.items() if s == step],
+        }
         if verify:
             row["damage"] = checkpoint.damage(checkpoint.checkpoint_root(run_dir) / str(step))
         rows.append(row)
@@ -68,7 +77,10 @@ def find_runs(paths: list[Path]) -> list[Path]:
     """Run directories (with a config.json and a checkpoints folder) at or under ``paths``, sorted."""
     found = set()
     for path in map(Path, paths):
-        candidates = [path] if (path / checkpoint.CONFIG_FILE).is_file() else \
-            [p.parent for p in path.rglob(checkpoint.CONFIG_FILE)]
+        candidates = (
+            [path]
+            if (path / checkpoint.CONFIG_FILE).is_file()
+            else [p.parent for p in path.rglob(checkpoint.CONFIG_FILE)]
+        )
         found |= {p for p in candidates if (p / checkpoint.CHECKPOINT_DIR).is_dir()}
     return sorted(found)

@@ -42,12 +42,14 @@ def forward_terms(graphdef, params, batch, dropout_rng: jax.Array | None = None)
     model = nnx.merge(graphdef, params)
     with dropout_key(dropout_rng):
         (features, _), sown_state = nnx.capture(model.features, nnx.Intermediate)(
-            batch["inputs"], segment_ids=batch.get("segment_ids"))
+            batch["inputs"], segment_ids=batch.get("segment_ids")
+        )
     ce_sum = chunked_cross_entropy(features, model.head_weight(), batch["targets"], batch["mask"])
     sown = sown_values(sown_state)
     values = {"aux_loss": sum(sown.pop("aux_loss"))} if "aux_loss" in sown else {}
-    values.update({name[len("metric_"):]: jnp.mean(jnp.stack(v)) for name, v in sown.items()
-                   if name.startswith("metric_")})
+    values.update(
+        {name[len("metric_") :]: jnp.mean(jnp.stack(v)) for name, v in sown.items() if name.startswith("metric_")}
+    )
     return ce_sum, values
 
 
@@ -72,8 +74,9 @@ def chunked_cross_entropy(features, head, targets, mask, chunk_tokens: int = LOS
     parallelism is untouched), each chunk's logits are rematerialised in the backward pass, and only one
     chunk's logits exist at a time (MaxText's vocabulary tiling does the same)."""
     batch, length, _ = features.shape
-    n_chunks = next(n for n in range(1, length + 1) if length % n == 0 and batch * length // n <= chunk_tokens
-                    or n == length)
+    n_chunks = next(
+        n for n in range(1, length + 1) if length % n == 0 and batch * length // n <= chunk_tokens or n == length
+    )
 
     @jax.checkpoint
     def chunk_loss(x, t, m):
@@ -128,7 +131,7 @@ def accumulated_gradients(graphdef, params, batch, steps: int, dropout_rng=None)
         return ce_sum / n_targets + sown.get("aux_loss", 0.0) / steps, (ce_sum, sown)
 
     grad_fn = jax.grad(micro_objective, has_aux=True)
-    if steps == 1:   # no accumulator: one params-sized buffer less
+    if steps == 1:  # no accumulator: one params-sized buffer less
         grads, (ce_sum, sown) = grad_fn(params, batch, dropout_rng)
         return grads, {"loss": ce_sum / n_targets, **sown}
 
@@ -153,10 +156,12 @@ def make_train_step(graphdef, config: Config):
     schedule = learning_rate_schedule(config.train)
 
     def train_step(state, batch):
-        dropout_rng = (jax.random.fold_in(jax.random.PRNGKey(config.train.seed), state["step"])
-                       if config.model.dropout else None)   # masks follow the seed and the step
-        grads, model_metrics = accumulated_gradients(graphdef, state["params"], batch,
-                                                     config.train.accumulation_steps, dropout_rng)
+        dropout_rng = (
+            jax.random.fold_in(jax.random.PRNGKey(config.train.seed), state["step"]) if config.model.dropout else None
+        )  # masks follow the seed and the step
+        grads, model_metrics = accumulated_gradients(
+            graphdef, state["params"], batch, config.train.accumulation_steps, dropout_rng
+        )
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         grad_norm = optax.tree.norm(grads)
@@ -164,10 +169,17 @@ def make_train_step(graphdef, config: Config):
         # gradient only), so parameters and optimizer state stay finite; the step and the data still advance.
         finite = jnp.isfinite(model_metrics["loss"]) & jnp.isfinite(grad_norm) & all_finite(params)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        new_state = {"step": state["step"] + 1, "params": keep(params, state["params"]),
-                     "opt_state": keep(opt_state, state["opt_state"])}
-        metrics = {**model_metrics, "grad_norm": grad_norm, "lr": schedule(state["step"]),
-                   "skipped": (~finite).astype(jnp.float32)}
+        new_state = {
+            "step": state["step"] + 1,
+            "params": keep(params, state["params"]),
+            "opt_state": keep(opt_state, state["opt_state"]),
+        }
+        metrics = {
+            **model_metrics,
+            "grad_norm": grad_norm,
+            "lr": schedule(state["step"]),
+            "skipped": (~finite).astype(jnp.float32),
+        }
         return new_state, metrics
 
     return train_step
