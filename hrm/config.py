@@ -212,6 +212,8 @@ def _unknown_key(key: str, known: list[str]) -> str:
 def _coerce(key: str, kind, value):
     """Parse ``value`` (a string from the command line, or a JSON value) as ``kind``: the one parse of every
     config field, choices (``Literal``) and integer tuples ("1,2,4" or a list) included."""
+    if dataclasses.is_dataclass(kind) and isinstance(value, dict):  # a nested section, e.g. data.synthetic
+        return _build(kind, value, prefix=key + ".")
     if typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
         if value not in choices:

@@ -97,10 +97,15 @@ def text_streams(
 # --- saved decode states ----------------------------------------------------------------------------------
 
 
+def state_model(model) -> dict:
+    """The model settings a saved state belongs to, as JSON reads them back (any cache length)."""
+    return json.loads(json.dumps(model.config.model.__dict__ | {"max_cache_len": None}))
+
+
 def save_state(path: str | Path, state: DecodeState, model, tokens: int) -> None:
     """One row's decode state after a prompt of ``tokens`` tokens, with the model config it belongs to."""
     leaves = jax.tree.leaves(state)
-    meta = {"format": STATE_FORMAT, "model": model.config.model.__dict__ | {"max_cache_len": None}, "tokens": tokens}
+    meta = {"format": STATE_FORMAT, "model": state_model(model), "tokens": tokens}
     with open(path, "wb") as f:
         np.savez(f, meta=np.asarray(json.dumps(meta)), **{f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)})
 
@@ -118,7 +123,7 @@ def load_state(path: str | Path, model) -> tuple[DecodeState, int]:
         raise SamplingError(f"'{path}' is not a saved decode state ({type(error).__name__})") from None
     if meta.get("format") != STATE_FORMAT:
         raise SamplingError(f"'{path}' is not a saved decode state (format {meta.get('format')!r})")
-    if meta["model"] != model.config.model.__dict__ | {"max_cache_len": None}:
+    if meta["model"] != state_model(model):
         raise SamplingError(f"'{path}' was saved from a different model; load it with the checkpoint that wrote it")
     template = jax.eval_shape(lambda: model.generator.start_row(model.params, [0], 64, np.zeros(2, np.uint32)))
     treedef = jax.tree.structure(template)

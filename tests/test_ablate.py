@@ -56,7 +56,7 @@ def test_budgets_and_settings():
 
 
 def test_time_limit_stops_training_with_a_checkpoint(tmp_path):
-    config = small_config(steps=100_000, save_every=100_000, log_every=1)
+    config = small_config(steps=100_000, save_every=100_000, log_every=1, log_activations=False)
     records = train(config, tmp_path, log=lambda *_: None, time_limit_s=1.0)
     last = records[-1]["step"]
     seconds = [r["seconds"] for r in records]

@@ -205,7 +205,7 @@ def test_convert_fine_tune_export_round_trip(tmp_path):
 def test_bad_folders_are_one_line(tmp_path):
     from hrm import export
     from hrm.cli import UsageError
-    from hrm.training.checkpoint import CheckpointError, manager, save
+    from hrm.training.checkpoint import CheckpointError, Checkpoints
 
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -219,13 +219,13 @@ def test_bad_folders_are_one_line(tmp_path):
     config = Config(model=ModelConfig(family="recursive_ssm", d_model=32, n_layers=1, d_state=8, vocab_size=64))
     (tmp_path / "rec").mkdir()
     config.save_json(tmp_path / "rec" / "config.json")
-    mgr = manager(tmp_path / "rec")
-    save(mgr, 0, {"step": 0, "params": init_model(config)[1]}, force=True)
-    mgr.wait_until_finished()
+    mgr = Checkpoints(tmp_path / "rec", config=config)
+    mgr.save(0, {"step": 0, "params": init_model(config)[1]}, final=True)
+    mgr.close()
     with pytest.raises(UsageError, match="recursive_ssm model; --format hf exports the mamba family only"):
         export.main(["--checkpoint", str(tmp_path / "rec"), "--format", "hf", str(tmp_path / "out")])
 
-    from helpers import run_module
+    from tests.helpers import run_module
 
     result = run_module("hrm.convert", tmp_path / "missing", tmp_path / "out", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr

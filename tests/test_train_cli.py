@@ -175,7 +175,7 @@ def test_resume_points_and_settings(tmp_path):
     assert resume_point(tmp_path / "a" / CHECKPOINT_DIR / "2") == (tmp_path / "a", 2)
     assert resume_point(tmp_path / "a" / "step_2") == (tmp_path / "a", 2)  # the documents' spelling
     for bad, message in [
-        (tmp_path / "a" / CHECKPOINT_DIR / "3", "no checkpoint at step 3; it has steps 2, 4"),
+        (tmp_path / "a" / CHECKPOINT_DIR / "3", "has no checkpoint at step 3; available steps: 2, 4"),
         (tmp_path / "nowhere", "does not exist"),
     ]:
         with pytest.raises(CheckpointError, match=message):
