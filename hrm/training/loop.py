@@ -170,7 +170,6 @@ def train(
     graphdef, abstract_state = memory.abstract_train_state(config)
     state_sharding = state_shardings(abstract_state, mesh, t.shard_params)
     step_fn = compile_train_step(graphdef, config, abstract_state, state_sharding, mesh)  # checks its memory
-    run_dir.mkdir(parents=True, exist_ok=True)
     corpus = tokenized_corpus(config.data, tokenizer, log)
     for line in packing_summary(config.data, corpus, t.batch_size, t.seed):
         log(line)
