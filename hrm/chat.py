@@ -36,11 +36,11 @@ class ChatSession:
         ids = tokenizer.encode(("\n" if self.state is not None else "") + dialogue_prompt([text]))
         before = 0 if self.state is None else kv_positions(self.state)
         length = generator.cache_length(params, before + len(ids) + self.max_tokens)
-        state = generator.start_row(params, ids, length, row_key(self.seed, self.turn), self.state)
+        state = generator.start_rows(params, [ids], length, [row_key(self.seed, self.turn)], self.state)
         settings = SamplingArrays.of([self.sampling])
         stream = TextStream(tokenizer, eos_id=tokenizer.eos_id)
         for _ in range(self.max_tokens):
-            tokens, next_state = generator.decode(params, state, settings, 1)
+            tokens, next_state = generator.decode(params, state, settings, 1, keep_input=True)
             if piece := stream.add(tokens[0]):
                 on_text(piece)
             if stream.finished:  # the end-of-text token: keep the state before it

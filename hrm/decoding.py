@@ -125,7 +125,7 @@ def load_state(path: str | Path, model) -> tuple[DecodeState, int]:
         raise SamplingError(f"'{path}' is not a saved decode state (format {meta.get('format')!r})")
     if meta["model"] != state_model(model):
         raise SamplingError(f"'{path}' was saved from a different model; load it with the checkpoint that wrote it")
-    template = jax.eval_shape(lambda: model.generator.start_row(model.params, [0], 64, np.zeros(2, np.uint32)))
+    template = jax.eval_shape(lambda: model.generator.start_rows(model.params, [[0]], 64, np.zeros((1, 2), np.uint32)))
     treedef = jax.tree.structure(template)
     if treedef.num_leaves != len(leaves):
         raise SamplingError(f"'{path}' does not match this model's decode state; save it again")
@@ -137,7 +137,7 @@ def load_state(path: str | Path, model) -> tuple[DecodeState, int]:
 
 def benchmark(model, contexts=(128, 1024, 8192), batches=(1, 8), new_tokens: int = 32, log=print) -> list[dict]:
     """Prefill and decode tokens/s per (context, batch): each shape runs once to compile, then is timed.
-    Prefill is per row (``hrm.inference``'s power-of-two chunks), decode is one batched loop (greedy)."""
+    Prefill is one padded batch (``hrm.inference``), decode is one batched loop (greedy)."""
     generator, params = model.generator, model.params
     limit = generator.context_limit(params)
     settings_of = lambda b: SamplingArrays.of([Sampling(0.0)] * b)

@@ -138,6 +138,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("out_positional", nargs="?", help=argparse.SUPPRESS)  # the older spelling: OUT
     parser.add_argument("--batch", type=int, default=1, help="stablehlo: the batch the exported functions take")
     parser.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="stablehlo: the longest prefill chunk exported, a power of two (default 256); longer prompts take several",
+    )
+    parser.add_argument(
         "--max_context",
         type=int,
         default=None,
@@ -147,6 +153,8 @@ def main(argv: list[str]) -> None:
     out = args.out or args.out_positional
     if not out:
         raise UsageError("give the folder to write with --out DIR (see python -m hrm.export --help)")
+    if args.chunk is not None and (args.chunk < 1 or args.chunk & (args.chunk - 1)):
+        raise UsageError(f"--chunk must be a power of two, got {args.chunk}")
     import hrm
 
     model = hrm.load(args.checkpoint, step=args.step, max_context=args.max_context)
@@ -156,7 +164,7 @@ def main(argv: list[str]) -> None:
     elif args.format == "stablehlo":
         from hrm import exported
 
-        exported.export_decoding(model, out, batch=args.batch)
+        exported.export_decoding(model, out, batch=args.batch, chunk=args.chunk or exported.EXPORT_CHUNK)
         note = f"StableHLO prefill and decode step, batch {args.batch}, step {model.step})"
     else:
         save_final(model.config, model.params, out, model.step)

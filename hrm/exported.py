@@ -2,8 +2,9 @@
 
 ``export_decoding(model, out)`` (``python -m hrm.export --format stablehlo``) writes
 
-- ``prefill_<n>.jaxexport`` for n = 1, 2, 4, ..., EXPORT_CHUNK: feed n prompt tokens after a cache (a prompt
-  is fed in its power-of-two chunks, as ``hrm.inference`` does);
+- ``prefill_<n>.jaxexport`` for n = 1, 2, 4, ..., EXPORT_CHUNK: feed n tokens per row after a cache, of which
+  each row's first ``lengths`` are real (``hrm.inference.feed``: right-padded prompts of different lengths in
+  one batch, fed in ``prefill_chunks``, as ``hrm.inference`` does);
 - ``decode.jaxexport``: one decode step — sample each row's token with its own settings and PRNG key
   (greedy at temperature 0), feed it, return it with the next logits and cache;
 - ``params.npz`` (the weights, in the functions' argument order) and ``manifest.json`` (batch, cache
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hrm.inference import Sampling, SamplingArrays, power_of_two_chunks, row_key, sample_logits
+from hrm.inference import Sampling, SamplingArrays, feed, padded_chunks, row_key, sample_logits
 
 EXPORT_CHUNK = 256
 MANIFEST = "manifest.json"
@@ -43,9 +44,9 @@ def export_decoding(model, out: str | Path, batch: int = 1, chunk: int = EXPORT_
 
     def prefill(*args):
         p = jax.tree.unflatten(param_tree, args[:n_params])
-        tokens, c = args[n_params], jax.tree.unflatten(cache_tree, args[n_params + 1 :])
-        logits, c = nnx.merge(graphdef, p)(tokens, c)
-        return (logits[:, -1], *jax.tree.leaves(c))
+        tokens, lengths = args[n_params : n_params + 2]
+        logits, c = feed(nnx.merge(graphdef, p), tokens, jax.tree.unflatten(cache_tree, args[n_params + 2 :]), lengths)
+        return (logits, *jax.tree.leaves(c))
 
     def decode(*args):
         p = jax.tree.unflatten(param_tree, args[:n_params])
@@ -60,7 +61,8 @@ def export_decoding(model, out: str | Path, batch: int = 1, chunk: int = EXPORT_
     param_specs, cache_specs = [spec(x) for x in param_leaves], [spec(x) for x in cache_leaves]
     for n in [1 << i for i in range(chunk.bit_length())]:
         token_spec = jax.ShapeDtypeStruct((batch, n), jnp.int32)
-        exported = jax.export.export(jax.jit(prefill))(*param_specs, token_spec, *cache_specs)
+        lengths_spec = jax.ShapeDtypeStruct((batch,), jnp.int32)
+        exported = jax.export.export(jax.jit(prefill))(*param_specs, token_spec, lengths_spec, *cache_specs)
         (out / f"prefill_{n}.jaxexport").write_bytes(exported.serialize())
     rows = lambda dtype: jax.ShapeDtypeStruct((batch,), dtype)
     decode_specs = [
@@ -119,13 +121,15 @@ class ExportedDecoder:
         seed: int = 0,
     ) -> list[list[int]]:
         batch = self.manifest["batch"]
-        if len(prompts) != batch or len({len(p) for p in prompts}) != 1:
-            raise ValueError(f"this export takes {batch} prompt(s) of one length at a time")
+        if len(prompts) != batch or not all(prompts):
+            raise ValueError(f"this export takes {batch} non-empty prompt(s) at a time")
         cache = [jnp.zeros(shape, dtype) for shape, dtype in self.manifest["cache"]]
-        tokens, start = jnp.asarray(prompts, jnp.int32), 0
-        for n in power_of_two_chunks(len(prompts[0]), self.manifest["chunk"]):
-            logits, *cache = self.prefills[n].call(*self.params, tokens[:, start : start + n], *cache)
-            start += n
+        logits = jnp.zeros((batch, self.manifest["vocab_size"]), jnp.float32)
+        for tokens, real in padded_chunks(prompts, self.manifest["chunk"]):
+            chunk_logits, *cache = self.prefills[tokens.shape[1]].call(
+                *self.params, tokens, jnp.asarray(real, jnp.int32), *cache
+            )
+            logits = jnp.where(jnp.asarray(real > 0)[:, None], chunk_logits, logits)
         keys = jnp.stack([row_key(seed, i) for i in range(batch)])
         settings = SamplingArrays.of([Sampling(temperature, top_k, top_p, min_p).check()] * batch)[:4]
         out = []

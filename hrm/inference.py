@@ -1,11 +1,15 @@
 """Recurrent decoding: prefill each prompt once, then O(1) work per generated token (O(current length) in
 attention layers).
 
-A prompt is prefilled in chunks whose lengths are powers of two (its binary expansion, at most
-``MAX_CHUNK``), so prefill compiles once per chunk length, never per prompt length, and each row of a batch
-is exactly its prompt alone (no padding ever enters a recurrent state). The rows' caches are concatenated
-into a ``DecodeState``, and ``decode`` carries it through a ``lax.scan`` of decode steps, so generating N
-tokens is one compiled loop (``stream`` runs it in chunks to print tokens as they arrive).
+Prompts are prefilled as padded batches. A prompt is fed in chunks of ``MAX_CHUNK`` tokens and a last chunk
+right-padded to a power of two (``prefill_chunks``); prompts with the same chunks form one batch, so prefill
+compiles once per (rows, chunk length), never per prompt length, and pads a prompt by less than its last
+chunk's length. The model is told each row's real length in a chunk (``lengths``), and padding changes no
+recurrent state or KV position, so each row ends as its prompt alone would (tests/test_inference.py).
+``decode`` carries the ``DecodeState`` through a ``lax.scan`` of decode steps, so generating N tokens is one
+compiled loop (``stream`` runs it in chunks to print tokens as they arrive). The state passed to ``decode`` is
+donated: its buffers are updated in place, so a call costs what its steps read, not a copy of the whole KV
+buffer.
 
 Sampling settings are per row (``Sampling``), as are the PRNG keys (a row's key is folded with its own
 step count), so a row's tokens never depend on the other rows of its batch: ``hrm.serve`` adds and
@@ -138,11 +142,35 @@ def row_key(seed: int, row: int = 0) -> jax.Array:
     return jax.random.key_data(jax.random.fold_in(jax.random.key(seed), row))
 
 
-def power_of_two_chunks(length: int, largest: int = MAX_CHUNK) -> list[int]:
-    """``length`` as descending powers of two of at most ``largest`` (a power of two): 300 → [256, 32, 8, 4]."""
-    chunks = [largest] * (length // largest)
+def prefill_chunks(length: int, largest: int = MAX_CHUNK) -> list[int]:
+    """The chunk lengths that feed a prompt of ``length`` tokens: whole ``largest``s (a power of two), then the
+    rest padded to the next power of two (300 → [512], 2049 → [1024, 1024, 1]); prompts with the same chunks
+    share a batch."""
     rest = length % largest
-    return chunks + [1 << bit for bit in range(rest.bit_length() - 1, -1, -1) if rest >> bit & 1]
+    return [largest] * (length // largest) + ([1 << (rest - 1).bit_length()] if rest else [])
+
+
+def padded_chunks(prompts: Sequence[Sequence[int]], largest: int = MAX_CHUNK) -> Iterator[tuple[jax.Array, np.ndarray]]:
+    """``prompts`` right-padded with 0 and cut into the longest one's ``prefill_chunks``: (tokens (batch, n),
+    real (batch,): each row's real tokens in the chunk) per chunk."""
+    lengths = np.array([len(p) for p in prompts])
+    chunks = prefill_chunks(int(lengths.max()), largest)
+    tokens = np.zeros((len(prompts), sum(chunks)), np.int32)
+    for row, ids in enumerate(prompts):
+        tokens[row, : len(ids)] = ids
+    start = 0
+    for n in chunks:
+        yield jnp.asarray(tokens[:, start : start + n]), np.clip(lengths - start, 0, n)
+        start += n
+
+
+def feed(model, tokens, cache, lengths):
+    """Feed ``tokens`` (batch, length) to ``model`` after ``cache``, of which each row's first ``lengths`` (batch,)
+    are real (the rest right padding); returns the logits (batch, vocab) after each row's last real token (the
+    head reads only those positions) and the new cache. A row with no real token returns garbage logits."""
+    features, cache = model.features(tokens, cache, lengths=lengths)
+    last = features[jnp.arange(tokens.shape[0]), jnp.maximum(lengths - 1, 0)]
+    return last @ model.head_weight(), cache
 
 
 def stack_rows(states: Sequence[DecodeState]) -> DecodeState:
@@ -158,7 +186,8 @@ class Generator:
         self._has_kv = None
         self._extend = jax.jit(self._extend_fn)
         self._empty = jax.jit(self._empty_fn, static_argnums=(1, 2))
-        self._decode = jax.jit(self._decode_fn, static_argnums=(3, 4))
+        self._decode = jax.jit(self._decode_fn, static_argnums=(3, 4), donate_argnums=(1,))
+        self._decode_keeping_input = jax.jit(self._decode_fn, static_argnums=(3, 4))
 
     # --- the compiled pieces ------------------------------------------------------------------------------
 
@@ -166,11 +195,8 @@ class Generator:
         model = nnx.merge(self.graphdef, params)
         return resize_kv_caches(model.init_cache(batch), length)
 
-    def _extend_fn(self, params, tokens, cache):
-        """Feed tokens (batch, length) after ``cache``; the last position's logits and the new cache."""
-        model = nnx.merge(self.graphdef, params)
-        logits, cache = model(tokens, cache)
-        return logits[:, -1], cache
+    def _extend_fn(self, params, tokens, cache, lengths):
+        return feed(nnx.merge(self.graphdef, params), tokens, cache, lengths)
 
     def _decode_fn(self, params, state: DecodeState, settings: SamplingArrays, steps: int, greedy_only: bool):
         """Sample ``steps`` tokens (batch, steps), feeding each back through the recurrent cache.
@@ -234,36 +260,46 @@ class Generator:
 
     # --- prefill and decode -------------------------------------------------------------------------------
 
-    def prefill(self, params, ids: Sequence[int], length: int, cache=None):
-        """(logits (1, vocab), cache) after feeding ``ids`` to ``cache`` (default: an empty one of ``length``
-        positions), in power-of-two chunks."""
-        cache = self._empty(params, 1, length) if cache is None else cache
-        logits = None
-        start = 0
-        for size in power_of_two_chunks(len(ids)):
-            logits, cache = self._extend(params, jnp.asarray([ids[start : start + size]], jnp.int32), cache)
-            start += size
+    def prefill(self, params, prompts: Sequence[Sequence[int]], cache, logits):
+        """(logits (batch, vocab), cache) after feeding ``prompts[i]`` to row i of ``cache``, all rows at once:
+        right-padded, in the longest prompt's ``prefill_chunks``. ``logits`` are kept for a row whose prompt is
+        empty (a saved state continued as it is)."""
+        for tokens, real in padded_chunks(prompts):
+            chunk_logits, cache = self._extend(params, tokens, cache, jnp.asarray(real, jnp.int32))
+            logits = jnp.where(jnp.asarray(real > 0)[:, None], chunk_logits, logits)
         return logits, cache
 
-    def start_row(self, params, ids: Sequence[int], length: int, key_data, prefix: DecodeState | None = None):
-        """A one-row ``DecodeState`` after ``ids`` (continuing ``prefix`` when given: a saved state)."""
-        self.check_ids(params, ids)
+    def start_rows(
+        self, params, prompts: Sequence[Sequence[int]], length: int, key_data, prefix: DecodeState | None = None
+    ) -> DecodeState:
+        """A ``DecodeState`` whose row i has read ``prompts[i]`` (after ``prefix``, a one-row saved state, when
+        given; it is copied, never consumed), with KV buffers of ``length`` positions and PRNG key data
+        ``key_data`` (batch, 2); the prompts are prefilled as one padded batch."""
+        for ids in prompts:
+            self.check_ids(params, ids)
+        batch, vocab = len(prompts), self._cfg.vocab_size
         if prefix is None:
-            if not ids:
+            if not all(prompts):
                 raise SamplingError("every prompt needs at least one token")
-            logits, cache = self.prefill(params, ids, length)
-            seen = jnp.zeros((1, self._cfg.vocab_size), bool)
+            cache = self._empty(params, batch, length)
+            logits, seen = jnp.zeros((batch, vocab), jnp.float32), jnp.zeros((batch, vocab), bool)
         else:
-            cache = resize_kv_caches(prefix.cache, length)
-            logits, cache = self.prefill(params, ids, length, cache) if ids else (prefix.logits, cache)
-            seen = prefix.seen
-        seen = seen.at[0, jnp.asarray(ids, jnp.int32)].set(True) if ids else seen
-        return DecodeState(logits, cache, seen, jnp.asarray(key_data)[None], jnp.zeros((1,), jnp.int32))
+            rows = lambda a: jnp.concatenate([a] * batch + [a[:0]])  # always a new array
+            cache = resize_kv_caches(jax.tree.map(rows, prefix.cache), length)
+            logits, seen = rows(prefix.logits), rows(prefix.seen)
+        logits, cache = self.prefill(params, prompts, cache, logits)
+        rows_of_ids = np.repeat(np.arange(batch), [len(ids) for ids in prompts])
+        seen = seen.at[rows_of_ids, np.concatenate([np.asarray(ids, np.int32) for ids in prompts])].set(True)
+        return DecodeState(
+            logits, cache, seen, jnp.asarray(key_data, jnp.uint32).reshape(batch, 2), jnp.zeros((batch,), jnp.int32)
+        )
 
-    def decode(self, params, state: DecodeState, settings: SamplingArrays, steps: int):
-        """(tokens (batch, steps) numpy, state after them)."""
+    def decode(self, params, state: DecodeState, settings: SamplingArrays, steps: int, keep_input: bool = False):
+        """(tokens (batch, steps) numpy, state after them). ``state`` is consumed (donated: the KV buffers are
+        updated in place) unless ``keep_input``, which copies it instead (a chat that may step back)."""
         greedy_only = bool(np.all(np.asarray(settings.temperature) == 0))
-        tokens, state = self._decode(params, state, settings, steps, greedy_only)
+        run = self._decode_keeping_input if keep_input else self._decode
+        tokens, state = run(params, state, settings, steps, greedy_only)
         return np.asarray(tokens), state
 
     def stream(
@@ -298,10 +334,21 @@ class Generator:
         seed: int = 0,
         prefix: DecodeState | None = None,
     ) -> DecodeState:
-        """The state after each prompt (after ``prefix`` when given), with room for ``max_new_tokens``."""
+        """The state after each prompt (after ``prefix`` when given), with room for ``max_new_tokens``; row i
+        samples with ``row_key(seed, i)``. Prompts with the same ``prefill_chunks`` are prefilled as one batch."""
         before = 0 if prefix is None else kv_positions(prefix)
         length = self.cache_length(params, before + max(len(p) for p in prompts) + max_new_tokens)
-        return stack_rows([self.start_row(params, p, length, row_key(seed, i), prefix) for i, p in enumerate(prompts)])
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, ids in enumerate(prompts):
+            groups.setdefault(tuple(prefill_chunks(len(ids))), []).append(row)
+        order = [row for rows in groups.values() for row in rows]
+        state = stack_rows(
+            [
+                self.start_rows(params, [prompts[r] for r in rows], length, [row_key(seed, r) for r in rows], prefix)
+                for rows in groups.values()
+            ]
+        )
+        return state if order == sorted(order) else jax.tree.map(lambda a: a[np.argsort(order)], state)
 
     def generate_ids(
         self,

@@ -5,10 +5,11 @@ Endpoints: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (OpenAI's 
 server-sent events ending ``data: [DONE]``), ``POST /generate {prompt, max_tokens, temperature}`` →
 ``{"response": ...}`` (the documents' example), ``GET /health``, ``GET /v1/models``.
 
-``BatchEngine`` runs the decode loop in one thread over a ``DecodeState`` of ``slots`` rows: a request's rows
-are prefilled alone and join at the next step, finished rows leave (their slots are reused), and each row
-samples with its own settings and PRNG key, so its output does not depend on its batch-mates. Bad requests
-get a 4xx with an OpenAI-style error body (``{"error": {"message", "type", "param", "code"}}``).
+``BatchEngine`` runs the decode loop in one thread over a ``DecodeState`` of ``slots`` rows: the requests that
+arrived since the last step are prefilled together (one padded batch) and join at the next step, finished rows
+leave (their slots are reused), and each row samples with its own settings and PRNG key, so its output does not
+depend on its batch-mates. Bad requests get a 4xx with an OpenAI-style error body
+(``{"error": {"message", "type", "param", "code"}}``).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request-body classes (local to create_app)
@@ -68,6 +69,7 @@ class BatchEngine:
         self.state = None
         self.steps = 0  # decode steps run (for tests and logs)
         self.max_active = 0  # most rows decoded together
+        self.max_prefill = 0  # most rows prefilled together
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hrm-decode", daemon=True)
 
@@ -82,39 +84,58 @@ class BatchEngine:
     def submit(self, row: Row) -> None:
         self.pending.put(row)
 
-    def _admit(self, row: Row) -> None:
-        needed = len(row.ids) + row.max_tokens
-        length = self.generator.cache_length(self.params, needed)
+    def _admit(self, rows: list[Row]) -> None:
+        """Prefill ``rows`` as one batch and put them in free slots; the slots grow in powers of two (up to
+        ``max_batch``) and the KV buffer to the longest request."""
+        length = self.generator.cache_length(self.params, max(len(r.ids) + r.max_tokens for r in rows))
         if self.state is not None and (current := kv_cache_length(self.state.cache)) is not None:
             if length > current:
                 self.state = self.state._replace(cache=resize_kv_caches(self.state.cache, length))
             length = max(length, current)
-        new = self.generator.start_row(self.params, row.ids, length, row.key_data)
-        if None not in self.slots and len(self.slots) < self.max_batch:
-            grow = max(1, len(self.slots))
-            self.slots += [None] * grow
-            filler = new if self.state is None else jax.tree.map(lambda a: a[:1], self.state)
+        self.max_prefill = max(self.max_prefill, len(rows))
+        new = self.generator.start_rows(self.params, [r.ids for r in rows], length, [r.key_data for r in rows])
+        busy = len(self.slots) - self.slots.count(None)
+        if busy + len(rows) > len(self.slots):
+            grow = min(self.max_batch, 1 << (busy + len(rows) - 1).bit_length()) - len(self.slots)
+            filler = jax.tree.map(lambda a: a[:1], new if self.state is None else self.state)
             self.state = stack_rows(([self.state] if self.state is not None else []) + [filler] * grow)
-        slot = self.slots.index(None)
-        self.slots[slot] = row
-        self.state = jax.tree.map(lambda a, r: a.at[slot].set(r[0]), self.state, new)
+            self.slots += [None] * grow
+        slots = [i for i, r in enumerate(self.slots) if r is None][: len(rows)]
+        for slot, row in zip(slots, rows):
+            self.slots[slot] = row
+        self.state = jax.tree.map(lambda a, r: a.at[np.asarray(slots)].set(r), self.state, new)
+
+    def _admissible(self, row: Row) -> bool:
+        """Whether ``row`` can be prefilled; if not, its request gets the error and the others go on."""
+        try:
+            self.generator.check_ids(self.params, row.ids)
+            self.generator.cache_length(self.params, len(row.ids) + row.max_tokens)
+            return True
+        except Exception as error:
+            _deliver(row, ("error", f"{type(error).__name__}: {error}"))
+            return False
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            active = [r for r in self.slots if r is not None]
-            try:
-                while None in self.slots or len(self.slots) < self.max_batch:
-                    row = self.pending.get(block=not active)
+            active = any(self.slots)
+            rows: list[Row] = []
+            room = self.slots.count(None) + self.max_batch - len(self.slots)
+            try:  # everything waiting (up to the free slots) joins now, prefilled together
+                while len(rows) < room:
+                    row = self.pending.get(block=not (active or rows))
                     if row is None:
                         break
-                    try:
-                        self._admit(row)
-                    except Exception as error:  # the request fails, the server keeps serving
-                        _deliver(row, ("error", f"{type(error).__name__}: {error}"))
-                    active = [r for r in self.slots if r is not None]
+                    if self._admissible(row):
+                        rows.append(row)
             except queue.Empty:
                 pass
-            if self._stop.is_set() or not active:
+            if rows:
+                try:
+                    self._admit(rows)
+                except Exception as error:  # these requests fail, the server keeps serving
+                    for row in rows:
+                        _deliver(row, ("error", f"{type(error).__name__}: {error}"))
+            if self._stop.is_set() or not any(self.slots):
                 continue
             self._step()
 
@@ -441,6 +462,7 @@ def create_app(server: Server):
             "step": server.model.step,
             "decode_steps": server.engine.steps,
             "max_active_rows": server.engine.max_active,
+            "max_prefill_rows": server.engine.max_prefill,
         }
 
     @app.get("/v1/models")

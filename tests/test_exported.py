@@ -3,15 +3,17 @@
 
 import pytest
 
-from hrm.api import LoadedModel
+import hrm
+from hrm import export
 from hrm.config import Config, DataConfig, ModelConfig
-from hrm.exported import ExportedDecoder, export_decoding
+from hrm.exported import ExportedDecoder
 from hrm.training.state import init_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
 
 
-def test_exported_decode_reproduces_generate(tmp_path):
+def test_exported_decode_reproduces_generate(tmp_path, capsys):
+    """Through the command line: ``hrm.export --format stablehlo`` of a final-weights folder."""
     config = Config(
         model=ModelConfig(
             family="hybrid_pattern",
@@ -26,9 +28,13 @@ def test_exported_decode_reproduces_generate(tmp_path):
         data=DataConfig(tokenizer="byte"),
     )
     _, params = init_model(config)
-    model = LoadedModel(config, params, step=0)
-    decoder = ExportedDecoder(export_decoding(model, tmp_path / "stablehlo", chunk=4))
-    prompt = [[10, 20, 30, 40, 50, 60, 70]]  # chunks 4 + 2 + 1
+    export.save_final(config, params, tmp_path / "final")
+    args = ["--checkpoint", tmp_path / "final", "--out", tmp_path / "stablehlo", "--format", "stablehlo"]
+    export.main([str(a) for a in args] + ["--batch", "2", "--chunk", "4"])
+    assert "StableHLO prefill and decode step, batch 2" in capsys.readouterr().out
+    model, decoder = hrm.load(tmp_path / "final"), ExportedDecoder(tmp_path / "stablehlo")
+    # right-padded to chunks 4 + 4: the short row's second chunk is all padding
+    prompts = [[10, 20, 30, 40, 50, 60, 70], [5, 6]]
     for settings in (dict(temperature=0.0), dict(temperature=1.0, top_p=0.9, seed=5)):
-        want = model.generator.generate_ids(model.params, prompt, 9, **settings)
-        assert decoder.generate_ids(prompt, 9, **settings) == want
+        want = model.generator.generate_ids(model.params, prompts, 9, **settings)
+        assert decoder.generate_ids(prompts, 9, **settings) == want

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from hrm.config import ModelConfig
-from hrm.inference import Generator, Sampling, SamplingArrays, SamplingError, power_of_two_chunks, sample_logits
+from hrm.inference import Generator, Sampling, SamplingArrays, SamplingError, prefill_chunks, sample_logits
 from hrm.models import build_model
 from hrm.models.attention import kv_cache_length, resize_kv_caches
 
@@ -45,8 +45,14 @@ SMALL = {
 
 
 def setup(name, **overrides):
+    """(Generator, params, jitted full forward) of a SMALL model whose zero-initialised parameters (the depth
+    gate, the adapters, the scale mix) are made random, so that every path a decode cache carries matters."""
     model = build_model(dataclasses.replace(SMALL[name], **overrides), seed=2)
     graphdef, params = nnx.split(model)
+    keys = iter(jax.random.split(jax.random.key(5), len(jax.tree.leaves(params))))
+    params = jax.tree.map(
+        lambda x: 0.5 * jax.random.normal(next(keys), x.shape, x.dtype) if not jnp.any(x) else x, params
+    )
     forward = jax.jit(lambda p, tokens: nnx.merge(graphdef, p)(tokens)[0])
     return Generator(graphdef), params, forward
 
@@ -98,12 +104,59 @@ def test_a_request_past_max_cache_len_is_refused_up_front():
         generator.generate_ids(params, [[1, 48]], 2)
 
 
-def test_prefill_compiles_per_power_of_two_chunk_not_per_prompt_length():
-    assert power_of_two_chunks(300) == [256, 32, 8, 4] and power_of_two_chunks(2049) == [1024, 1024, 1]
+def test_prefill_compiles_per_chunk_length_not_per_prompt_length():
+    assert prefill_chunks(300) == [512] and prefill_chunks(2049) == [1024, 1024, 1] and prefill_chunks(0) == []
     generator, params, _ = setup("mamba")
-    for length in (5, 6, 7, 12, 13, 15):  # chunks 8, 4, 2, 1 only
+    for length in (5, 6, 7, 12, 13, 15):  # one chunk of 8 or of 16, one row
         generator.start(params, [[1] * length], 1)
+    assert generator._extend._cache_size() == 2
+    generator.start(params, [[1] * length for length in (5, 6, 7, 12, 13, 15)], 1)  # two batches of 3 rows
     assert generator._extend._cache_size() == 4
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_batched_prefill_of_different_lengths_equals_the_full_forward_of_each_prompt(name):
+    """Seven prompts (three padded batches: 84 and 70 in a chunk of 128, 37 and 50 in 64, 5 and 8 in 8, 3 in 4)
+    prefill to each prompt's own last logits, and decoding on from the padded rows gives the full forward's
+    logits: padding never reaches a recurrent state, a conv window, a KV position, a pooled window or the gate."""
+    generator, params, forward = setup(name)
+    rng = np.random.default_rng(7)
+    prompts = [rng.integers(0, VOCAB, n).tolist() for n in (84, 70, 3, 37, 50, 5, 8)]
+    state = generator.start(params, prompts, 4)
+    tokens, after = generator.decode(params, state, SamplingArrays.of([Sampling(0.0)] * len(prompts)), 4)
+    for row, prompt in enumerate(prompts):
+        sequence = prompt + tokens[row].tolist()
+        logits = np.asarray(forward(params, jnp.asarray([sequence + [0] * (96 - len(sequence))])))[0]
+        np.testing.assert_allclose(after.logits[row], logits[len(sequence) - 1], rtol=1e-4, atol=1e-4)
+        assert_stepwise_argmax(forward, params, prompt, tokens[row].tolist(), length=96)
+    alone = generator.start(params, [prompts[3]], 4)
+    np.testing.assert_allclose(alone.logits[0], generator.start(params, prompts, 4).logits[3], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["hybrid_recursive", "recursive_ssm"])
+def test_a_chunk_of_padding_alone_leaves_the_state_as_it_was(name):
+    """A row with no real token in a chunk (``lengths`` 0) keeps its recurrent state, KV position and logits."""
+    generator, params, _ = setup(name)
+    prompt = [3, 1, 4, 1, 5]
+    state = generator.start(params, [prompt], 8)
+    junk = jnp.asarray([[7, 9, 11, 13]], jnp.int32)
+    _, padded_cache = generator._extend(params, junk, state.cache, jnp.zeros((1,), jnp.int32))
+    padded = state._replace(cache=padded_cache)
+    settings = SamplingArrays.of([Sampling(0.0)])
+    tokens, after = generator.decode(params, padded, settings, 3)
+    expected_tokens, expected = generator.decode(params, generator.start(params, [prompt], 8), settings, 3)
+    np.testing.assert_array_equal(tokens, expected_tokens)
+    np.testing.assert_allclose(after.logits, expected.logits, rtol=1e-6, atol=1e-6)
+
+
+def test_decode_donates_its_state_unless_asked_to_keep_it():
+    generator, params, _ = setup("hybrid_pattern")
+    settings = SamplingArrays.of([Sampling(0.0)])
+    state = generator.start(params, [[1, 2, 3]], 8)
+    generator.decode(params, state, settings, 2, keep_input=True)
+    assert not state.logits.is_deleted()
+    generator.decode(params, state, settings, 2)
+    assert state.logits.is_deleted()  # its buffers were reused in place: no copy of the KV buffer per call
 
 
 def test_per_row_sampling_settings_and_keys():

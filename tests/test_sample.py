@@ -28,7 +28,8 @@ def test_load_restores_the_latest_checkpoint(run_dir):
 
 def test_greedy_generate_equals_stepwise_argmax_of_logits(run_dir):
     model = hrm.load(run_dir)
-    for prompt in ["import os\n", "x"]:
+    # the last prompt runs past the 32-token rows the model was trained on: an SSM has no length limit
+    for prompt in ["import os\n", "x", "def main():\n    return sorted(values, key=len)[0]\n"]:
         ids = model.tokenizer.encode(prompt)
         generated = model.generator.generate_ids(model.params, [ids], 12, temperature=0)[0]
         text = model.generate([prompt], max_new_tokens=12, temperature=0, stop_at_eos=False)[0]

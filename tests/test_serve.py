@@ -175,6 +175,7 @@ def test_a_hundred_concurrent_requests_are_batched_and_independent(server, model
     health = call(server, "/health")[1]
     assert health["max_active_rows"] > 1  # requests shared decode steps ...
     assert health["decode_steps"] - before < 100 * 6  # ... fewer steps than one request at a time
+    assert health["max_prefill_rows"] > 1  # and requests that arrived together were prefilled as one batch
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ from flax import nnx
 
 from hrm.config import ModelConfig
 from hrm.models.mamba import torch_default_init
-from hrm.models.segments import positions_in_segment
+from hrm.models.segments import last_real, positions_in_segment
 
 NEG_INF = -1e30
 NEVER = jnp.iinfo(jnp.int32).max  # the position of a padding key: no query sees it
@@ -336,12 +336,21 @@ class MultiScaleAttention(nnx.Module):
             jnp.zeros((batch,), jnp.int32),
         )
 
-    def __call__(self, x: jax.Array, cache: KVCache | None = None, segment_ids: jax.Array | None = None):
+    def __call__(
+        self,
+        x: jax.Array,
+        cache: KVCache | None = None,
+        segment_ids: jax.Array | None = None,
+        lengths: jax.Array | None = None,
+    ):
         """x (batch, length, d_model) → (out (batch, length, d_model), cache).
 
         Without a cache the keys are this chunk's (positions 0..length-1) and ``segment_ids`` also keeps
         every query inside its own packed document. With a cache the chunk continues at ``cache.pos``
-        (generation runs one document per row, so ``segment_ids`` is not used there).
+        (generation runs one document per row, so ``segment_ids`` is not used there), and ``lengths`` (batch,)
+        says how many leading positions of each row are real (a right-padded batched prefill): the row's
+        position advances by that many. Padding writes keys only past the row's position, where no query
+        looks until decoding overwrites them (a slot is written when its window completes).
         """
         b, l, d = x.shape
         h, dh = self.n_heads, self.head_dim
@@ -372,7 +381,7 @@ class MultiScaleAttention(nnx.Module):
                 )
             new_cache = None
         else:
-            new_cache = self._extend_cache(cache, k, v, q_pos)
+            new_cache = self._extend_cache(cache, k, v, q_pos, lengths)
             outs = [
                 cached_attention(q, new_cache.keys[s], new_cache.values[s], q_pos, s, max(self.block_size // s, 1))
                 for s in self.scales
@@ -384,8 +393,9 @@ class MultiScaleAttention(nnx.Module):
             out = outs[0]
         return self.out_proj(out.reshape(b, l, d)), new_cache
 
-    def _extend_cache(self, cache: KVCache, k, v, q_pos):
-        """Write a chunk's keys and values (b, l, h, dh) at positions ``q_pos`` (b, l) into the cache.
+    def _extend_cache(self, cache: KVCache, k, v, q_pos, lengths=None):
+        """Write a chunk's keys and values (b, l, h, dh) at positions ``q_pos`` (b, l) into the cache, of which
+        the first ``lengths`` (b,) of each row are real (default: all).
 
         At scale s the chunk completes the windows ending at its positions e with (e + 1) % s == 0; each
         such window's mean (over its last s raw keys, the first ones possibly from ``cache.recent``) gets
@@ -405,8 +415,9 @@ class MultiScaleAttention(nnx.Module):
             new_k = rope(mean[..., :dh].astype(k.dtype), q_pos, self.cfg.rope_theta)
             keys[s] = cache.keys[s].at[rows, slot].set(new_k.astype(cache.keys[s].dtype), mode="drop")
             values[s] = cache.values[s].at[rows, slot].set(mean[..., dh:].astype(cache.values[s].dtype), mode="drop")
-        recent = raw[:, raw.shape[1] - cache.recent.shape[1] :]
-        return KVCache(keys, values, recent, cache.pos + l)
+        if lengths is None:
+            return KVCache(keys, values, raw[:, raw.shape[1] - cache.recent.shape[1] :], cache.pos + l)
+        return KVCache(keys, values, last_real(raw, lengths, cache.recent.shape[1]), cache.pos + lengths)
 
 
 class MLP(nnx.Module):
@@ -421,5 +432,5 @@ class MLP(nnx.Module):
     def init_cache(self, batch: int):
         return None
 
-    def __call__(self, x, cache=None, segment_ids=None):
+    def __call__(self, x, cache=None, segment_ids=None, lengths=None):
         return self.fc2(jax.nn.gelu(self.fc1(x))), cache

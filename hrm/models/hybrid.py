@@ -41,11 +41,11 @@ class HybridRecursiveLayer(nnx.Module):
     def init_cache(self, batch: int):
         return (self.mamba.init_cache(batch), self.recursive.init_cache(batch), self.attention.init_cache(batch))
 
-    def __call__(self, x, cache=None, segment_ids=None):
+    def __call__(self, x, cache=None, segment_ids=None, lengths=None):
         mamba_cache, gate_cache, attn_cache = cache if cache is not None else (None, None, None)
-        m, mamba_cache = self.mamba(self.norm(x), mamba_cache, segment_ids=segment_ids)
-        r, gate_cache = self.recursive(m, gate_cache, segment_ids=segment_ids)
-        a, attn_cache = self.attention(self.attn_norm(r), attn_cache, segment_ids=segment_ids)
+        m, mamba_cache = self.mamba(self.norm(x), mamba_cache, segment_ids=segment_ids, lengths=lengths)
+        r, gate_cache = self.recursive(m, gate_cache, segment_ids=segment_ids, lengths=lengths)
+        a, attn_cache = self.attention(self.attn_norm(r), attn_cache, segment_ids=segment_ids, lengths=lengths)
         r = r + a.astype(r.dtype)
         fused = dropout(self.fuse_norm(self.fuse(jnp.concatenate([m, r.astype(m.dtype)], axis=-1))), self.dropout)
         out = x.astype(self.residual_dtype) + self.alpha[...] * fused.astype(self.residual_dtype)
@@ -83,8 +83,8 @@ class AttentionLayer(nnx.Module):
     def init_cache(self, batch: int):
         return self.attn.init_cache(batch)
 
-    def __call__(self, x, cache=None, segment_ids=None):
-        x, cache = self.attn(x, cache, segment_ids=segment_ids)
+    def __call__(self, x, cache=None, segment_ids=None, lengths=None):
+        x, cache = self.attn(x, cache, segment_ids=segment_ids, lengths=lengths)
         x, _ = self.mlp(x)
         return x, cache
 

@@ -58,8 +58,8 @@ class ResidualBlock(nnx.Module):
     def init_cache(self, batch: int):
         return self.mixer.init_cache(batch)
 
-    def __call__(self, x, cache=None, segment_ids=None):
-        out, cache = self.mixer(self.norm(x), cache, segment_ids=segment_ids)
+    def __call__(self, x, cache=None, segment_ids=None, lengths=None):
+        out, cache = self.mixer(self.norm(x), cache, segment_ids=segment_ids, lengths=lengths)
         out = dropout(out, self.dropout)
         return x.astype(self.residual_dtype) + out.astype(self.residual_dtype), cache
 
@@ -77,8 +77,8 @@ class Work(NamedTuple):
 class LanguageModel(nnx.Module):
     """The plumbing every family shares: embedding → layers → RMSNorm → (tied) LM head.
 
-    ``make_layers(rngs)`` returns the layers; each maps ``(x, cache, segment_ids) → (x, cache)`` and has
-    ``init_cache(batch)``. The embedding is created first, so every family initialises it identically.
+    ``make_layers(rngs)`` returns the layers; each maps ``(x, cache, segment_ids, lengths) → (x, cache)`` and
+    has ``init_cache(batch)``. The embedding is created first, so every family initialises it identically.
     """
 
     def __init__(self, cfg: ModelConfig, make_layers, *, rngs: nnx.Rngs):
@@ -100,22 +100,24 @@ class LanguageModel(nnx.Module):
         """The family's per-token work; ``MambaLM``'s here, the other families override it."""
         return Work(cfg.n_layers, f"{cfg.n_layers} Mamba layers", {}, cfg.n_layers, 0.0)
 
-    def __call__(self, tokens: jax.Array, cache=None, segment_ids=None):
+    def __call__(self, tokens: jax.Array, cache=None, segment_ids=None, lengths=None):
         """tokens (batch, length) int → (logits (batch, length, vocab) float32, the updated decode cache).
 
         ``cache`` (from ``init_cache``) makes the call a decode step/prefill; without one (training,
         evaluation) the returned cache is None.
         ``segment_ids`` (batch, length), optional: ids of packed documents; no state crosses a change.
+        ``lengths`` (batch,), with a cache only: each row's first ``lengths`` tokens are real and the rest is
+        right padding that leaves the row's cache as the real tokens left it (a batched prefill).
         """
-        x, cache = self.features(tokens, cache, segment_ids)
+        x, cache = self.features(tokens, cache, segment_ids, lengths)
         return x @ self.head_weight(), cache
 
-    def features(self, tokens: jax.Array, cache=None, segment_ids=None):
+    def features(self, tokens: jax.Array, cache=None, segment_ids=None, lengths=None):
         """The final-norm hidden states (batch, length, d_model) float32 that the LM head reads, and the cache.
 
         The final norm, the head and everything after them run in float32 whatever ``cfg.dtype`` is: bf16
         logits would be rounded by ~0.1 before the softmax."""
-        x, cache = self.body(self.embed(tokens), cache, segment_ids)
+        x, cache = self.body(self.embed(tokens), cache, segment_ids, lengths)
         return self.norm_f(x.astype(jnp.float32)), cache
 
     def head_weight(self) -> jax.Array:
@@ -124,7 +126,7 @@ class LanguageModel(nnx.Module):
             return self.embed.embedding[...].T
         return self.lm_head.kernel[...]
 
-    def body(self, x, cache=None, segment_ids=None):
+    def body(self, x, cache=None, segment_ids=None, lengths=None):
         """The layers in order, each with its own cache; families with other wiring override this.
 
         A full forward (no cache: training, evaluation) runs each layer under ``model.remat`` and sows the RMS of
@@ -137,7 +139,7 @@ class LanguageModel(nnx.Module):
             return x, None
         new_cache = []
         for layer, layer_cache in zip(self.layers, cache):
-            x, layer_cache = layer(x, layer_cache, segment_ids=segment_ids)
+            x, layer_cache = layer(x, layer_cache, segment_ids=segment_ids, lengths=lengths)
             new_cache.append(layer_cache)
         return x, tuple(new_cache)
 

@@ -16,7 +16,7 @@ from flax import nnx
 
 import kernels
 from hrm.config import ModelConfig
-from hrm.models.segments import document_starts
+from hrm.models.segments import document_starts, last_real, real_positions
 
 # PyTorch's default Linear/Conv init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_default_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
@@ -83,12 +83,20 @@ class Mamba(nnx.Module):
         )
 
     def __call__(
-        self, x: jax.Array, cache: MambaCache | None = None, segment_ids: jax.Array | None = None
+        self,
+        x: jax.Array,
+        cache: MambaCache | None = None,
+        segment_ids: jax.Array | None = None,
+        lengths: jax.Array | None = None,
     ) -> tuple[jax.Array, MambaCache]:
-        """x (batch, length, d_model) → (out (batch, length, d_model), cache after the last position).
+        """x (batch, length, d_model) → (out (batch, length, d_model), cache after the last real position).
 
         ``segment_ids`` (batch, length) marks packed documents: where the id changes, the conv and
         SSM state start afresh, so each document sees only itself.
+        ``lengths`` (batch,), decoding only: each row's real positions come first, the rest is padding (a
+        batched prefill of prompts of different lengths). A padding step has dt = 0 (softplus(-inf)) and input 0,
+        so the SSM state passes it unchanged (exp(0·A) = 1, drive 0), and the conv cache keeps the inputs before
+        it; padding outputs are garbage nobody reads.
         """
         batch, _, _ = x.shape
         cache = cache if cache is not None else self.init_cache(batch)
@@ -111,11 +119,18 @@ class Mamba(nnx.Module):
                 for i in range(k)
             )
         xc = jax.nn.silu(xc + self.conv_bias[...].astype(xs.dtype))
-        new_conv = window[:, window.shape[1] - (k - 1) :]
+        real = None if lengths is None else real_positions(lengths, length)[..., None]
+        if real is None:
+            new_conv = window[:, window.shape[1] - (k - 1) :]
+        else:  # the k - 1 inputs before each row's first padding position
+            new_conv = last_real(window, lengths, k - 1)
+            xc = jnp.where(real, xc, 0)
 
         n, r = self.cfg.d_state, dt_rank(self.cfg)
         dt_low, B, C = jnp.split(self.x_proj(xc), [r, r + n], axis=-1)
         dt = dt_low @ self.dt_proj.kernel[...].astype(dt_low.dtype)  # bias is applied inside the scan
+        if real is not None:
+            dt = jnp.where(real, dt, -jnp.inf)
         y, ssm = kernels.selective_scan(
             xc,
             dt,

@@ -16,7 +16,7 @@ from hrm.models.attention import MLP
 from hrm.models.dropout import dropout, fold_in_dropout_key
 from hrm.models.lm import LanguageModel, ResidualBlock, Work, record_probe, rematerialised, residual_dtype, rms
 from hrm.models.mamba import Mamba
-from hrm.models.segments import document_starts
+from hrm.models.segments import document_starts, real_positions
 
 
 def depth_prior(depth: int, p: float) -> jax.Array:
@@ -26,14 +26,17 @@ def depth_prior(depth: int, p: float) -> jax.Array:
     return prior / prior.sum()
 
 
-def segment_prefix_mean(u: jax.Array, carry, segment_ids):
+def segment_prefix_mean(u: jax.Array, carry, segment_ids, lengths=None):
     """Causal running mean of u (b, l, d) that restarts where segment_ids change.
 
     ``carry`` = (sum (b, d), count (b,)) from earlier chunks (decoding); returns (means, new carry).
+    ``lengths`` (b,): only each row's first ``lengths`` positions count (the rest is a prefill's padding).
     """
     b, l, d = u.shape
     total, count = carry
     values = jnp.concatenate([u.astype(jnp.float32), jnp.ones((b, l, 1), jnp.float32)], axis=-1)
+    if lengths is not None:
+        values = jnp.where(real_positions(lengths, l)[..., None], values, 0.0)
     values = values.at[:, 0].add(jnp.concatenate([total, count[:, None]], axis=-1))
     if segment_ids is None:
         sums = jnp.cumsum(values, axis=1)
@@ -80,18 +83,18 @@ class RecursiveProcessor(nnx.Module):
     def init_cache(self, batch: int):
         return (jnp.zeros((batch, self.cfg.d_model), jnp.float32), jnp.zeros((batch,), jnp.float32))
 
-    def gate_weights(self, u, cache=None, segment_ids=None):
+    def gate_weights(self, u, cache=None, segment_ids=None, lengths=None):
         if self.cfg.gate_per_token:
             g, cache = u, cache
         else:
             carry = cache if cache is not None else self.init_cache(u.shape[0])
-            g, new = segment_prefix_mean(u, carry, segment_ids)
+            g, new = segment_prefix_mean(u, carry, segment_ids, lengths)
             cache = new if cache is not None else None
         logits = self.gate(self.gate_norm(g.astype(self.gate_norm.dtype or jnp.float32)))
         return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), cache
 
-    def __call__(self, u, cache=None, segment_ids=None):
-        w, cache = self.gate_weights(u, cache, segment_ids)  # (b, l, depth)
+    def __call__(self, u, cache=None, segment_ids=None, lengths=None):
+        w, cache = self.gate_weights(u, cache, segment_ids, lengths)  # (b, l, depth)
         state = jnp.zeros(u.shape, jnp.float32)
         transform = self.transform.mixer
         state_rms = []
@@ -190,7 +193,7 @@ class RecursiveSSM(LanguageModel):
             for layer in self.layers
         )
 
-    def body(self, x, cache=None, segment_ids=None):
+    def body(self, x, cache=None, segment_ids=None, lengths=None):
         n, seg = len(self.layers), self.cfg.checkpoint_segments
         caches = None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), tuple(cache))
         segments = tuple(tuple(self.layers[lo : lo + seg]) for lo in range(0, n, seg))
@@ -198,7 +201,7 @@ class RecursiveSSM(LanguageModel):
         def run_segment(blocks, x, block_caches):
             new = []
             for block, block_cache in zip(blocks, block_caches):
-                x, block_cache = block(x, block_cache, segment_ids=segment_ids)
+                x, block_cache = block(x, block_cache, segment_ids=segment_ids, lengths=lengths)
                 new.append(block_cache)
             return x, tuple(new)
 
