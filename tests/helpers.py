@@ -1,9 +1,11 @@
-"""Small configs and subprocess helpers shared by the tests."""
+"""Small configs, seeded random numbers, the scan's float64 definition and subprocess helpers shared by the tests."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from hrm.config import Config, DataConfig, ModelConfig, TrainConfig
 
@@ -46,3 +48,62 @@ def run_module(module: str, *args, check=True, timeout=600, **popen) -> subproce
     if check and result.returncode != 0:
         raise AssertionError(f"{module} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+# --- random numbers: a new seed per test, printed when it fails (conftest.py) --------------------------------
+
+_test = {"seed": 0, "made": 0}
+
+
+def start_test(seed: int) -> None:
+    """conftest.py calls this before each test with the test's seed."""
+    _test.update(seed=seed, made=0)
+
+
+def fresh_rng() -> np.random.Generator:
+    """The k-th random generator of the running test, seeded by (the test's seed, k): fresh numbers every run,
+    and ``HRM_TEST_SEED=N`` (printed under a failing test) gives a failing run's numbers back."""
+    _test["made"] += 1
+    return np.random.default_rng([_test["seed"], _test["made"]])
+
+
+# --- the selective scan's definition, for kernel parity tests --------------------------------------------------
+
+
+def numpy_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, reset=None):
+    """Float64 loop over time: the definition, written as slowly and plainly as possible."""
+    reset = np.zeros(u.shape[:2], bool) if reset is None else np.asarray(reset)
+    u, delta, A, B, C = (np.asarray(x, np.float64) for x in (u, delta, A, B, C))
+    delta = delta + np.asarray(delta_bias, np.float64)
+    delta = np.log1p(np.exp(delta))
+    b, l, d = u.shape
+    h = np.array(initial_state, np.float64) if initial_state is not None else np.zeros((b, d, A.shape[1]))
+    y = np.zeros((b, l, d))
+    for t in range(l):
+        h = np.where(reset[:, t, None, None], 0.0, h)
+        h = np.exp(delta[:, t, :, None] * A) * h + (delta[:, t] * u[:, t])[..., None] * B[:, t, None, :]
+        y[:, t] = np.einsum("bdn,bn->bd", h, C[:, t])
+    y = y + u * np.asarray(D, np.float64)
+    zz = np.asarray(z, np.float64)
+    return y * zz / (1 + np.exp(-zz)), h
+
+
+def random_inputs(rng, b, l, d, n, dtype=np.float32, with_state=False):
+    f = lambda *s, scale=1.0: (rng.standard_normal(s) * scale).astype(dtype)
+    return dict(
+        u=f(b, l, d),
+        delta=f(b, l, d, scale=0.5),
+        A=-np.exp(f(d, n, scale=0.5)).astype(dtype),
+        B=f(b, l, n),
+        C=f(b, l, n),
+        D=f(d),
+        z=f(b, l, d),
+        delta_bias=f(d, scale=0.5),
+        initial_state=f(b, d, n) if with_state else None,
+    )
+
+
+def rel_err(out, ref):
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    assert np.all(np.isfinite(out)), "non-finite output"
+    return np.linalg.norm(out - ref) / np.linalg.norm(ref)

@@ -24,7 +24,7 @@ from hrm.data import (
     training_batches,
 )
 from hrm.tokenizer import TokenizerError, get_tokenizer, padded_vocab_size
-from tests.helpers import run_module
+from tests.helpers import fresh_rng, run_module
 
 UNICODE = ["naïve café ☕ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🌍", "<|endoftext|> in text", "\x00\x01 tabs\t\n", "日本語のテキスト", ""]
 
@@ -46,7 +46,7 @@ def texts(corpus, tok):
 @pytest.mark.parametrize("name", ["byte", "cl100k_base"])
 def test_tokenizers_round_trip_unicode(name):
     tok = get_tokenizer(name)
-    rng = np.random.default_rng()
+    rng = fresh_rng()
     random_text = "".join(chr(c) for c in rng.integers(32, 0x10FFFF, 300) if not 0xD800 <= c <= 0xDFFF)
     for text in UNICODE + [random_text]:
         assert tok.decode(tok.encode(text)) == text
@@ -56,7 +56,7 @@ def test_tokenizers_round_trip_unicode(name):
 
 def test_byte_tokens_are_utf8_bytes():
     tok = get_tokenizer("byte")
-    data = bytes(np.random.default_rng().integers(0, 256, 64, dtype=np.uint8))
+    data = bytes(fresh_rng().integers(0, 256, 64, dtype=np.uint8))
     text = data.decode("utf-8", errors="replace")
     assert tok.encode(text) == list(text.encode("utf-8"))
 

@@ -1,5 +1,6 @@
 """Faults a long run survives: SIGTERM/SIGINT, a second process on the run dir, non-finite steps, lr at step 0."""
 
+import dataclasses
 import itertools
 import json
 import os
@@ -137,6 +138,16 @@ def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
     assert json.loads((tmp_path / LOCK_FILE).read_text()) == {"host": lock.owner["host"], "pid": os.getpid()}
     (tmp_path / LOCK_FILE).write_text('{"host": "x", "pi')  # cut short by a kill
     RunLock(tmp_path).acquire().release()
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_refused_setup_leaves_no_lock_behind(tmp_path):
+    """A run that stops before training (here: the directory belongs to another model) releases its lock."""
+    other = small_config()
+    other.model = dataclasses.replace(other.model, d_model=48)
+    other.save_json(tmp_path / "config.json")
+    with pytest.raises(ConfigError, match="different"):
+        train(small_config(), tmp_path, log=lambda *_: None)
     assert not (tmp_path / LOCK_FILE).exists()
 
 

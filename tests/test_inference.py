@@ -13,6 +13,7 @@ from hrm.config import ModelConfig
 from hrm.inference import Generator, Sampling, SamplingArrays, SamplingError, prefill_chunks, sample_logits
 from hrm.models import build_model
 from hrm.models.attention import kv_cache_length, resize_kv_caches
+from tests.helpers import fresh_rng
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
 VOCAB = 48
@@ -120,7 +121,7 @@ def test_batched_prefill_of_different_lengths_equals_the_full_forward_of_each_pr
     prefill to each prompt's own last logits, and decoding on from the padded rows gives the full forward's
     logits: padding never reaches a recurrent state, a conv window, a KV position, a pooled window or the gate."""
     generator, params, forward = setup(name)
-    rng = np.random.default_rng(7)
+    rng = fresh_rng()
     prompts = [rng.integers(0, VOCAB, n).tolist() for n in (84, 70, 3, 37, 50, 5, 8)]
     state = generator.start(params, prompts, 4)
     tokens, after = generator.decode(params, state, SamplingArrays.of([Sampling(0.0)] * len(prompts)), 4)

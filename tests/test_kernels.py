@@ -7,51 +7,13 @@ import pytest
 
 import kernels
 from kernels import reference
-
-
-def numpy_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, reset=None):
-    """Float64 loop over time: the definition, written as slowly and plainly as possible."""
-    reset = np.zeros(u.shape[:2], bool) if reset is None else np.asarray(reset)
-    u, delta, A, B, C = (np.asarray(x, np.float64) for x in (u, delta, A, B, C))
-    delta = delta + np.asarray(delta_bias, np.float64)
-    delta = np.log1p(np.exp(delta))
-    b, l, d = u.shape
-    h = np.array(initial_state, np.float64) if initial_state is not None else np.zeros((b, d, A.shape[1]))
-    y = np.zeros((b, l, d))
-    for t in range(l):
-        h = np.where(reset[:, t, None, None], 0.0, h)
-        h = np.exp(delta[:, t, :, None] * A) * h + (delta[:, t] * u[:, t])[..., None] * B[:, t, None, :]
-        y[:, t] = np.einsum("bdn,bn->bd", h, C[:, t])
-    y = y + u * np.asarray(D, np.float64)
-    zz = np.asarray(z, np.float64)
-    return y * zz / (1 + np.exp(-zz)), h
-
-
-def random_inputs(rng, b, l, d, n, dtype=np.float32, with_state=False):
-    f = lambda *s, scale=1.0: (rng.standard_normal(s) * scale).astype(dtype)
-    return dict(
-        u=f(b, l, d),
-        delta=f(b, l, d, scale=0.5),
-        A=-np.exp(f(d, n, scale=0.5)).astype(dtype),
-        B=f(b, l, n),
-        C=f(b, l, n),
-        D=f(d),
-        z=f(b, l, d),
-        delta_bias=f(d, scale=0.5),
-        initial_state=f(b, d, n) if with_state else None,
-    )
-
-
-def rel_err(out, ref):
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    assert np.all(np.isfinite(out)), "non-finite output"
-    return np.linalg.norm(out - ref) / np.linalg.norm(ref)
+from tests.helpers import fresh_rng, numpy_scan, random_inputs, rel_err
 
 
 @pytest.mark.parametrize("backend", ["reference", "sequential", "auto"])
 @pytest.mark.parametrize("shape,with_state", [((2, 37, 24, 16), False), ((1, 5, 7, 3), True), ((3, 64, 16, 8), True)])
 def test_forward_matches_float64_loop(backend, shape, with_state):
-    inputs = random_inputs(np.random.default_rng(), *shape, with_state=with_state)
+    inputs = random_inputs(fresh_rng(), *shape, with_state=with_state)
     y, last = kernels.selective_scan(
         **{k: None if v is None else jnp.asarray(v) for k, v in inputs.items()},
         delta_softplus=True,
@@ -66,7 +28,7 @@ def test_forward_matches_float64_loop(backend, shape, with_state):
 
 
 def test_bf16_inputs_keep_fp32_state():
-    inputs = random_inputs(np.random.default_rng(), 2, 33, 16, 8)
+    inputs = random_inputs(fresh_rng(), 2, 33, 16, 8)
     ref, _ = numpy_scan(**inputs)
     bf16 = {k: None if v is None else jnp.asarray(v, jnp.bfloat16) for k, v in inputs.items()}
     bf16["A"] = jnp.asarray(inputs["A"])  # A stays fp32, as in the models
@@ -77,7 +39,7 @@ def test_bf16_inputs_keep_fp32_state():
 
 
 def test_optional_arguments_are_optional():
-    rng = np.random.default_rng()
+    rng = fresh_rng()
     inputs = random_inputs(rng, 1, 9, 4, 2)
     y = kernels.selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"])
     h = np.zeros((1, 4, 2))
@@ -93,9 +55,7 @@ def test_optional_arguments_are_optional():
 
 def test_chunked_scan_with_initial_state_equals_one_pass():
     """Prefill in two chunks, passing the state across, gives the one-pass output (decode relies on it)."""
-    inputs = {
-        k: jnp.asarray(v) for k, v in random_inputs(np.random.default_rng(), 2, 20, 8, 4).items() if v is not None
-    }
+    inputs = {k: jnp.asarray(v) for k, v in random_inputs(fresh_rng(), 2, 20, 8, 4).items() if v is not None}
     whole, last = kernels.selective_scan(**inputs, delta_softplus=True, return_last_state=True)
     cut = lambda x, s: x[:, s] if x.ndim == 3 else x
     first, mid = kernels.selective_scan(
@@ -114,7 +74,7 @@ def test_chunked_scan_with_initial_state_equals_one_pass():
 @pytest.mark.parametrize("backend", ["reference", "sequential", "pallas"])
 def test_reset_starts_each_packed_document_from_a_zero_state(backend):
     """A reset makes the rest of the row scan exactly as if it were fed alone (packed documents)."""
-    inputs = random_inputs(np.random.default_rng(), 2, 30, 8, 4, with_state=True)
+    inputs = random_inputs(fresh_rng(), 2, 30, 8, 4, with_state=True)
     reset = np.zeros((2, 30), bool)
     reset[0, [11, 12]] = True  # a one-token document at 11, the next starts at 12
     reset[1, [0, 25]] = True  # a reset at 0 discards the initial state
@@ -139,9 +99,9 @@ def test_reset_starts_each_packed_document_from_a_zero_state(backend):
 
 
 def test_gradients_match_float64_sequential_scan():
-    inputs = random_inputs(np.random.default_rng(), 2, 19, 12, 5, with_state=True)
+    inputs = random_inputs(fresh_rng(), 2, 19, 12, 5, with_state=True)
     names = [k for k in inputs]
-    cotangent = np.random.default_rng().standard_normal((2, 19, 12))
+    cotangent = fresh_rng().standard_normal((2, 19, 12))
 
     def loss(fn, dtype, *args):
         kw = dict(zip(names, args))
@@ -164,9 +124,7 @@ def test_gradients_match_float64_sequential_scan():
 
 
 def test_fp32_sequential_gradients_match_associative():
-    inputs = {
-        k: jnp.asarray(v) for k, v in random_inputs(np.random.default_rng(), 2, 23, 8, 4).items() if v is not None
-    }
+    inputs = {k: jnp.asarray(v) for k, v in random_inputs(fresh_rng(), 2, 23, 8, 4).items() if v is not None}
     loss = lambda backend: lambda kw: jnp.sum(kernels.selective_scan(**kw, delta_softplus=True, backend=backend) ** 2)
     g_ref = jax.grad(loss("reference"))(inputs)
     g_seq = jax.grad(loss("sequential"))(inputs)
@@ -187,7 +145,7 @@ def test_auto_backend_per_platform():
 
 
 def test_shape_errors_name_the_argument():
-    inputs = random_inputs(np.random.default_rng(), 1, 4, 3, 2)
+    inputs = random_inputs(fresh_rng(), 1, 4, 3, 2)
     inputs["B"] = inputs["B"][:, :, :1]
     with pytest.raises(ValueError, match="B has shape"):
         kernels.selective_scan(**{k: v for k, v in inputs.items() if v is not None})

@@ -10,6 +10,7 @@ from flax import nnx
 
 from hrm.config import ModelConfig
 from hrm.models import build_model, count_params
+from tests.helpers import fresh_rng
 
 
 def small_model(**overrides):
@@ -42,7 +43,7 @@ def test_parameter_count_matches_the_reference_formula():
 @pytest.mark.parametrize("backend", ["sequential", "reference"])
 def test_changing_a_future_token_never_changes_earlier_logits(backend):
     _, model = small_model(scan_backend=backend)
-    rng = np.random.default_rng()
+    rng = fresh_rng()
     tokens = rng.integers(0, 64, (2, 20))
     base, _ = model(jnp.asarray(tokens))
     for position in (0, 7, 19):
@@ -55,7 +56,7 @@ def test_changing_a_future_token_never_changes_earlier_logits(backend):
 
 def test_recurrent_decode_equals_full_forward():
     _, model = small_model()
-    tokens = jnp.asarray(np.random.default_rng().integers(0, 64, (2, 11)))
+    tokens = jnp.asarray(fresh_rng().integers(0, 64, (2, 11)))
     full, _ = model(tokens)
     logits, cache = model(tokens[:, :5], model.init_cache(2))  # chunked prefill ...
     steps = [logits]
@@ -77,7 +78,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
 def test_packed_documents_give_the_same_logits_as_documents_alone(backend):
     """Segment ids reset the conv and SSM state: no document sees its neighbour in a packed row."""
     _, model = small_model(scan_backend=backend)
-    rng = np.random.default_rng()
+    rng = fresh_rng()
     documents = [rng.integers(0, 64, n) for n in (7, 1, 12, 5)]
     packed = jnp.asarray(np.concatenate(documents))[None]
     segment_ids = jnp.asarray(np.concatenate([np.full(len(d), i + 1) for i, d in enumerate(documents)]))[None]

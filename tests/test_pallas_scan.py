@@ -17,11 +17,7 @@ import pytest
 import kernels
 from kernels import check, reference
 from kernels import pallas_scan as ps
-
-try:  # pytest's default "prepend" import mode puts tests/ on sys.path; python -m pytest adds the root
-    from test_kernels import numpy_scan, random_inputs, rel_err
-except ImportError:  # pragma: no cover
-    from tests.test_kernels import numpy_scan, random_inputs, rel_err
+from tests.helpers import fresh_rng, numpy_scan, random_inputs, rel_err
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 SMALL = dict(chunk=8, block_channels=8)  # several chunks and channel blocks at test sizes
@@ -99,7 +95,7 @@ def test_compiled_kernels_match_float64(dtype, dt_range, tiles):
 
 @pytest.mark.parametrize("shape,with_state", [((2, 37, 20, 5), True), ((1, 16, 8, 4), False)])
 def test_forward_matches_float64_loop_and_reference(shape, with_state):
-    inputs = random_inputs(np.random.default_rng(), *shape, with_state=with_state)
+    inputs = random_inputs(fresh_rng(), *shape, with_state=with_state)
     y, last = pallas(**_jnp(inputs), delta_softplus=True)
     y64, last64 = numpy_scan(**inputs)
     y_ref, last_ref = reference.associative_scan(**_jnp(inputs), delta_softplus=True)
@@ -111,7 +107,7 @@ def test_forward_matches_float64_loop_and_reference(shape, with_state):
 
 def test_kernels_write_every_element_of_their_raw_outputs():
     """Check the padded kernel outputs before any slicing: all finite although they started as NaN."""
-    rng = np.random.default_rng()
+    rng = fresh_rng()
     inputs = _jnp(random_inputs(rng, 2, 13, 12, 3, with_state=True))
     cfg = ps._Config(length=13, chunk=4, block=8, softplus=True, log1p=True, gated=True, interpret=True, poison=True)
     keep = jnp.asarray(rng.random((2, 13)) > 0.2, jnp.float32)
@@ -148,7 +144,7 @@ def test_poison_hook_catches_unwritten_elements():
 @pytest.mark.parametrize("case", ["full", "plain", "reset"])
 def test_gradients_match_float64_and_reference(case):
     """Every gradient, including through last_state, vs float64 lax.scan and fp32 associative_scan."""
-    rng = np.random.default_rng()
+    rng = fresh_rng()
     b, l, d, n = 2, 19, 12, 5
     inputs = random_inputs(rng, b, l, d, n, with_state=True)
     softplus = case == "full"
@@ -182,7 +178,7 @@ def test_gradients_match_float64_and_reference(case):
 
 
 def test_bf16_inputs_forward_and_gradients():
-    rng = np.random.default_rng()
+    rng = fresh_rng()
     b, l, d, n = 2, 21, 12, 4
     inputs = random_inputs(rng, b, l, d, n, with_state=True)
     bf16 = _jnp(inputs, jnp.bfloat16)
@@ -204,7 +200,7 @@ def test_bf16_inputs_forward_and_gradients():
 def test_through_selective_scan_api_with_jit_grad_vmap_and_checkpoint():
     """backend="pallas" via the public API: forward, return_last_state, initial_state (chunked prefill),
     jax.jit(jax.grad(...)), jax.checkpoint and vmap."""
-    rng = np.random.default_rng()
+    rng = fresh_rng()
     inputs = _jnp(random_inputs(rng, 2, 20, 8, 4))
     del inputs["initial_state"]
     scan = functools.partial(kernels.selective_scan, delta_softplus=True, backend="pallas")
@@ -265,7 +261,7 @@ def test_gpu_path_lowers_to_triton():
     """Without a GPU, at least check the compiled (interpret=False) kernels pass Pallas's Triton lowering
     for CUDA (block shapes, power-of-two arrays, supported primitives, the backward's barriers) under
     their names; PTX compilation is not run."""
-    inputs = _jnp(random_inputs(np.random.default_rng(), 2, 37, 20, 5, with_state=True), jnp.bfloat16)
+    inputs = _jnp(random_inputs(fresh_rng(), 2, 37, 20, 5, with_state=True), jnp.bfloat16)
     inputs["A"] = inputs["A"].astype(jnp.float32)
     names = list(NAMES)
 

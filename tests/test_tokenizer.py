@@ -1,11 +1,10 @@
-import numpy as np
-
 from hrm.tokenizer import get_tokenizer, padded_vocab_size
+from tests.helpers import fresh_rng
 
 
 def test_byte_tokenizer_round_trips_any_text():
     tok = get_tokenizer("byte")
-    rng = np.random.default_rng()
+    rng = fresh_rng()
     samples = ["", "plain ascii", "naïve café ☕ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🌍", "<|endoftext|> is text here", "\x00\x01\t\n"]
     samples.append("".join(chr(c) for c in rng.integers(32, 0x10FFFF, 200) if not 0xD800 <= c <= 0xDFFF))
     for text in samples:

@@ -162,89 +162,95 @@ def train(
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = faults.RunLock(run_dir, jax.process_index()).acquire()
-    check_same_run(run_dir, config)
-    is_main = jax.process_index() == 0
+    try:  # a setup that fails (a refused config, data or size) leaves no lock behind
+        check_same_run(run_dir, config)
+        is_main = jax.process_index() == 0
 
-    mesh = data_mesh()
-    sharded = NamedSharding(mesh, P("data"))
-    graphdef, abstract_state = memory.abstract_train_state(config)
-    state_sharding = state_shardings(abstract_state, mesh, t.shard_params)
-    step_fn = compile_train_step(graphdef, config, abstract_state, state_sharding, mesh)  # checks its memory
-    corpus = tokenized_corpus(config.data, tokenizer, log)
-    for line in packing_summary(config.data, corpus, t.batch_size, t.seed):
-        log(line)
-    epoch_tokens = training_tokens(config.data, corpus)
-    if t.epochs:
-        config = with_epoch_steps(config, epoch_tokens, log)
-        t = config.train
-        step_fn = compile_train_step(graphdef, config, abstract_state, state_sharding, mesh)  # the new schedule
-    if is_main:
-        tmp = run_dir / (checkpoint.CONFIG_FILE + ".tmp")
-        config.save_json(tmp)
-        os.replace(tmp, run_dir / checkpoint.CONFIG_FILE)
-    graphdef, state = init_train_state(config)
-    state = jax.device_put(state, state_sharding)
-    # Every process reads the same global batches and feeds its own rows, so losses, data order and
-    # checkpoints do not depend on the number of processes (the pipeline is far faster than training).
-    data_iterator = iter(training_batches(config.data, corpus, t.batch_size, t.seed))
-    held_out = eval_batches(config.data, corpus, t.batch_size, t.eval_batches)
+        mesh = data_mesh()
+        sharded = NamedSharding(mesh, P("data"))
+        graphdef, abstract_state = memory.abstract_train_state(config)
+        state_sharding = state_shardings(abstract_state, mesh, t.shard_params)
+        step_fn = compile_train_step(graphdef, config, abstract_state, state_sharding, mesh)  # checks its memory
+        corpus = tokenized_corpus(config.data, tokenizer, log)
+        for line in packing_summary(config.data, corpus, t.batch_size, t.seed):
+            log(line)
+        epoch_tokens = training_tokens(config.data, corpus)
+        if t.epochs:
+            config = with_epoch_steps(config, epoch_tokens, log)
+            t = config.train
+            step_fn = compile_train_step(graphdef, config, abstract_state, state_sharding, mesh)  # the new schedule
+        if is_main:
+            tmp = run_dir / (checkpoint.CONFIG_FILE + ".tmp")
+            config.save_json(tmp)
+            os.replace(tmp, run_dir / checkpoint.CONFIG_FILE)
+        graphdef, state = init_train_state(config)
+        state = jax.device_put(state, state_sharding)
+        # Every process reads the same global batches and feeds its own rows, so losses, data order and
+        # checkpoints do not depend on the number of processes (the pipeline is far faster than training).
+        data_iterator = iter(training_batches(config.data, corpus, t.batch_size, t.seed))
+        held_out = eval_batches(config.data, corpus, t.batch_size, t.eval_batches)
 
-    mgr = checkpoint.Checkpoints(run_dir, keep=t.keep_checkpoints, config=config)
-    start = mgr.newest_good_step(log) or 0
-    source = resume_point(resume_from) if resume_from and not start else None
-    fingerprint = data_fingerprint(config.data, corpus)
-    if source:  # the data must be the one the resumed run read, or its position means nothing
-        check_data_fingerprint(source[0], fingerprint, True, allow_data_change, log, write=False)
-    check_data_fingerprint(run_dir, fingerprint, bool(start), allow_data_change, log, write=is_main)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    if start:
-        state = mgr.restore(start, abstract, data_iterator)
-        log(f"resumed from {run_dir / checkpoint.CHECKPOINT_DIR / str(start)}")
-    elif source:
-        state = checkpoint.restore_state(source[0], source[1], abstract, data_iterator)
-        start = source[1]
-        log(f"resumed from {source[0] / checkpoint.CHECKPOINT_DIR / str(start)} into {run_dir}")
-    elif init_from:
-        state = with_initial_params(state, Path(init_from), log)
-    log(
-        f"model {config.model.family}: {n_params:,} parameters; "
-        f"{kernels.banner(config.model.scan_backend, config.model.dtype)}"
-    )
-    utilisation = Utilisation(config)
-    log(utilisation.describe())
+        mgr = checkpoint.Checkpoints(run_dir, keep=t.keep_checkpoints, config=config)
+        start = mgr.newest_good_step(log) or 0
+        source = resume_point(resume_from) if resume_from and not start else None
+        fingerprint = data_fingerprint(config.data, corpus)
+        if source:  # the data must be the one the resumed run read, or its position means nothing
+            check_data_fingerprint(source[0], fingerprint, True, allow_data_change, log, write=False)
+        check_data_fingerprint(run_dir, fingerprint, bool(start), allow_data_change, log, write=is_main)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        if start:
+            state = mgr.restore(start, abstract, data_iterator)
+            log(f"resumed from {run_dir / checkpoint.CHECKPOINT_DIR / str(start)}")
+        elif source:
+            state = checkpoint.restore_state(source[0], source[1], abstract, data_iterator)
+            start = source[1]
+            log(f"resumed from {source[0] / checkpoint.CHECKPOINT_DIR / str(start)} into {run_dir}")
+        elif init_from:
+            state = with_initial_params(state, Path(init_from), log)
+        log(
+            f"model {config.model.family}: {n_params:,} parameters; "
+            f"{kernels.banner(config.model.scan_backend, config.model.dtype)}"
+        )
+        utilisation = Utilisation(config)
+        log(utilisation.describe())
 
-    local_batch = t.batch_size // jax.process_count()
-    rows = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
+        local_batch = t.batch_size // jax.process_count()
+        rows = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
 
-    def to_device(batch):
-        return {
-            k: jax.make_array_from_process_local_data(sharded, v[rows].astype(BATCH_DTYPES[k]))
-            for k, v in batch.items()
-        }
+        def to_device(batch):
+            return {
+                k: jax.make_array_from_process_local_data(sharded, v[rows].astype(BATCH_DTYPES[k]))
+                for k, v in batch.items()
+            }
 
-    eval_fn = jax.jit(partial(next_token_loss, graphdef), in_shardings=(state_sharding["params"], sharded))
+        eval_fn = jax.jit(partial(next_token_loss, graphdef), in_shardings=(state_sharding["params"], sharded))
 
-    def evaluate(step):
-        if held_out:
-            loss = held_out_loss(lambda b: eval_fn(state["params"], to_device(b)), held_out)
-            loss = float(loss)
-            writer.write_eval({"step": step, "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0))})
-            return loss
+        def evaluate(step):
+            if held_out:
+                loss = held_out_loss(lambda b: eval_fn(state["params"], to_device(b)), held_out)
+                loss = float(loss)
+                writer.write_eval({"step": step, "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0))})
+                return loss
 
-    probe = make_probe(graphdef, state_sharding["params"], sharded) if t.log_activations else None
-    writer = MetricsWriter(run_dir, start, t.steps, enabled=is_main, wandb_config=config.to_dict() if wandb else None)
-    records = []
-    step, batch, eval_loss = start, None, None
-    stop, bad = faults.StopSignals().install(), faults.BadSteps(t.max_bad_steps)
-    profiler = StepProfiler(run_dir, t.profile_steps if is_main else 0, log)
+        probe = make_probe(graphdef, state_sharding["params"], sharded) if t.log_activations else None
+        writer = MetricsWriter(
+            run_dir, start, t.steps, enabled=is_main, wandb_config=config.to_dict() if wandb else None
+        )
+        records = []
+        step, batch, eval_loss = start, None, None
+        stop, bad = faults.StopSignals().install(), faults.BadSteps(t.max_bad_steps)
+        profiler = StepProfiler(run_dir, t.profile_steps if is_main else 0, log)
 
-    def save():
-        mgr.save(step, state, data_iterator, eval_loss=eval_loss, final=step == t.steps)
+        def save():
+            mgr.save(step, state, data_iterator, eval_loss=eval_loss, final=step == t.steps)
 
-    def last_good() -> str:
-        latest = mgr.latest_step()
-        return str(run_dir / checkpoint.CHECKPOINT_DIR / str(latest)) if latest else "none (a re-run starts afresh)"
+        def last_good() -> str:
+            latest = mgr.latest_step()
+            return str(run_dir / checkpoint.CHECKPOINT_DIR / str(latest)) if latest else "none (a re-run starts afresh)"
 
+    except BaseException:
+        lock.release()
+        raise
     try:
         timer, tokens, packed = time.perf_counter(), 0, []
         clock = None  # training seconds: from the end of this call's first (compiling) step
