@@ -380,67 +380,57 @@ def create_app(server: Server):
     def refuse(error: RequestError):
         return JSONResponse(error_body(str(error), param=error.param), status_code=400)
 
+    async def respond(prompts, body, head, kind, chunk, choice):
+        """Run the request's rows; stream ``chunk(index, event)`` events or return one ``kind`` object whose
+        choices are ``choice(index, text, finish_reason)``, with the usage."""
+        try:
+            rows, prompt_tokens, events = await run_rows(prompts, body)
+        except RequestError as error:
+            return refuse(error)
+        if body.stream:
+            return sse(rows, events, lambda index, event: head | chunk(index, event))
+        try:
+            texts, reasons, completion_tokens = await collect(rows, events)
+        except RuntimeError as error:
+            return JSONResponse(error_body(str(error), "server_error"), status_code=500)
+        choices = [choice(i, text, reason) for i, (text, reason) in enumerate(zip(texts, reasons))]
+        return head | {"object": kind, "choices": choices, "usage": usage(prompt_tokens, completion_tokens)}
+
     @app.post("/v1/completions")
     async def completions(body: Completion):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
             return refuse(RequestError("prompt must not be an empty list", "prompt"))
-        try:
-            rows, prompt_tokens, events = await run_rows(prompts, body)
-        except RequestError as error:
-            return refuse(error)
-        ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": ident, "object": "text_completion", "created": created, "model": server.model_id}
-        if body.stream:
-
-            def chunk(index, event):
-                text, reason = (event[1], None) if event[0] == "text" else ("", event[1])
-                return head | {"choices": [{"index": index, "text": text, "finish_reason": reason, "logprobs": None}]}
-
-            return sse(rows, events, chunk)
-        try:
-            texts, reasons, completion_tokens = await collect(rows, events)
-        except RuntimeError as error:
-            return JSONResponse(error_body(str(error), "server_error"), status_code=500)
-        return head | {
-            "choices": [
-                {"index": i, "text": t, "finish_reason": r, "logprobs": None}
-                for i, (t, r) in enumerate(zip(texts, reasons))
-            ],
-            "usage": usage(prompt_tokens, completion_tokens),
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.model_id}
+        text_choice = lambda index, text, reason: {
+            "index": index,
+            "text": text,
+            "finish_reason": reason,
+            "logprobs": None,
         }
+
+        def chunk(index, event):
+            text, reason = (event[1], None) if event[0] == "text" else ("", event[1])
+            return {"object": "text_completion", "choices": [text_choice(index, text, reason)]}
+
+        return await respond(prompts, body, head, "text_completion", chunk, text_choice)
 
     @app.post("/v1/chat/completions")
     async def chat(body: Chat):
         prompt = dialogue_prompt([m.content for m in body.messages])
-        try:
-            rows, prompt_tokens, events = await run_rows([prompt], body)
-        except RequestError as error:
-            return refuse(error)
-        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": ident, "created": created, "model": server.model_id}
-        if body.stream:
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.model_id}
 
-            def chunk(index, event):
-                delta, reason = ({"content": event[1]}, None) if event[0] == "text" else ({}, event[1])
-                return head | {
-                    "object": "chat.completion.chunk",
-                    "choices": [{"index": index, "delta": delta, "finish_reason": reason}],
-                }
+        def chunk(index, event):
+            delta, reason = ({"content": event[1]}, None) if event[0] == "text" else ({}, event[1])
+            return {
+                "object": "chat.completion.chunk",
+                "choices": [{"index": index, "delta": delta, "finish_reason": reason}],
+            }
 
-            return sse(rows, events, chunk)
-        try:
-            texts, reasons, completion_tokens = await collect(rows, events)
-        except RuntimeError as error:
-            return JSONResponse(error_body(str(error), "server_error"), status_code=500)
-        return head | {
-            "object": "chat.completion",
-            "choices": [
-                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r}
-                for i, (t, r) in enumerate(zip(texts, reasons))
-            ],
-            "usage": usage(prompt_tokens, completion_tokens),
-        }
+        def choice(index, text, reason):
+            return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+
+        return await respond([prompt], body, head, "chat.completion", chunk, choice)
 
     @app.post("/generate")
     async def generate(body: Generate):
