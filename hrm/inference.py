@@ -184,7 +184,7 @@ class Generator:
         self.graphdef = graphdef
         self._cfg = None
         self._has_kv = None
-        self._extend = jax.jit(self._extend_fn)
+        self._extend = jax.jit(self._extend_fn, donate_argnums=(2,))  # the cache is updated in place
         self._empty = jax.jit(self._empty_fn, static_argnums=(1, 2))
         self._decode = jax.jit(self._decode_fn, static_argnums=(3, 4), donate_argnums=(1,))
         self._decode_keeping_input = jax.jit(self._decode_fn, static_argnums=(3, 4))
