@@ -90,6 +90,7 @@ def test_bad_json_configs_are_one_line(tmp_path, raw, message):
         load_config_file(path)
 
 
+@pytest.mark.slow
 def test_config_file_errors_say_what_they_got(tmp_path):
     raising = tmp_path / "raising.py"
     raising.write_text("def get_config():\n    return {}['model']\n")
@@ -168,6 +169,7 @@ def test_resume_from_a_path_into_a_new_directory_continues_exactly(tmp_path):
     assert losses(tmp_path / "from_dir") == [x for x in losses(tmp_path / "straight") if x[0] > 6]
 
 
+@pytest.mark.slow
 def test_resume_points_and_settings(tmp_path):
     config = small_config(steps=4, save_every=2)
     train(config, tmp_path / "a", log=lambda *_: None)
@@ -191,6 +193,7 @@ def test_resume_points_and_settings(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_epochs_set_the_steps_from_the_training_tokens(tmp_path):
     data = tmp_path / "texts"
     data.mkdir()
