@@ -55,6 +55,7 @@ def test_budgets_and_settings():
         ablate.check_comparable([by_steps, other])
 
 
+@pytest.mark.slow
 def test_time_limit_stops_training_with_a_checkpoint(tmp_path):
     config = small_config(steps=100_000, save_every=100_000, log_every=1, log_activations=False)
     records = train(config, tmp_path, log=lambda *_: None, time_limit_s=1.0)

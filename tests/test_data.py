@@ -183,6 +183,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         corpus_for(tmp_path, data_dir=str(empty))
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_data_in_one_line(tmp_path):
     bad = tmp_path / "rows.jsonl"
     bad.write_text('{"a": "x"}\n')
@@ -543,6 +544,7 @@ def test_summary_counts_long_documents_and_warns_naming_seq_len(tmp_path):
     assert len(packing_summary(cfg, corpus, 4, seed=0)) == 1
 
 
+@pytest.mark.slow
 def test_resuming_on_changed_data_is_refused_unless_allowed(tmp_path):
     from hrm.train import parse_command_line
     from hrm.training.loop import train

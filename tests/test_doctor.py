@@ -20,6 +20,7 @@ on_gpu = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 def test_doctor_reports_the_machine_and_passes(capsys):
     doctor.main([])
     out = capsys.readouterr().out

@@ -142,6 +142,7 @@ def test_attention_treats_a_packed_document_as_if_alone():
     np.testing.assert_allclose(np.asarray(packed[:, 7:]), np.asarray(attention(x[:, 7:])[0]), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_packed_documents_give_the_same_logits_as_documents_alone(name):
     """Segment ids reset the SSM and conv state, the gate's running mean and every attention scale."""
@@ -183,6 +184,7 @@ def test_chunked_prefill_and_decode_steps_equal_the_full_forward(name):
     np.testing.assert_allclose(np.concatenate(outputs, 1), full, atol=2e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["hybrid_recursive", "recursive_ssm", "hybrid_pattern"])
 def test_greedy_generation_of_prompts_of_different_lengths_matches_the_full_forward(name):
     _, graphdef, params, forward = model_and_forward(name)
@@ -228,6 +230,7 @@ def tiny_run_config(path, **model):
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "path,model",
     [
@@ -394,6 +397,7 @@ def test_bad_family_settings_name_the_key(key, value, message):
         validate(Config(model=model, data=DataConfig(), train=TrainConfig()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_remat_changes_the_program_not_the_gradients(name):
     """Every family rematerialises under model.remat, and the gradients (gate loss included) stay the same."""

@@ -155,6 +155,7 @@ def params_equal(a, b) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_convert_fine_tune_export_round_trip(tmp_path):
     """reference folder → hrm.convert → hrm.train --init_from → hrm.export --format hf → transformers and hrm."""
     from hrm import convert, export, train

@@ -98,6 +98,7 @@ def test_reset_starts_each_packed_document_from_a_zero_state(backend):
     assert rel_err(y[0, :11], numpy_scan(**inputs)[0][0, :11]) < 1e-5  # before the first reset
 
 
+@pytest.mark.slow
 def test_gradients_match_float64_sequential_scan():
     inputs = random_inputs(fresh_rng(), 2, 19, 12, 5, with_state=True)
     names = [k for k in inputs]

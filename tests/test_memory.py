@@ -15,6 +15,7 @@ def config(**train):
     return resolve_config(small_config(**{"batch_size": 8, **train}))
 
 
+@pytest.mark.slow
 def test_accumulation_keeps_one_micro_batch_of_activations():
     whole = train_step_memory(config())
     quarter = train_step_memory(config(accumulation_steps=4))
@@ -23,6 +24,7 @@ def test_accumulation_keeps_one_micro_batch_of_activations():
     assert quarter.temp_bytes < 0.5 * whole.temp_bytes
 
 
+@pytest.mark.slow
 def test_vram_choice_takes_the_largest_micro_batch_that_fits():
     c = config()
     sizes = {m: train_step_memory(c, m).total_bytes for m in (1, 2, 4, 8)}
@@ -43,6 +45,7 @@ def test_bad_vram_is_one_line():
         parse_vram("lots")
 
 
+@pytest.mark.slow
 def test_memtest_reports_fit_and_the_largest_micro_batch_as_json(tmp_path, monkeypatch):
     monkeypatch.setenv("HRM_CACHE_DIR", str(tmp_path))
     args = ["--config", TINY, "--config.model.d_model=32", "--config.model.n_layers=1", "--seq_len", "64", "--json"]

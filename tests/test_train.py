@@ -42,6 +42,7 @@ def small_run_args(steps: int, save_every: int) -> list:
     ]
 
 
+@pytest.mark.slow
 def test_tiny_config_loss_falls_in_30_steps(tmp_path):
     result = run_module(
         "hrm.train",
@@ -68,6 +69,7 @@ def test_tiny_config_loss_falls_in_30_steps(tmp_path):
     assert config["train"]["steps"] == 30 and config["model"]["vocab_size"] == 264
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
     config = small_config(steps=8, save_every=4)
     straight = tmp_path / "straight"
@@ -82,6 +84,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
     assert len(losses(straight)) == 8
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(tmp_path):
     """Kill -9 mid-run (after a checkpoint, between saves): re-running the command continues exactly."""
     args = small_run_args(steps=30, save_every=5)
@@ -104,6 +107,7 @@ def test_resume_after_sigkill(tmp_path):
     assert losses(killed) == losses(tmp_path / "straight")
 
 
+@pytest.mark.slow
 def test_a_run_directory_refuses_a_different_model(tmp_path):
     train(small_config(steps=2, save_every=2), tmp_path, log=lambda *_: None)
     result = run_module("hrm.train", "--config", TINY, "--output_dir", tmp_path, check=False)
@@ -111,6 +115,7 @@ def test_a_run_directory_refuses_a_different_model(tmp_path):
     assert "holds a run with a different model" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_pallas_backend_trains_like_the_reference(tmp_path):
     """The interpreted Pallas kernel and the associative reference give the same training losses."""
     runs = {}
@@ -122,6 +127,7 @@ def test_pallas_backend_trains_like_the_reference(tmp_path):
     assert runs["pallas"] == pytest.approx(runs["reference"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
     """jax.distributed with two CPU processes (gloo) gives the single-process losses, also after resuming."""
     args = small_run_args(steps=6, save_every=3)
@@ -182,6 +188,7 @@ def test_incomplete_multi_process_flags_are_rejected(flags):
         parse_command_line(["--config", str(TINY), *flags])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["mamba", "hybrid_recursive"])
 def test_accumulation_gives_the_losses_of_the_whole_batch(tmp_path, family):
     """4 micro-batches of 2 rows train exactly as one batch of 8 (the gate's auxiliary loss included)."""
@@ -219,6 +226,7 @@ def test_accumulation_that_does_not_split_the_batch_is_one_line(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_bfloat16_trains_within_2_percent_of_float32(tmp_path):
     """bf16 compute (fp32 parameters, optimizer state, LM head and loss) tracks fp32 at init and after 30 steps."""
     runs = {}
@@ -251,6 +259,7 @@ print(json.dumps({"devices": jax.device_count(), "specs": sorted(specs),
 """
 
 
+@pytest.mark.slow
 def test_sharded_parameters_train_like_replicated_ones_on_4_devices(tmp_path):
     """train.shard_params splits parameters and optimizer state over 4 (fake CPU) devices, same losses."""
     result = subprocess.run(
@@ -268,6 +277,7 @@ def test_sharded_parameters_train_like_replicated_ones_on_4_devices(tmp_path):
     assert report["losses"]["True"] == pytest.approx(report["losses"]["False"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_profile_steps_write_a_trace_under_the_run_dir(tmp_path):
     train(small_config(steps=4, save_every=4, profile_steps=2), tmp_path, log=lambda *_: None)
     traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
