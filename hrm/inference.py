@@ -284,7 +284,7 @@ class Generator:
             cache = self._empty(params, batch, length)
             logits, seen = jnp.zeros((batch, vocab), jnp.float32), jnp.zeros((batch, vocab), bool)
         else:
-            rows = lambda a: jnp.concatenate([a] * batch + [a[:0]])  # always a new array
+            rows = lambda a: jnp.repeat(a, batch, axis=0)  # a new array, even for one row
             cache = resize_kv_caches(jax.tree.map(rows, prefix.cache), length)
             logits, seen = rows(prefix.logits), rows(prefix.seen)
         logits, cache = self.prefill(params, prompts, cache, logits)

@@ -112,7 +112,7 @@ class BatchEngine:
             self.generator.cache_length(self.params, len(row.ids) + row.max_tokens)
             return True
         except Exception as error:
-            _deliver(row, ("error", f"{type(error).__name__}: {error}"))
+            _fail(row, error)
             return False
 
     def _loop(self) -> None:
@@ -134,7 +134,7 @@ class BatchEngine:
                     self._admit(rows)
                 except Exception as error:  # these requests fail, the server keeps serving
                     for row in rows:
-                        _deliver(row, ("error", f"{type(error).__name__}: {error}"))
+                        _fail(row, error)
             if self._stop.is_set() or not any(self.slots):
                 continue
             self._step()
@@ -146,7 +146,7 @@ class BatchEngine:
             tokens, self.state = self.generator.decode(self.params, self.state, settings, 1)
         except Exception as error:  # fail the rows in flight, keep serving
             for row in filter(None, self.slots):
-                _deliver(row, ("error", f"{type(error).__name__}: {error}"))
+                _fail(row, error)
             self.slots, self.state = [], None
             return
         self.steps += 1
@@ -161,6 +161,11 @@ class BatchEngine:
                     _deliver(row, ("text", piece))
                 _deliver(row, ("done", row.stream.finish_reason or "length"))
                 self.slots[slot] = None
+
+
+def _fail(row: Row, error: Exception) -> None:
+    """End ``row``'s request with the error (the server keeps serving)."""
+    _deliver(row, ("error", f"{type(error).__name__}: {error}"))
 
 
 def _deliver(row: Row, event) -> None:
