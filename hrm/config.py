@@ -26,6 +26,7 @@ class ConfigError(UserError):
 
 Family = Literal["mamba", "hybrid_recursive", "recursive_ssm", "hybrid_pattern"]  # hrm.models.FAMILIES
 Dtype = Literal["float32", "bfloat16"]
+LogitsDtype = Literal["auto", "float32", "bfloat16"]
 ScanBackend = Literal[BACKENDS]  # kernels.selective_scan's backends
 # model.remat: what each layer keeps for the backward pass (hrm.models.lm.REMAT_POLICIES maps them to jax's).
 Remat = Literal["none", "block", "dots_saveable", "dots_with_no_batch_dims_saveable"]
@@ -46,11 +47,14 @@ class ModelConfig:
     conv_bias: bool = True
     bias: bool = False
     norm_eps: float = 1e-5
-    vocab_size: int = 0  # 0: the tokenizer's size rounded up to a multiple of 8
+    vocab_size: int = 0  # embedding/head rows; 0: the tokenizer's size rounded up to a multiple of 128
+    token_vocab_size: int = 0  # ids the tokenizer makes; logits of the rows past it are -inf (0: every row)
     tie_embeddings: bool = True
     rescale_prenorm_residual: bool = True
     residual_in_fp32: bool = True
     dtype: Dtype = "float32"  # compute dtype; parameters stay float32
+    logits_dtype: LogitsDtype = "auto"  # the LM head's matmul inputs ("auto": the compute dtype); it
+    # accumulates, and the softmax and loss run, in float32 either way
     scan_backend: ScanBackend = "auto"
     # --- attention (hybrid_recursive's hierarchical attention, hybrid_pattern's "A" layers) ---
     n_heads: int = 4  # attention heads; d_model must be a multiple
@@ -158,7 +162,9 @@ TRAINING_PRESETS = {
     "default": {"steps": 100_000, "lr": 3e-4, "warmup_steps": 2000, "save_every": 5000, "eval_every": 5000},
     "careful": {"steps": 200_000, "lr": 1e-4, "warmup_steps": 5000, "save_every": 10_000, "eval_every": 10_000},
 }
-GPT2_VOCAB = 50264  # GPT-2 BPE's 50257 tokens padded to a multiple of 8
+GPT2_TOKENS = 50257  # GPT-2 BPE's ids (hrm.tokenizer's "gpt2")
+VOCAB_MULTIPLE = 128  # embedding/head rows are padded to a multiple of this (tensor-core tiles)
+GPT2_VOCAB = -(-GPT2_TOKENS // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 DEFAULT_SAFETY_MARGIN_MB = 2048  # --vram_safety_margin: device memory (MB) kept free when sizing the batch
 
 
@@ -169,7 +175,8 @@ def documented_size_config(
     (the trainer guide's effective batch, 4 x 8 accumulation), bf16 compute (the guide trains in mixed precision)
     and the 'default' training preset; ``train`` overrides single ``TrainConfig`` fields (each config sets the
     ``accumulation_steps`` that fits its documented VRAM, measured with ``python -m hrm.memtest``)."""
-    model.vocab_size = model.vocab_size or GPT2_VOCAB
+    if not model.vocab_size:
+        model.vocab_size, model.token_vocab_size = GPT2_VOCAB, GPT2_TOKENS
     model.dtype = dtype
     return Config(
         model=model,
@@ -444,11 +451,18 @@ def _vram_section(values, source: str) -> dict:
 
 def resolve_config(config: Config) -> Config:
     """A validated copy with what follows from other choices filled in (the vocab size from the tokenizer)."""
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model))
+    config = dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model),
+        data=dataclasses.replace(config.data, synthetic=dataclasses.replace(config.data.synthetic)),
+        train=dataclasses.replace(config.train),
+    )  # the caller's sections stay as they were (validate coerces fields in place)
     if config.model.vocab_size == 0:
         from hrm.tokenizer import get_tokenizer, padded_vocab_size
 
-        config.model.vocab_size = padded_vocab_size(get_tokenizer(config.data.tokenizer))
+        tokenizer = get_tokenizer(config.data.tokenizer)
+        config.model.vocab_size = padded_vocab_size(tokenizer, VOCAB_MULTIPLE)
+        config.model.token_vocab_size = tokenizer.vocab_size
     validate(config)
     return config
 
@@ -502,8 +516,14 @@ def validate(config: Config) -> None:
         raise ConfigError(f"config key 'data.eval_fraction' must be in [0, 1), got {d.eval_fraction}")
     if t.eval_every < 0 or t.eval_batches < 0:
         raise ConfigError("config keys 'train.eval_every' and 'train.eval_batches' must be >= 0")
-    if m.vocab_size < 0 or m.dt_rank < 0:
-        raise ConfigError("config keys 'model.vocab_size' and 'model.dt_rank' must be >= 0 (0 = automatic)")
+    if m.vocab_size < 0 or m.dt_rank < 0 or m.token_vocab_size < 0:
+        raise ConfigError(
+            "config keys 'model.vocab_size', 'model.token_vocab_size' and 'model.dt_rank' must be >= 0 (0 = automatic)"
+        )
+    if m.token_vocab_size > m.vocab_size:
+        raise ConfigError(
+            f"config key 'model.token_vocab_size' ({m.token_vocab_size}) exceeds model.vocab_size ({m.vocab_size})"
+        )
     _validate_families(m)
 
 

@@ -170,7 +170,7 @@ def feed(model, tokens, cache, lengths):
     head reads only those positions) and the new cache. A row with no real token returns garbage logits."""
     features, cache = model.features(tokens, cache, lengths=lengths)
     last = features[jnp.arange(tokens.shape[0]), jnp.maximum(lengths - 1, 0)]
-    return last @ model.head_weight(), cache
+    return model.logits(last), cache
 
 
 def stack_rows(states: Sequence[DecodeState]) -> DecodeState:

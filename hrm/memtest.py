@@ -60,7 +60,7 @@ def report(config, vram_bytes: int | None, margin_mb: float) -> dict:
     }  # None: no VRAM to fit
     if vram_bytes is not None:
         budget = vram_bytes - int(margin_mb * MIB)
-        record["fits"] = memory.total_bytes <= budget
+        record["fits"] = memory.peak_bytes <= budget
         if not record["fits"]:
             best = largest_micro_batch(config, budget)
             record["largest_fitting_micro_batch"] = best.micro_batch_size if best else None
@@ -78,6 +78,8 @@ def describe(record: dict) -> str:
         f"  parameters {_gb(record['param_bytes'])} GB, optimizer state {_gb(record['optimizer_bytes'])} GB, "
         f"batch {_gb(record['batch_bytes'])} GB, temporaries {_gb(record['temp_bytes'])} GB",
         f"  total {_gb(record['total_bytes'])} GB per device (XLA compiled memory analysis)",
+        f"  evaluation at the same micro-batch: temporaries {_gb(record['eval_temp_bytes'])} GB, total "
+        f"{_gb(record['eval_total_bytes'])} GB with the train state resident",
     ]
     if record.get("vram_bytes") is not None:
         budget = record["vram_bytes"] - record["safety_margin_mb"] * MIB
@@ -98,13 +100,17 @@ def describe(record: dict) -> str:
 
 
 def table(records: list[dict]) -> str:
-    head = "| config | micro x accum | seq | params GB | optimizer GB | temp GB | total GB | VRAM GB | fits |"
-    rows = [head, "|" + "---|" * 9]
+    head = (
+        "| config | micro x accum | seq | params GB | optimizer GB | temp GB | total GB | eval total GB | VRAM GB "
+        "| fits |"
+    )
+    rows = [head, "|" + "---|" * 10]
     for r in records:
         rows.append(
             f"| {r['config']} | {r['micro_batch_size']} x {r['accumulation_steps']} | {r['seq_len']} | "
             f"{_gb(r['param_bytes'])} | {_gb(r['optimizer_bytes'])} | {_gb(r['temp_bytes'])} | "
-            f"{_gb(r['total_bytes'])} | {_gb(r['vram_bytes'])} | {'yes' if r.get('fits') else 'NO'} |"
+            f"{_gb(r['total_bytes'])} | {_gb(r['eval_total_bytes'])} | {_gb(r['vram_bytes'])} | "
+            f"{'yes' if r.get('fits') else 'NO'} |"
         )
     return "\n".join(rows)
 

@@ -160,5 +160,7 @@ def get_tokenizer(name: str) -> Tokenizer:
     )
 
 
-def padded_vocab_size(tokenizer: Tokenizer, multiple: int = 8) -> int:
+def padded_vocab_size(tokenizer: Tokenizer, multiple: int = 128) -> int:
+    """Embedding/head rows for ``tokenizer``: its size rounded up to ``multiple`` (matmul tiles of 64-128 columns
+    keep the head on the tensor cores; the rows past the tokenizer's ids are masked out of every softmax)."""
     return -(-tokenizer.vocab_size // multiple) * multiple

@@ -508,8 +508,27 @@ def test_eval_loss_is_a_mean_over_tokens():
     from hrm.training.evaluation import held_out_loss
 
     batches = [{"mask": np.ones((1, 6), bool)}, {"mask": np.array([[True, False, False, False, False, False]])}]
-    losses = iter([1.0, 4.0])  # batch means: 6 tokens at 1.0, 1 token at 4.0
-    assert held_out_loss(lambda batch: next(losses), batches) == pytest.approx((6 * 1.0 + 4.0) / 7)
+    sums = iter([(6 * 1.0, 6.0), (4.0, 1.0)])  # 6 tokens at 1.0, 1 token at 4.0
+    assert held_out_loss(lambda batch: next(sums), batches) == pytest.approx((6 * 1.0 + 4.0) / 7)
+
+
+def test_each_held_out_target_counts_once_per_evaluation(tmp_path):
+    """Asking for more held-out rows than the held-out pieces fill gives each piece once, then stops (no repeats
+    weighing some documents twice); the last batch is padded with empty, fully masked rows."""
+    root = tmp_path / "unique"
+    root.mkdir()
+    for i in range(60):
+        (root / f"{i:03}.txt").write_text(f"doc{i:03}")  # one piece each, no two alike
+    cfg, corpus, _ = corpus_for(tmp_path, data_dir=str(root), eval_fraction=0.1)
+    batches = eval_batches(cfg, corpus, 2, 50)
+    pieces = [
+        bytes(row[seg == s].astype(np.uint8))
+        for b in batches
+        for row, seg in zip(b["inputs"], b["segment_ids"])
+        for s in set(seg[seg > 0].tolist())
+    ]
+    assert len(batches) < 50 and len(pieces) == 6 and len(set(pieces)) == 6
+    assert all(b["inputs"].shape == batches[0]["inputs"].shape for b in batches)
 
 
 @pytest.mark.parametrize("source", ["stdlib", "short examples"])

@@ -1,5 +1,6 @@
 """Data sources, the tokenized cache and the grain pipeline that turns them into batches."""
 
+import itertools
 import math
 
 import numpy as np
@@ -41,14 +42,13 @@ def training_batches(cfg_data, corpus: TokenizedCorpus, batch_size: int, seed: i
 
 
 def eval_batches(cfg_data, corpus: TokenizedCorpus, batch_size: int, n_batches: int) -> list[dict]:
-    """The same ``n_batches`` held-out batches every time, from a fixed shuffle of the held-out documents'
-    pieces (empty when nothing is held out)."""
+    """The same held-out batches every time: at most ``n_batches`` of one pass over a fixed shuffle of the
+    held-out documents' pieces, so each held-out target counts once per evaluation however small the held-out
+    set (empty when nothing is held out)."""
     _, eval_docs = split_documents(len(corpus), cfg_data.eval_fraction)
     if len(eval_docs) == 0 or n_batches == 0:
         return []
-    pieces = piece_dataset(corpus, eval_docs, cfg_data.seq_len, EVAL_SEED)
-    iterator = iter(packed_batches(pieces, cfg_data.seq_len, batch_size, 1, 2, EVAL_SEED))
-    return [split_batch(next(iterator)) for _ in range(n_batches)]
+    return list(itertools.islice(document_batches(cfg_data, corpus, eval_docs, batch_size), n_batches))
 
 
 def document_batches(cfg_data, corpus: TokenizedCorpus, indices, batch_size: int):

@@ -74,6 +74,21 @@ class Work(NamedTuple):
     attention: float  # full-context attention applications (a 1/s-pooled scale counts 1/s)
 
 
+def head_logits(features: jax.Array, head: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """``features @ head`` as float32 logits, every caller's one LM-head projection (training loss, evaluation,
+    decoding).
+
+    The matmul reads its inputs in ``cfg.logits_dtype`` ("auto": the compute dtype) and accumulates in float32
+    (``preferred_element_type``), so a bf16 model's head runs on bf16 tensor cores while the logits, the softmax
+    and the loss stay float32. Columns past ``cfg.token_vocab_size`` (the padding of the vocabulary to a multiple
+    of 128) are -inf: no probability mass, never sampled, no gradient."""
+    dtype = jnp.dtype(cfg.dtype if cfg.logits_dtype == "auto" else cfg.logits_dtype)
+    logits = jnp.matmul(features.astype(dtype), head.astype(dtype), preferred_element_type=jnp.float32)
+    if 0 < cfg.token_vocab_size < logits.shape[-1]:
+        logits = jnp.where(jnp.arange(logits.shape[-1]) < cfg.token_vocab_size, logits, -jnp.inf)
+    return logits
+
+
 class LanguageModel(nnx.Module):
     """The plumbing every family shares: embedding → layers → RMSNorm → (tied) LM head.
 
@@ -110,7 +125,7 @@ class LanguageModel(nnx.Module):
         right padding that leaves the row's cache as the real tokens left it (a batched prefill).
         """
         x, cache = self.features(tokens, cache, segment_ids, lengths)
-        return x @ self.head_weight(), cache
+        return self.logits(x), cache
 
     def features(self, tokens: jax.Array, cache=None, segment_ids=None, lengths=None):
         """The final-norm hidden states (batch, length, d_model) float32 that the LM head reads, and the cache.
@@ -125,6 +140,10 @@ class LanguageModel(nnx.Module):
         if self.cfg.tie_embeddings:
             return self.embed.embedding[...].T
         return self.lm_head.kernel[...]
+
+    def logits(self, features: jax.Array) -> jax.Array:
+        """float32 logits of ``features`` (..., d_model) through the LM head (``head_logits``)."""
+        return head_logits(features, self.head_weight(), self.cfg)
 
     def body(self, x, cache=None, segment_ids=None, lengths=None):
         """The layers in order, each with its own cache; families with other wiring override this.

@@ -5,11 +5,13 @@
   run stop at the same step, so their collective save happens on all of them or none.
 - ``RunLock``: ``DIR/train.lock`` holds the owner's host and PID; a second process refuses with one line, a lock
   whose process is gone is taken over.
-- ``BadSteps``: the train step skips non-finite updates (``hrm.training.state``); N in a row stop the run.
+- ``BadSteps``: the train step skips non-finite updates (``hrm.training.state``); N in a row stop the run
+  (counted on the device, read at log, evaluation and save steps).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -17,6 +19,7 @@ import socket
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hrm.config import ConfigError
@@ -57,7 +60,8 @@ class StopSignals:
 
 
 def agreed_signal(local: int) -> int:
-    """The stop signal any process of the run received (0 for none); every process calls it every step."""
+    """The stop signal any process of the run received (0 for none); a collective: every process of the run calls
+    it at the same steps (the loop's log steps)."""
     if jax.process_count() == 1:
         return local
     from jax.experimental import multihost_utils
@@ -129,28 +133,50 @@ class RunLock:
 
 
 class BadSteps:
-    """Counts the steps whose update the train step skipped (non-finite loss, gradient or parameters); once
-    ``max_in_a_row`` come in a row the run stops with ``TrainingError`` naming the last good checkpoint."""
+    """Counts, on the device, the steps whose update the train step skipped (non-finite loss, gradient or
+    parameters); ``check`` reads the counts (at log, evaluation and save steps: the host never waits for an
+    ordinary step), logs the new skips and, once ``max_in_a_row`` came in a row, stops the run with
+    ``TrainingError`` naming the step and the last good checkpoint."""
 
-    def __init__(self, max_in_a_row: int):
+    def __init__(self, max_in_a_row: int, sharding=None):
         self.max_in_a_row = max_in_a_row
-        self.in_a_row = 0
-        self.total = 0
+        self.total = 0  # skipped steps this call, as of the last check
+        self._checked_step = None
+        zero = jnp.zeros((), jnp.int32)
+        self._counts = jax.device_put({"total": zero, "in_a_row": zero, "tripped_at": zero}, sharding)
+        self._count = jax.jit(functools.partial(_count_skip, max_in_a_row=max_in_a_row))
 
-    def observe(self, step: int, skipped: bool, last_good, log) -> None:
-        """Count ``step``; ``last_good()`` names the newest checkpoint for the stop message."""
-        if not skipped:
-            self.in_a_row = 0
+    def count(self, step: int, skipped) -> None:
+        """Add the train step ``step``'s ``skipped`` flag (a device scalar) to the counts, asynchronously."""
+        if self._checked_step is None:
+            self._checked_step = step - 1
+        self._counts = self._count(self._counts, skipped, jnp.int32(step))
+
+    def check(self, step: int, last_good, log) -> None:
+        """Read the counts at ``step``; ``last_good()`` names the newest checkpoint for the stop message."""
+        if self._checked_step is None or self._checked_step == step:
             return
-        self.in_a_row += 1
-        self.total += 1
-        log(
-            f"step {step}: non-finite loss or gradient, update skipped ({self.in_a_row} in a row, "
-            f"{self.total} this run)"
-        )
-        if self.in_a_row >= self.max_in_a_row:
+        counts = {k: int(v) for k, v in jax.device_get(self._counts).items()}
+        new, since = counts["total"] - self.total, self._checked_step
+        self.total, self._checked_step = counts["total"], step
+        if new:
+            where = f"step {step}" if step - since == 1 else f"steps {since + 1}-{step}"
+            what = "update skipped" if new == 1 else f"{new} updates skipped"
+            log(f"{where}: non-finite loss or gradient, {what} ({counts['in_a_row']} in a row, {self.total} this run)")
+        if counts["tripped_at"]:
             raise TrainingError(
-                f"{self.in_a_row} non-finite steps in a row up to step {step} (train.max_bad_steps); "
-                f"last good checkpoint: {last_good()}; lower train.lr or raise train.warmup_steps "
-                f"and resume from it"
+                f"{self.max_in_a_row} non-finite steps in a row up to step {counts['tripped_at']} "
+                f"(train.max_bad_steps); last good checkpoint: {last_good()}; lower train.lr or raise "
+                f"train.warmup_steps and resume from it"
             )
+
+
+def _count_skip(counts: dict, skipped, step, max_in_a_row: int) -> dict:
+    bad = skipped > 0
+    in_a_row = jnp.where(bad, counts["in_a_row"] + 1, 0)
+    tripped = (counts["tripped_at"] == 0) & (in_a_row >= max_in_a_row)
+    return {
+        "total": counts["total"] + bad.astype(jnp.int32),
+        "in_a_row": in_a_row,
+        "tripped_at": jnp.where(tripped, step, counts["tripped_at"]),
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -33,9 +34,10 @@ from hrm.training.evaluation import held_out_loss
 from hrm.training.faults import TrainingError
 from hrm.training.metrics import MetricsWriter
 from hrm.training.monitor import Utilisation, make_probe
+from hrm.training.prefetch import Prefetcher
 from hrm.training.profiling import StepProfiler
 from hrm.training.resume import resume_point
-from hrm.training.state import init_train_state, make_train_step, next_token_loss
+from hrm.training.state import eval_sums, init_train_state, make_train_step
 
 
 def check_same_run(run_dir: Path, config: Config) -> None:
@@ -137,28 +139,40 @@ def train(
     optimizer, step and data position. ``wandb`` also logs the records to Weights & Biases.
     ``time_limit_s`` ends this call (with a checkpoint) once that many seconds of training have passed;
     training seconds (``seconds`` in the metrics) start after this call's first step, so compilation is
-    not counted. Sizes that cannot fit (``memory.check_parameters_fit``, then the compiled step's memory) stop
-    the run before anything is allocated.
+    not counted. The data is read first (its errors come before anything is built); sizes that cannot fit
+    (``memory.check_parameters_fit``, then the compiled step's and evaluation's memory) stop the run before
+    anything is allocated.
+
+    The loop never waits for the device on an ordinary step: batches are prepared and put on the devices by a
+    thread ahead of the step (``Prefetcher``), skipped steps are counted on the device, and metrics, the skip
+    counters and (with several processes) the stop signal are read only at log, evaluation and save steps.
     """
     checkpoint.quiet_orbax()
     config = resolve_config(config)
-    n_params = memory.check_parameters_fit(config, jax.device_count())
-    if vram is not None:
-        config = fit_batch_to_vram(config, vram, log)
     run_dir = Path(run_dir)
-    t = config.train
-    if (t.batch_size // t.accumulation_steps) % jax.device_count():
-        raise ConfigError(
-            f"the micro-batch (train.batch_size {t.batch_size} / train.accumulation_steps "
-            f"{t.accumulation_steps}) must be a multiple of the {jax.device_count()} devices; "
-            f"change --config.train.batch_size or --config.train.accumulation_steps"
-        )
     tokenizer = get_tokenizer(config.data.tokenizer)
     if tokenizer.vocab_size > config.model.vocab_size:
         raise ConfigError(
             f"config key 'model.vocab_size' ({config.model.vocab_size}) is smaller than tokenizer "
             f"'{config.data.tokenizer}' ({tokenizer.vocab_size} tokens); set "
             f"--config.model.vocab_size=0 to follow the tokenizer"
+        )
+    corpus = tokenized_corpus(config.data, tokenizer, log)
+    for line in packing_summary(config.data, corpus, config.train.batch_size, config.train.seed):
+        log(line)
+    epoch_tokens = training_tokens(config.data, corpus)
+    if config.train.epochs:
+        config = with_epoch_steps(config, epoch_tokens, log)
+    n_params = memory.check_parameters_fit(config, jax.device_count())
+    if vram is not None:
+        config = fit_batch_to_vram(config, vram, log)
+    t = config.train
+    micro = t.batch_size // t.accumulation_steps
+    if micro % jax.device_count():
+        raise ConfigError(
+            f"the micro-batch (train.batch_size {t.batch_size} / train.accumulation_steps "
+            f"{t.accumulation_steps}) must be a multiple of the {jax.device_count()} devices; "
+            f"change --config.train.batch_size or --config.train.accumulation_steps"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = faults.RunLock(run_dir, jax.process_index()).acquire()
@@ -167,28 +181,39 @@ def train(
         is_main = jax.process_index() == 0
 
         mesh = data_mesh()
-        sharded = NamedSharding(mesh, P("data"))
+        sharded, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
         graphdef, abstract_state = memory.abstract_train_state(config)
         state_sharding = state_shardings(abstract_state, mesh, t.shard_params)
-        step_fn = compile_train_step(graphdef, config, abstract_state, state_sharding, mesh)  # checks its memory
-        corpus = tokenized_corpus(config.data, tokenizer, log)
-        for line in packing_summary(config.data, corpus, t.batch_size, t.seed):
-            log(line)
-        epoch_tokens = training_tokens(config.data, corpus)
-        if t.epochs:
-            config = with_epoch_steps(config, epoch_tokens, log)
-            t = config.train
-            step_fn = compile_train_step(graphdef, config, abstract_state, state_sharding, mesh)  # the new schedule
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_sharding
+        )
+        step_fn, eval_fn = compile_steps(graphdef, config, abstract, state_sharding, mesh)  # checks their memory
         if is_main:
             tmp = run_dir / (checkpoint.CONFIG_FILE + ".tmp")
             config.save_json(tmp)
             os.replace(tmp, run_dir / checkpoint.CONFIG_FILE)
-        graphdef, state = init_train_state(config)
-        state = jax.device_put(state, state_sharding)
+
+        def to_device(batch):
+            """A global batch (every process holds all of it) as arrays sharded over the data axis; each process
+            feeds its own contiguous block of rows."""
+            n = len(batch["inputs"]) // jax.process_count()
+            rows = slice(jax.process_index() * n, (jax.process_index() + 1) * n)
+            return {
+                k: jax.make_array_from_process_local_data(sharded, v[rows].astype(BATCH_DTYPES[k]))
+                for k, v in batch.items()
+            }
+
+        def prepare(raw):  # runs on the prefetch thread
+            batch = split_batch(raw)
+            return to_device(batch), packing_efficiency(batch)
+
         # Every process reads the same global batches and feeds its own rows, so losses, data order and
-        # checkpoints do not depend on the number of processes (the pipeline is far faster than training).
-        data_iterator = iter(training_batches(config.data, corpus, t.batch_size, t.seed))
-        held_out = eval_batches(config.data, corpus, t.batch_size, t.eval_batches)
+        # checkpoints do not depend on the number of processes.
+        batches = Prefetcher(iter(training_batches(config.data, corpus, t.batch_size, t.seed)), prepare)
+        # Evaluation runs in micro-batches (the memory the step was checked for), each held-out target once.
+        held_out = [
+            to_device(b) for b in eval_batches(config.data, corpus, micro, t.eval_batches * t.accumulation_steps)
+        ]
 
         mgr = checkpoint.Checkpoints(run_dir, keep=t.keep_checkpoints, config=config)
         start = mgr.newest_good_step(log) or 0
@@ -197,16 +222,18 @@ def train(
         if source:  # the data must be the one the resumed run read, or its position means nothing
             check_data_fingerprint(source[0], fingerprint, True, allow_data_change, log, write=False)
         check_data_fingerprint(run_dir, fingerprint, bool(start), allow_data_change, log, write=is_main)
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        # A resume restores straight into the sharded abstract state: no initialised state exists beside it.
         if start:
-            state = mgr.restore(start, abstract, data_iterator)
+            state = mgr.restore(start, abstract, batches)
             log(f"resumed from {run_dir / checkpoint.CHECKPOINT_DIR / str(start)}")
         elif source:
-            state = checkpoint.restore_state(source[0], source[1], abstract, data_iterator)
+            state = checkpoint.restore_state(source[0], source[1], abstract, batches)
             start = source[1]
             log(f"resumed from {source[0] / checkpoint.CHECKPOINT_DIR / str(start)} into {run_dir}")
-        elif init_from:
-            state = with_initial_params(state, Path(init_from), log)
+        else:
+            state = sharded_init(config, state_sharding)()
+            if init_from:
+                state = with_initial_params(state, Path(init_from), log)
         log(
             f"model {config.model.family}: {n_params:,} parameters; "
             f"{kernels.banner(config.model.scan_backend, config.model.dtype)}"
@@ -214,21 +241,9 @@ def train(
         utilisation = Utilisation(config)
         log(utilisation.describe())
 
-        local_batch = t.batch_size // jax.process_count()
-        rows = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
-
-        def to_device(batch):
-            return {
-                k: jax.make_array_from_process_local_data(sharded, v[rows].astype(BATCH_DTYPES[k]))
-                for k, v in batch.items()
-            }
-
-        eval_fn = jax.jit(partial(next_token_loss, graphdef), in_shardings=(state_sharding["params"], sharded))
-
         def evaluate(step):
             if held_out:
-                loss = held_out_loss(lambda b: eval_fn(state["params"], to_device(b)), held_out)
-                loss = float(loss)
+                loss = held_out_loss(lambda b: eval_fn(state["params"], b), held_out)
                 writer.write_eval({"step": step, "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0))})
                 return loss
 
@@ -238,11 +253,12 @@ def train(
         )
         records = []
         step, batch, eval_loss = start, None, None
-        stop, bad = faults.StopSignals().install(), faults.BadSteps(t.max_bad_steps)
+        stop, bad = faults.StopSignals().install(), faults.BadSteps(t.max_bad_steps, replicated)
         profiler = StepProfiler(run_dir, t.profile_steps if is_main else 0, log)
 
         def save():
-            mgr.save(step, state, data_iterator, eval_loss=eval_loss, final=step == t.steps)
+            bad.check(step, last_good, log)  # never a checkpoint after a stopping run of bad steps
+            mgr.save(step, state, batches, eval_loss=eval_loss, final=step == t.steps)
 
         def last_good() -> str:
             latest = mgr.latest_step()
@@ -254,22 +270,28 @@ def train(
     try:
         timer, tokens, packed = time.perf_counter(), 0, []
         clock = None  # training seconds: from the end of this call's first (compiling) step
+        in_flight = collections.deque()  # the newest steps' outputs: the host runs at most RUN_AHEAD steps ahead
+        first = step
         while step < min(t.steps, stop_at_step or t.steps):
             if time_limit_s is not None and clock is not None and time.perf_counter() - clock >= time_limit_s:
                 break
-            batch = split_batch(next(data_iterator))
-            packed.append(packing_efficiency(batch))
-            batch = to_device(batch)
+            batch, efficiency = next(batches)
+            packed.append(efficiency)
             state, metrics = step_fn(state, batch)
             step += 1
+            bad.count(step, metrics["skipped"])
             profiler.after_step(metrics)
-            if clock is None or time_limit_s is not None:
+            in_flight.append(metrics["skipped"])
+            if len(in_flight) > RUN_AHEAD:
+                jax.block_until_ready(in_flight.popleft())
+            if clock is None:
                 jax.block_until_ready(metrics)
-                clock = clock or time.perf_counter()
+                clock = time.perf_counter()
             tokens += batch["mask"].size
-            bad.observe(step, bool(metrics["skipped"]), last_good, log)
-            if step % t.log_every == 0 or step == t.steps:
+            log_step = step % t.log_every == 0 or step == t.steps
+            if log_step:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "skipped"}
+                bad.check(step, last_good, log)
                 elapsed = time.perf_counter() - timer
                 record = {
                     "step": step,
@@ -295,11 +317,17 @@ def train(
             # from an older one), so each is written exactly once across kills.
             eval_loss = None
             if (step % t.eval_every == 0) if t.eval_every else (step % t.save_every == 0 or step == t.steps):
+                bad.check(step, last_good, log)
                 eval_loss = evaluate(step)
             if step % t.save_every == 0 and step != t.steps:
                 save()
-            signum = faults.agreed_signal(stop.received)
-            if signum:  # preempted: save at this step (the iterator has consumed exactly its batches), exit
+            # One process reads its own flag every step for free; several agree on it at log steps only (a
+            # collective there waits for the device anyway), so they all stop at the same step.
+            if jax.process_count() == 1:
+                signum = stop.received
+            else:
+                signum = faults.agreed_signal(stop.received) if log_step else 0
+            if signum:  # preempted: save at this step (the data position is that of its batch), exit
                 if step not in mgr.all_steps():
                     save()
                 mgr.close()
@@ -311,10 +339,18 @@ def train(
         if step not in mgr.all_steps():
             save()
         mgr.close()
+        bad.check(step, last_good, log)
+        if step > first and bad.total == step - first:
+            raise TrainingError(
+                f"every one of the {step - first} steps of this run had a non-finite loss or gradient and was "
+                f"skipped (nothing was learned); check the model settings (e.g. model.norm_eps, "
+                f"model.rope_theta) and lower train.lr"
+            )
     except TrainingError:
         mgr.wait_until_finished()
         raise
     finally:
+        batches.close()
         profiler.close()
         stop.restore()
         writer.close()
@@ -326,40 +362,56 @@ def train(
 
 
 BATCH_DTYPES = {"inputs": np.int32, "targets": np.int32, "mask": np.bool_, "segment_ids": np.int32}
+RUN_AHEAD = 2  # steps the host may dispatch before the device finishes one (bounds the batches held on it)
 
 
-def compile_train_step(graphdef, config: Config, abstract_state, state_sharding, mesh: Mesh):
-    """The jitted train step compiled ahead of time for the run's shapes and shardings, after checking XLA's
-    memory estimate of it against the device (``memory.check_step_fits``): nothing is allocated yet."""
-    sharded = NamedSharding(mesh, P("data"))
+def sharded_init(config: Config, state_sharding):
+    """The train state's initialisation compiled with ``out_shardings`` (nanodo's pattern): every device computes
+    and holds only its shard of the parameters and optimizer moments, never the whole state."""
+    return jax.jit(lambda: init_train_state(config)[1], out_shardings=state_sharding)
+
+
+def compile_steps(graphdef, config: Config, abstract_state, state_sharding, mesh: Mesh):
+    """(train step, evaluation) compiled ahead of time for the run's shapes and shardings, after checking XLA's
+    memory estimate of both (``memory.check_step_fits``; the evaluation at one micro-batch beside the resident
+    train state): nothing is allocated yet. The evaluation returns ``eval_sums`` of one micro-batch."""
+    sharded, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     t = config.train
-    abstract_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_sharding
-    )
-    batch = {
-        k: jax.ShapeDtypeStruct((t.batch_size, config.data.seq_len), dtype, sharding=sharded)
-        for k, dtype in BATCH_DTYPES.items()
-    }
+    micro = t.batch_size // t.accumulation_steps
+
+    def abstract_batch(rows):
+        return {
+            k: jax.ShapeDtypeStruct((rows, config.data.seq_len), dtype, sharding=sharded)
+            for k, dtype in BATCH_DTYPES.items()
+        }
+
+    batch = abstract_batch(t.batch_size)
     step = jax.jit(
         make_train_step(graphdef, config),
         in_shardings=(state_sharding, sharded),
-        out_shardings=(state_sharding, NamedSharding(mesh, P())),
+        out_shardings=(state_sharding, replicated),
         donate_argnums=0,
     )
     compiled = step.lower(abstract_state, batch).compile()
+    evaluate = jax.jit(
+        partial(eval_sums, graphdef), in_shardings=(state_sharding["params"], sharded), out_shardings=replicated
+    )
+    compiled_eval = evaluate.lower(abstract_state["params"], abstract_batch(micro)).compile()
     devices = mesh.shape["data"]
     memory.check_step_fits(
         memory.step_memory(
             compiled,
             abstract_state,
             batch,
-            t.batch_size // t.accumulation_steps // devices,
+            micro // devices,
             t.accumulation_steps,
             config.data.seq_len,
+            compiled_eval,
+            devices if t.shard_params else 1,
         ),
         config,
     )
-    return compiled
+    return compiled, compiled_eval
 
 
 def training_tokens(cfg_data, corpus) -> int:

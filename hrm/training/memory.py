@@ -24,7 +24,7 @@ from flax import nnx
 import kernels
 from hrm.config import Config, ConfigError
 from hrm.models import build_model
-from hrm.training.state import init_train_state, make_train_step
+from hrm.training.state import eval_sums, init_train_state, make_train_step
 
 GIB = 2**30
 MIB = 2**20
@@ -42,6 +42,14 @@ class StepMemory:
     batch_bytes: int
     temp_bytes: int  # activations, gradients and every other intermediate XLA keeps live
     total_bytes: int  # arguments + outputs - aliased (donated) + temporaries
+    eval_temp_bytes: int = 0  # the evaluation forward's temporaries at the same micro-batch
+    eval_total_bytes: int = 0  # the evaluation forward's arguments, outputs and temporaries + the optimizer state
+
+    @property
+    def peak_bytes(self) -> int:
+        """What the device must hold: the larger of the train step and the evaluation (with the train state
+        resident)."""
+        return max(self.total_bytes, self.eval_total_bytes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,7 +117,11 @@ def train_step_memory(config: Config, micro_batch_size: int | None = None, devic
     graphdef, state = abstract_train_state(config)
     batch = _abstract_batch(share.batch_size, config.data.seq_len)
     step = jax.jit(make_train_step(graphdef, config), donate_argnums=0)
-    return step_memory(step.lower(state, batch).compile(), state, batch, micro, steps, config.data.seq_len)
+    evaluate = jax.jit(functools.partial(eval_sums, graphdef))
+    compiled_eval = evaluate.lower(state["params"], _abstract_batch(micro // devices, config.data.seq_len)).compile()
+    return step_memory(
+        step.lower(state, batch).compile(), state, batch, micro, steps, config.data.seq_len, compiled_eval
+    )
 
 
 def abstract_train_state(config: Config):
@@ -118,8 +130,8 @@ def abstract_train_state(config: Config):
     return graphdef, jax.eval_shape(lambda: init_train_state(config)[1])
 
 
-def step_memory(compiled, state, batch, micro_batch_size: int, accumulation_steps: int, seq_len: int) -> StepMemory:
-    """One device's ``StepMemory`` from a compiled train step's memory analysis (the state donated)."""
+def _compiled_bytes(compiled) -> tuple[int, int]:
+    """(arguments + outputs - aliased + temporaries, temporaries) of a compiled function, per device."""
     analysis = compiled.memory_analysis()
     total = (
         analysis.argument_size_in_bytes
@@ -127,15 +139,39 @@ def step_memory(compiled, state, batch, micro_batch_size: int, accumulation_step
         - analysis.alias_size_in_bytes
         + analysis.temp_size_in_bytes
     )
+    return int(total), int(analysis.temp_size_in_bytes)
+
+
+def step_memory(
+    compiled,
+    state,
+    batch,
+    micro_batch_size: int,
+    accumulation_steps: int,
+    seq_len: int,
+    compiled_eval=None,
+    devices: int = 1,
+) -> StepMemory:
+    """One device's ``StepMemory`` from a compiled train step's memory analysis (the state donated) and, when
+    given, the compiled evaluation forward's (``eval_sums`` on one micro-batch of the parameters, with the rest
+    of the train state, the optimizer moments, resident beside it); ``devices`` divides the state's bytes
+    when it is sharded (``state`` holds global shapes)."""
+    total, temp = _compiled_bytes(compiled)
+    eval_total, eval_temp = _compiled_bytes(compiled_eval) if compiled_eval is not None else (0, 0)
+    optimizer_bytes = _nbytes(state["opt_state"])
+    if compiled_eval is not None:
+        eval_total += optimizer_bytes // devices
     return StepMemory(
         micro_batch_size=micro_batch_size,
         accumulation_steps=accumulation_steps,
         seq_len=seq_len,
         param_bytes=_nbytes(state["params"]),
-        optimizer_bytes=_nbytes(state["opt_state"]),
+        optimizer_bytes=optimizer_bytes,
         batch_bytes=_nbytes(batch),
-        temp_bytes=int(analysis.temp_size_in_bytes),
-        total_bytes=int(total),
+        temp_bytes=temp,
+        total_bytes=total,
+        eval_temp_bytes=eval_temp,
+        eval_total_bytes=eval_total,
     )
 
 
@@ -176,9 +212,10 @@ def check_step_fits(memory: StepMemory, config: Config) -> None:
     """A ``ConfigError`` naming the need, the budget and the fix when a compiled train step needs more than
     ``memory_budget`` (XLA's estimate, before the state is allocated)."""
     budget, what = memory_budget()
-    if memory.total_bytes > budget:
+    if memory.peak_bytes > budget:
+        which = "train step" if memory.total_bytes >= memory.eval_total_bytes else "evaluation"
         raise ConfigError(
-            f"{config.name} does not fit: its train step needs {memory.total_bytes / GIB:,.1f} GB per "
+            f"{config.name} does not fit: its {which} needs {memory.peak_bytes / GIB:,.1f} GB per "
             f"device (micro-batch {memory.micro_batch_size} x {memory.seq_len} tokens; XLA estimate), "
             f"more than the {budget / GIB:,.1f} GB of {what}; lower data.seq_len or the micro-batch "
             f"(--accumulation_steps), or set model.remat=block"
@@ -246,7 +283,7 @@ def largest_micro_batch(config: Config, budget_bytes: int, devices: int = 1) -> 
     while lo <= hi:
         mid = (lo + hi) // 2
         memory = cached_train_step_memory(config, candidates[mid], devices)
-        if memory.total_bytes <= budget_bytes:
+        if memory.peak_bytes <= budget_bytes:
             best, lo = memory, mid + 1
         else:
             hi = mid - 1
@@ -260,7 +297,7 @@ def fit_to_vram(config: Config, budget_bytes: int, devices: int = 1) -> tuple[Co
     if best is None:
         need = cached_train_step_memory(gpu_config(config), devices, devices)
         raise ConfigError(
-            f"{config.name} does not fit: its train step needs {need.total_bytes / GIB:.2f} GB per "
+            f"{config.name} does not fit: its train step or evaluation needs {need.peak_bytes / GIB:.2f} GB per "
             f"device even at micro-batch {devices} (seq_len {config.data.seq_len}), the budget is "
             f"{budget_bytes / GIB:.2f} GB; lower data.seq_len, set model.remat=block, or use a "
             f"larger GPU"

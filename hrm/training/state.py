@@ -10,6 +10,7 @@ from flax import nnx
 from hrm.config import Config
 from hrm.models import build_model
 from hrm.models.dropout import dropout_key
+from hrm.models.lm import head_logits
 from hrm.training.optimizer import learning_rate_schedule, make_optimizer
 
 
@@ -44,7 +45,8 @@ def forward_terms(graphdef, params, batch, dropout_rng: jax.Array | None = None)
         (features, _), sown_state = nnx.capture(model.features, nnx.Intermediate)(
             batch["inputs"], segment_ids=batch.get("segment_ids")
         )
-    ce_sum = chunked_cross_entropy(features, model.head_weight(), batch["targets"], batch["mask"])
+    project = lambda x, head: head_logits(x, head, model.cfg)
+    ce_sum = chunked_cross_entropy(features, model.head_weight(), batch["targets"], batch["mask"], project=project)
     sown = sown_values(sown_state)
     values = {"aux_loss": sum(sown.pop("aux_loss"))} if "aux_loss" in sown else {}
     values.update(
@@ -65,27 +67,41 @@ def sown_values(sown_state) -> dict[str, list[jax.Array]]:
 LOSS_CHUNK_TOKENS = 1024
 
 
-def chunked_cross_entropy(features, head, targets, mask, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> jax.Array:
-    """Cross-entropy of ``features @ head`` summed over the unmasked targets, a sequence chunk at a time.
+def loss_chunking(batch: int, length: int, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> tuple[int, int]:
+    """(chunks, positions per chunk) of ``chunked_cross_entropy``: about ``chunk_tokens`` tokens over all rows
+    per chunk, the length padded up to a whole number of chunks (so a prime length still gets full chunks)."""
+    per_chunk = max(1, min(length, chunk_tokens // batch))
+    n_chunks = -(-length // per_chunk)
+    return n_chunks, -(-length // n_chunks)  # the same chunk count with the least padding
+
+
+def chunked_cross_entropy(
+    features, head, targets, mask, chunk_tokens: int = LOSS_CHUNK_TOKENS, project=jnp.matmul
+) -> jax.Array:
+    """Cross-entropy of ``project(features, head)`` (the logits) summed over the unmasked targets, a sequence
+    chunk at a time.
 
     The (batch, length, vocab) float32 logits are the largest activation of a small model with a GPT-2
     vocabulary (3.3 GB at 8 x 2048 tokens, more again for the softmax and its gradient). Here the sequence
     is cut into chunks of about ``chunk_tokens`` tokens over all rows (each chunk keeps every row, so data
-    parallelism is untouched), each chunk's logits are rematerialised in the backward pass, and only one
-    chunk's logits exist at a time (MaxText's vocabulary tiling does the same)."""
+    parallelism is untouched; the last chunk is padded with masked positions), each chunk's logits are
+    rematerialised in the backward pass, and only one chunk's logits exist at a time (MaxText's vocabulary
+    tiling does the same)."""
     batch, length, _ = features.shape
-    n_chunks = next(
-        n for n in range(1, length + 1) if length % n == 0 and batch * length // n <= chunk_tokens or n == length
-    )
+    n_chunks, per_chunk = loss_chunking(batch, length, chunk_tokens)
 
     @jax.checkpoint
     def chunk_loss(x, t, m):
-        losses = optax.softmax_cross_entropy_with_integer_labels(x @ head, t)
-        return jnp.sum(losses * m.astype(jnp.float32))
+        losses = optax.softmax_cross_entropy_with_integer_labels(project(x, head), t)
+        return jnp.sum(jnp.where(m, losses, 0.0))
 
     if n_chunks == 1:
         return chunk_loss(features, targets, mask)
-    split = lambda a: jnp.moveaxis(a.reshape(batch, n_chunks, length // n_chunks, *a.shape[2:]), 1, 0)
+    pad = n_chunks * per_chunk - length
+    if pad:
+        widen = lambda a: jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        features, targets, mask = widen(features), widen(targets), widen(mask)
+    split = lambda a: jnp.moveaxis(a.reshape(batch, n_chunks, per_chunk, *a.shape[2:]), 1, 0)
     sums = jax.lax.map(lambda c: chunk_loss(*c), (split(features), split(targets), split(mask)))
     return jnp.sum(sums)
 
@@ -106,6 +122,13 @@ def loss_and_metrics(graphdef, params, batch) -> tuple[jax.Array, dict]:
 def next_token_loss(graphdef, params, batch) -> jax.Array:
     """Mean cross-entropy over the unmasked targets (auxiliary losses excluded)."""
     return loss_and_metrics(graphdef, params, batch)[1]["loss"]
+
+
+def eval_sums(graphdef, params, batch) -> tuple[jax.Array, jax.Array]:
+    """(cross-entropy summed over the unmasked targets, their count) of one batch: summed over batches on the
+    device, they give the held-out loss with every target weighing the same (hrm/training/evaluation.py)."""
+    ce_sum, _ = forward_terms(graphdef, params, batch)
+    return ce_sum, jnp.sum(batch["mask"].astype(jnp.float32))
 
 
 def micro_batches(batch: dict, steps: int) -> dict:
@@ -150,6 +173,14 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def schedule_count(opt_state) -> jax.Array:
+    """The learning-rate schedule's count in the optimizer state: the updates applied so far (a skipped step
+    keeps the old optimizer state, so it lags ``state["step"]`` by the skipped steps)."""
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
+    (found,) = [x for x in jax.tree.leaves(opt_state, is_leaf=is_schedule) if is_schedule(x)]
+    return found.count
+
+
 def make_train_step(graphdef, config: Config):
     """A pure (state, batch) → (state, metrics) function; jit it with the run's shardings."""
     optimizer = make_optimizer(config.train)
@@ -177,7 +208,7 @@ def make_train_step(graphdef, config: Config):
         metrics = {
             **model_metrics,
             "grad_norm": grad_norm,
-            "lr": schedule(state["step"]),
+            "lr": schedule(schedule_count(state["opt_state"])),  # the applied one (skips hold its count)
             "skipped": (~finite).astype(jnp.float32),
         }
         return new_state, metrics
