@@ -236,11 +236,11 @@ class Generator:
     def check_ids(self, params, ids) -> None:
         """A clear error for token ids outside the vocabulary (an embedding lookup would return NaN)."""
         self._inspect(params)
-        vocab, ids = self._cfg.vocab_size, np.asarray(ids, np.int64).ravel()
+        vocab, ids = self._cfg.token_vocab_size or self._cfg.vocab_size, np.asarray(ids, np.int64).ravel()
         bad = ids[(ids < 0) | (ids >= vocab)]
         if bad.size:
             raise SamplingError(
-                f"token ids must be in [0, {vocab}) (model.vocab_size); got {bad[0]}"
+                f"token ids must be in [0, {vocab}) (the model's token ids); got {bad[0]}"
                 + (f" and {bad.size - 1} more" if bad.size > 1 else "")
             )
 

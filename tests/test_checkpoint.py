@@ -169,6 +169,16 @@ def test_retention_keeps_the_newest_the_best_and_the_final_steps(tmp_path):
     assert checkpoint.named_steps(tmp_path) == {"latest": 7, "best": 2, "final": 4}
 
 
+def test_retention_prunes_a_step_only_after_the_next_one_committed(tmp_path):
+    """keep_checkpoints=1: while step 2 saves in the background, step 1 stays (a kill then still resumes)."""
+    mgr = Checkpoints(tmp_path, keep=1)
+    mgr.save(1, tiny_state(1))
+    mgr.save(2, tiny_state(2))  # waits for step 1 to commit, starts step 2
+    assert 1 in finished_steps(tmp_path)
+    mgr.close()
+    assert finished_steps(tmp_path) == [2]
+
+
 def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_step(tmp_path, monkeypatch):
     mgr = Checkpoints(tmp_path)
     mgr.save(1, tiny_state(1))

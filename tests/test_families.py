@@ -290,7 +290,7 @@ def test_every_config_file_is_valid_and_hrm_info_describes_it():
         assert "total" in text and "effective depth" in text and "FLOPs per token" in text, path
         assert "documented size" in text, path
         if config.data.tokenizer == "gpt2":
-            assert config.model.vocab_size == 50264, path  # 50257 padded to a multiple of 8
+            assert (config.model.vocab_size, config.model.token_vocab_size) == (50304, 50257), path  # padded to 128
 
 
 def test_hrm_info_command_line():
@@ -351,7 +351,7 @@ def test_choosing_a_tokenizer_makes_the_model_vocab_follow_it():
     from hrm.train import parse_command_line
 
     config, _ = parse_command_line(["--model_size", "hybrid-small", "--tokenizer", "byte"])
-    assert resolve_config(config).model.vocab_size == 264  # not the config's GPT-2 50264
+    assert resolve_config(config).model.vocab_size == 384  # 258 padded to 128, not the config's GPT-2 50304
     config, _ = parse_command_line(
         ["--model_size", "hybrid-small", "--tokenizer", "byte", "--config.model.vocab_size=512"]
     )

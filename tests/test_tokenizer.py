@@ -17,4 +17,4 @@ def test_specials_and_vocab():
     tok = get_tokenizer("byte")
     assert (tok.eos_id, tok.pad_id, tok.vocab_size) == (256, 257, 258)
     assert tok.decode([104, 105, tok.eos_id]).startswith("hi")
-    assert padded_vocab_size(tok) == 264
+    assert padded_vocab_size(tok) == 384 and padded_vocab_size(tok, 8) == 264

@@ -265,9 +265,12 @@ class Checkpoints:
         return list(self.mgr.all_steps())
 
     def save(self, step: int, state, data_iterator=None, eval_loss: float | None = None, final: bool = False) -> None:
-        """Start saving ``state`` (and the iterator's position) as ``step``; then keep the newest ``keep``
-        steps plus the best and final ones. Disk full: ``CheckpointError`` naming the bytes needed."""
+        """Start saving ``state`` (and the iterator's position) as ``step``. Retention (the newest ``keep`` steps
+        plus the best and final ones) prunes only committed steps, once the save before this one has committed:
+        a kill during this save always leaves the previous step to resume from. Disk full: ``CheckpointError``
+        naming the bytes needed."""
         self.wait_until_finished()  # surfaces a failed previous save before starting this one
+        self._prune()
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(ExactIteratorState(data_iterator))
@@ -278,7 +281,6 @@ class Checkpoints:
             self.mgr.save(step, args=ocp.args.Composite(**items), force=True)
         except OSError as error:
             self._failed(error)
-        self._prune(step, info)
 
     def wait_until_finished(self) -> None:
         try:
@@ -302,20 +304,15 @@ class Checkpoints:
             + (f"resume from step {max(last)} (its checkpoint is intact)" if last else "start again")
         ) from None
 
-    def _prune(self, new_step: int, new_info: dict) -> None:
-        """Delete finished steps other than the newest ``keep`` and the best and final ones."""
-        finished = [s for s in self.all_steps() if s != new_step and (checkpoint_root(self.run_dir) / str(s)).is_dir()]
-        steps = sorted(finished + [new_step])
+    def _prune(self) -> None:
+        """Delete committed steps other than the newest ``keep`` and the best and final ones."""
+        finished = [s for s in self.all_steps() if (checkpoint_root(self.run_dir) / str(s)).is_dir()]
         infos = {s: step_info(self.run_dir, s) for s in finished}
-        infos[new_step] = new_info
-        keep = set(steps[-self.keep :])
+        keep = set(sorted(finished)[-self.keep :])
         evaluated = [(info["eval_loss"], s) for s, info in infos.items() if info.get("eval_loss") is not None]
         keep |= {min(evaluated)[1]} if evaluated else set()
-        keep |= (
-            {max(s for s, info in infos.items() if info.get("final"))}
-            if any(info.get("final") for info in infos.values())
-            else set()
-        )
+        finals = [s for s, info in infos.items() if info.get("final")]
+        keep |= {max(finals)} if finals else set()
         for step in finished:
             if step not in keep:
                 self.mgr.delete(step)
@@ -348,6 +345,7 @@ class Checkpoints:
 
     def close(self) -> None:
         self.wait_until_finished()
+        self._prune()
         self.mgr.close()
 
 

@@ -162,7 +162,8 @@ class BadSteps:
         if new:
             where = f"step {step}" if step - since == 1 else f"steps {since + 1}-{step}"
             what = "update skipped" if new == 1 else f"{new} updates skipped"
-            log(f"{where}: non-finite loss or gradient, {what} ({counts['in_a_row']} in a row, {self.total} this run)")
+            row = f"{counts['in_a_row']} in a row, " if counts["in_a_row"] else ""
+            log(f"{where}: non-finite loss or gradient, {what} ({row}{self.total} this run)")
         if counts["tripped_at"]:
             raise TrainingError(
                 f"{self.max_in_a_row} non-finite steps in a row up to step {counts['tripped_at']} "

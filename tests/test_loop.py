@@ -1,0 +1,253 @@
+"""The train loop at GPU scale (hrm/training/loop.py): evaluation in micro-batches inside the memory check, batches
+prefetched with an exact data position, skips counted on the device, sharded init and restore, the LM head."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.experimental import io_callback
+
+import hrm.training.loop as loop
+import hrm.training.state as state_module
+from hrm.config import resolve_config
+from hrm.data import DataError
+from hrm.models import build_model
+from hrm.models.lm import head_logits
+from hrm.training.faults import TrainingError
+from hrm.training.memory import train_step_memory
+from hrm.training.metrics import read_metrics
+from hrm.training.optimizer import learning_rate_schedule
+from hrm.training.prefetch import Prefetcher
+from hrm.training.state import chunked_cross_entropy, loss_chunking
+from tests.helpers import ROOT, small_config
+
+
+def quiet(*_):
+    pass
+
+
+def poison_gradients(monkeypatch, poisoned):
+    """Make the gradients of the train-step calls numbered in ``poisoned`` (1-based) NaN."""
+    calls, real = itertools.count(1), state_module.accumulated_gradients
+
+    def poisoned_gradients(*args):
+        grads, metrics = real(*args)
+        factor = io_callback(
+            lambda: np.float32(np.nan if next(calls) in poisoned else 1.0), jax.ShapeDtypeStruct((), jnp.float32)
+        )
+        return jax.tree.map(lambda g: g * factor, grads), metrics
+
+    monkeypatch.setattr(state_module, "accumulated_gradients", poisoned_gradients)
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------
+
+
+def test_evaluation_runs_at_the_micro_batch_and_is_in_the_memory_estimate(tmp_path, monkeypatch):
+    """A global batch of 8 in 4 micro-batches evaluates 2 rows at a time (8 held-out rows per eval batch of the
+    config, as before), and the memory estimate has the evaluation beside the step."""
+    seen = []
+    real = loop.eval_batches
+    monkeypatch.setattr(loop, "eval_batches", lambda *a: seen.append(a[2:]) or real(*a))
+    loop.train(small_config(steps=2, save_every=2, batch_size=8, accumulation_steps=4, eval_batches=2), tmp_path, quiet)
+    assert seen == [(2, 8)]
+    whole = train_step_memory(resolve_config(small_config(batch_size=8)))
+    micro = train_step_memory(resolve_config(small_config(batch_size=8, accumulation_steps=4)))
+    assert 0 < micro.eval_temp_bytes < whole.eval_temp_bytes
+    assert whole.eval_total_bytes > whole.optimizer_bytes and whole.peak_bytes >= whole.total_bytes
+
+
+# --- the host never waits for ordinary steps ------------------------------------------------------------------
+
+
+def test_prefetched_batches_checkpoint_the_position_of_the_last_batch_taken():
+    """The thread reads ahead, but the state is that of the last batch a step took: a fresh iterator set to it
+    continues with the very next batch; set_state drops what was prefetched."""
+    source = lambda: iter(grain.MapDataset.range(100).to_iter_dataset())
+    batches = Prefetcher(source(), lambda x: x * 10, depth=4)
+    assert [next(batches) for _ in range(3)] == [0, 10, 20]
+    position = batches.get_state()
+    assert next(batches) == 30  # prefetched further than that by now
+    other = Prefetcher(source(), lambda x: x * 10)
+    other.set_state(position)
+    assert next(other) == 30
+    batches.set_state(position)
+    assert next(batches) == 30
+    batches.close()
+    assert next(batches) == 40  # closing puts the iterator back at the last batch taken
+    batches.close()
+    other.close()
+
+
+def test_a_failing_data_source_raises_in_the_training_thread():
+    def broken():
+        yield from range(2)
+        raise DataError("disk went away")
+
+    class Source:
+        def __init__(self):
+            self.it = broken()
+
+        def __next__(self):
+            return next(self.it)
+
+        def get_state(self):
+            return {}
+
+        def set_state(self, state):
+            pass
+
+    batches = Prefetcher(Source(), lambda x: x)
+    assert [next(batches), next(batches)] == [0, 1]
+    with pytest.raises(DataError, match="disk went away"):
+        next(batches)
+
+
+def test_skipped_steps_are_counted_on_the_device_and_read_at_log_steps(tmp_path, monkeypatch):
+    """With log_every=3, the NaN steps 2 and 4 are reported together at the log steps, and counted exactly."""
+    poison_gradients(monkeypatch, {2, 4})
+    messages = []
+    loop.train(small_config(steps=6, save_every=6, log_every=3), tmp_path, messages.append)
+    skips = [m for m in messages if "non-finite" in m]
+    assert skips == [
+        "steps 1-3: non-finite loss or gradient, update skipped (1 this run)",
+        "steps 4-6: non-finite loss or gradient, update skipped (2 this run)",
+    ]
+    assert [r["skipped_steps"] for r in read_metrics(tmp_path) if "loss" in r] == [1, 2]
+
+
+def test_the_logged_learning_rate_is_the_applied_one_after_a_skipped_step(tmp_path, monkeypatch):
+    """A skipped update keeps the optimizer's schedule count, so the update after it uses the same rate."""
+    poison_gradients(monkeypatch, {2})
+    config = small_config(steps=4, save_every=4, warmup_steps=4)
+    loop.train(config, tmp_path, quiet)
+    schedule = learning_rate_schedule(resolve_config(config).train)
+    lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path) if "lr" in r}
+    expected = {1: schedule(0), 2: schedule(1), 3: schedule(1), 4: schedule(2)}
+    assert lrs == pytest.approx({k: float(v) for k, v in expected.items()})
+
+
+def test_a_run_whose_every_step_was_skipped_fails(tmp_path, monkeypatch):
+    poison_gradients(monkeypatch, set(range(1, 100)))
+    with pytest.raises(TrainingError, match="every one of the 4 steps of this run had a non-finite loss"):
+        loop.train(small_config(steps=4, save_every=4, max_bad_steps=100), tmp_path, quiet)
+
+
+# --- setup: data first, one compile, sharded init, restore without init -------------------------------------
+
+
+def test_data_errors_come_before_anything_is_compiled(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "compile_steps", lambda *a: pytest.fail("compiled before reading the data"))
+    config = small_config()
+    config.data.data_dir = str(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError):
+        loop.train(config, tmp_path / "run", quiet)
+    assert not (tmp_path / "run").exists()
+
+
+def test_epochs_compile_the_train_step_once(tmp_path, monkeypatch):
+    calls = []
+    real = loop.compile_steps
+    monkeypatch.setattr(loop, "compile_steps", lambda *a: calls.append(1) or real(*a))
+    config = small_config(save_every=1000)
+    config.train.epochs = 0.01
+    loop.train(config, tmp_path, quiet)
+    assert len(calls) == 1
+
+
+def test_a_resume_restores_without_initialising_a_state(tmp_path, monkeypatch):
+    loop.train(small_config(steps=4, save_every=2), tmp_path, quiet, stop_at_step=2)
+    monkeypatch.setattr(loop, "init_train_state", lambda *a: pytest.fail("initialised a state to restore into"))
+    loop.train(small_config(steps=4, save_every=2), tmp_path, quiet)
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == [1, 2, 3, 4]
+
+
+SHARDED_INIT = """
+import json
+import jax
+from hrm.config import resolve_config
+from hrm.training import memory
+from hrm.training.loop import data_mesh, sharded_init, state_shardings
+from tests.helpers import small_config
+config = small_config(shard_params=True)
+config.model.d_model = 64
+config = resolve_config(config)
+_, abstract = memory.abstract_train_state(config)
+compiled = sharded_init(config, state_shardings(abstract, data_mesh(), True)).lower().compile()
+total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+print(json.dumps({"devices": jax.device_count(), "share": compiled.memory_analysis().output_size_in_bytes / total}))
+"""
+
+
+def test_sharded_init_puts_a_quarter_of_the_state_on_each_of_4_devices():
+    result = subprocess.run(
+        [sys.executable, "-c", SHARDED_INIT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 4 and 0.25 <= report["share"] < 0.3  # a few small vectors stay replicated
+
+
+# --- the LM head -----------------------------------------------------------------------------------------------
+
+
+def test_a_bf16_head_multiplies_in_bf16_and_accumulates_in_fp32():
+    config = resolve_config(small_config())
+    config.model.dtype = "bfloat16"
+    x, head = jnp.ones((2, 3, 32)), jnp.ones((32, config.model.vocab_size))
+    jaxpr = str(jax.make_jaxpr(lambda a, b: head_logits(a, b, config.model))(x, head))
+    assert "dot_general" in jaxpr and "preferred_element_type=float32" in jaxpr
+    assert "bf16[2,3,32]" in jaxpr and "bf16[32," in jaxpr
+    config.model.logits_dtype = "float32"
+    assert "bf16" not in str(jax.make_jaxpr(lambda a, b: head_logits(a, b, config.model))(x, head))
+
+
+def test_the_vocabulary_is_padded_to_128_and_padded_ids_are_never_generated():
+    from flax import nnx
+
+    from hrm.inference import Generator
+
+    cfg = resolve_config(small_config()).model
+    assert cfg.vocab_size % 128 == 0 and cfg.token_vocab_size < cfg.vocab_size
+    model = build_model(cfg, seed=0)
+    table = model.embed.embedding[...]
+    model.embed.embedding[...] = table.at[cfg.token_vocab_size :].set(5.0)  # padded rows that would win
+    graphdef, params = nnx.split(model)
+    params = nnx.to_pure_dict(params)
+    logits = model(jnp.array([[1, 2, 3]]))[0]
+    assert bool(jnp.all(jnp.isneginf(logits[..., cfg.token_vocab_size :])))
+    ids = Generator(graphdef).generate_ids(params, [[1, 2, 3], [4]], 64, temperature=1.5, seed=1)
+    assert max(max(row) for row in ids) < cfg.token_vocab_size
+
+
+def test_a_prime_sequence_length_keeps_full_loss_chunks():
+    assert loss_chunking(8, 2039) == (16, 128)  # not 2039 chunks of one position
+    features = jax.random.normal(jax.random.key(0), (2, 127, 16))
+    head = jax.random.normal(jax.random.key(1), (16, 40))
+    targets = jax.random.randint(jax.random.key(2), (2, 127), 0, 40)
+    mask = jax.random.bernoulli(jax.random.key(3), 0.8, (2, 127))
+    whole = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(features @ head, targets) * mask)
+    chunked = chunked_cross_entropy(features, head, targets, mask, chunk_tokens=64)
+    assert float(chunked) == pytest.approx(float(whole), rel=1e-5)
+
+
+def test_resolve_config_leaves_the_callers_sections_alone():
+    config = small_config()
+    config.train.lr = "0.001"  # as a loosely typed source may give it
+    resolved = resolve_config(config)
+    assert resolved.train.lr == 0.001 and config.train.lr == "0.001"
+    assert resolved.data is not config.data and resolved.train is not config.train
