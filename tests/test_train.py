@@ -66,7 +66,8 @@ def test_tiny_config_loss_falls_in_30_steps(tmp_path):
     assert (tmp_path / CHECKPOINT_DIR / "30").is_dir()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["train"]["steps"] == 30 and (config["model"]["vocab_size"], config["model"]["token_vocab_size"]) == (384, 258)
+    assert config["train"]["steps"] == 30
+    assert (config["model"]["vocab_size"], config["model"]["token_vocab_size"]) == (384, 258)
 
 
 @pytest.mark.slow
