@@ -57,7 +57,7 @@ def perplexity(model, cfg_data, documents: str = "auto", batch_size: int = 8, ma
     from hrm.data import document_batches, split_documents, tokenized_corpus
     from hrm.data.sources import source_descriptions
     from hrm.training.evaluation import held_out_loss
-    from hrm.training.state import next_token_loss
+    from hrm.training.state import eval_sums
 
     if documents not in ("auto", "held_out", "all"):
         raise UsageError(f"--documents must be auto, held_out or all, got {documents!r}")
@@ -75,8 +75,8 @@ def perplexity(model, cfg_data, documents: str = "auto", batch_size: int = 8, ma
         batches.append(batch)
         if len(batches) == max_batches:
             break
-    loss_fn = jax.jit(partial(next_token_loss, model.graphdef))
-    loss = held_out_loss(lambda b: loss_fn(model.params, b), batches)
+    sums = jax.jit(partial(eval_sums, model.graphdef))
+    loss = held_out_loss(lambda b: sums(model.params, b), batches)
     targets = sum(int(np.count_nonzero(b["mask"])) for b in batches)
     byte_lengths = token_byte_lengths(model.tokenizer, model.config.model.vocab_size)
     n_bytes = sum(int(byte_lengths[b["targets"][b["mask"]]].sum()) for b in batches)

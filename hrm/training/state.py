@@ -119,11 +119,6 @@ def loss_and_metrics(graphdef, params, batch) -> tuple[jax.Array, dict]:
     return loss + sown.get("aux_loss", 0.0), {"loss": loss, **sown}
 
 
-def next_token_loss(graphdef, params, batch) -> jax.Array:
-    """Mean cross-entropy over the unmasked targets (auxiliary losses excluded)."""
-    return loss_and_metrics(graphdef, params, batch)[1]["loss"]
-
-
 def eval_sums(graphdef, params, batch) -> tuple[jax.Array, jax.Array]:
     """(cross-entropy summed over the unmasked targets, their count) of one batch: summed over batches on the
     device, they give the held-out loss with every target weighing the same (hrm/training/evaluation.py)."""
