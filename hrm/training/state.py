@@ -111,14 +111,6 @@ def target_count(batch) -> jax.Array:
     return jnp.maximum(jnp.sum(batch["mask"].astype(jnp.float32)), 1.0)
 
 
-def loss_and_metrics(graphdef, params, batch) -> tuple[jax.Array, dict]:
-    """(objective, metrics): the objective is the mean cross-entropy over the unmasked targets plus the
-    auxiliary loss; metrics hold ``loss`` (the cross-entropy) and the sown values (``forward_terms``)."""
-    ce_sum, sown = forward_terms(graphdef, params, batch)
-    loss = ce_sum / target_count(batch)
-    return loss + sown.get("aux_loss", 0.0), {"loss": loss, **sown}
-
-
 def eval_sums(graphdef, params, batch) -> tuple[jax.Array, jax.Array]:
     """(cross-entropy summed over the unmasked targets, their count) of one batch: summed over batches on the
     device, they give the held-out loss with every target weighing the same (hrm/training/evaluation.py)."""
