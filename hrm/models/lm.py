@@ -84,8 +84,8 @@ def head_logits(features: jax.Array, head: jax.Array, cfg: ModelConfig) -> jax.A
     of 128) are -inf: no probability mass, never sampled, no gradient."""
     dtype = jnp.dtype(cfg.dtype if cfg.logits_dtype == "auto" else cfg.logits_dtype)
     logits = jnp.matmul(features.astype(dtype), head.astype(dtype), preferred_element_type=jnp.float32)
-    if 0 < cfg.token_vocab_size < logits.shape[-1]:
-        logits = jnp.where(jnp.arange(logits.shape[-1]) < cfg.token_vocab_size, logits, -jnp.inf)
+    if 0 < cfg.token_vocab_size < logits.shape[-1]:  # a (vocab,) bias: XLA fuses it, no second logits buffer
+        logits = logits + jnp.where(jnp.arange(logits.shape[-1]) < cfg.token_vocab_size, 0.0, -jnp.inf)
     return logits
 
 
