@@ -110,12 +110,13 @@ def real_train(config, steps, delay):
     loop.training_batches = SlowDataset
     try:
         with tempfile.TemporaryDirectory() as run_dir:
-            t = dataclasses.replace(config.train, steps=steps + 1, save_every=10**6, eval_batches=0, log_every=1)
+            t = dataclasses.replace(config.train, steps=steps, save_every=10**6, eval_batches=0)
             loop.train(dataclasses.replace(config, train=t), run_dir, log=lambda *_: None)
-            seconds = [r["seconds"] for r in read_metrics(Path(run_dir)) if "loss" in r]
+            records = [r for r in read_metrics(Path(run_dir)) if "loss" in r]
     finally:
         loop.training_batches = real
-    return (len(seconds) - 1) / (seconds[-1] - seconds[0])
+    first, last = records[0], records[-1]  # log steps: the rate between them, compilation excluded
+    return (last["step"] - first["step"]) / (last["seconds"] - first["seconds"])
 
 
 def main() -> None:
