@@ -18,6 +18,7 @@ from typing import Literal
 
 from hrm.errors import UserError
 from kernels import BACKENDS
+from kernels.chunked_scan import MAX_CHUNK, MIN_CHUNK
 
 
 class ConfigError(UserError):
@@ -52,6 +53,7 @@ class ModelConfig:
     residual_in_fp32: bool = True
     dtype: Dtype = "float32"  # compute dtype; parameters stay float32
     scan_backend: ScanBackend = "auto"
+    scan_chunk: int = 0  # the chunked scan's steps per chunk, 16..1024; 0: about sqrt(seq_len) within 64..256
     # --- attention (hybrid_recursive's hierarchical attention, hybrid_pattern's "A" layers) ---
     n_heads: int = 4  # attention heads; d_model must be a multiple
     rope_theta: float = 10000.0  # RoPE base
@@ -504,6 +506,10 @@ def validate(config: Config) -> None:
         raise ConfigError("config keys 'train.eval_every' and 'train.eval_batches' must be >= 0")
     if m.vocab_size < 0 or m.dt_rank < 0:
         raise ConfigError("config keys 'model.vocab_size' and 'model.dt_rank' must be >= 0 (0 = automatic)")
+    if m.scan_chunk and not MIN_CHUNK <= m.scan_chunk <= MAX_CHUNK:
+        raise ConfigError(
+            f"config key 'model.scan_chunk' must be 0 (automatic) or in [{MIN_CHUNK}, {MAX_CHUNK}], got {m.scan_chunk}"
+        )
     _validate_families(m)
 
 
