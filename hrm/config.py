@@ -18,6 +18,7 @@ from typing import Literal
 
 from hrm.errors import UserError
 from kernels import BACKENDS
+from kernels.chunked_scan import MAX_CHUNK, MIN_CHUNK
 
 
 class ConfigError(UserError):
@@ -56,6 +57,7 @@ class ModelConfig:
     logits_dtype: LogitsDtype = "auto"  # the LM head's matmul inputs ("auto": the compute dtype); it
     # accumulates, and the softmax and loss run, in float32 either way
     scan_backend: ScanBackend = "auto"
+    scan_chunk: int = 0  # the chunked scan's steps per chunk, 16..1024; 0: about sqrt(seq_len) within 64..256
     # --- attention (hybrid_recursive's hierarchical attention, hybrid_pattern's "A" layers) ---
     n_heads: int = 4  # attention heads; d_model must be a multiple
     rope_theta: float = 10000.0  # RoPE base
@@ -523,6 +525,10 @@ def validate(config: Config) -> None:
     if m.token_vocab_size > m.vocab_size:
         raise ConfigError(
             f"config key 'model.token_vocab_size' ({m.token_vocab_size}) exceeds model.vocab_size ({m.vocab_size})"
+        )
+    if m.scan_chunk and not MIN_CHUNK <= m.scan_chunk <= MAX_CHUNK:
+        raise ConfigError(
+            f"config key 'model.scan_chunk' must be 0 (automatic) or in [{MIN_CHUNK}, {MAX_CHUNK}], got {m.scan_chunk}"
         )
     _validate_families(m)
 

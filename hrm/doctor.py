@@ -1,9 +1,10 @@
-"""python -m hrm.doctor [--scan_backend auto|reference|sequential|pallas]
+"""python -m hrm.doctor [--scan_backend auto|reference|sequential|chunked|pallas]
 
 What this machine runs, then a few-second self-check of it:
 
 * the versions (Python, jax, jaxlib) and devices, and for float32 and bfloat16 the selective-scan backend
-  ``auto`` picks here and why (``kernels.banner``, the line training prints at its start);
+  ``auto`` picks here and why (``kernels.banner``, the line training prints at its start); on GPU, what
+  ``auto``'s self-check of the compiled Pallas kernel against the chunked scan found (``kernels.pallas_self_check``);
 * the scan backend in use against the float64 reference, outputs and every gradient, on inputs as an
   initialised Mamba block feeds it, dt over the init's 1e-4..1e-1 and over its small end 1e-4..1e-3
   (``kernels.check.parity``): relative error <= 1e-5 in float32, 1e-2 in bfloat16;
@@ -31,6 +32,7 @@ from hrm.cli import ArgumentParser, run_main
 from hrm.config import ModelConfig
 from hrm.models import build_model
 from kernels import check
+from kernels.selective_scan import GPU_PLATFORMS
 
 DTYPES = ("float32", "bfloat16")
 DT_RANGES = ((1e-4, 1e-1), (1e-4, 1e-3))  # the Mamba init's range and its small end, where softplus is hard
@@ -63,6 +65,22 @@ def decode_error(scan_backend: str, length: int = 16, seed: int = 0) -> float:
         return check.rel_err(jax.jit(recurrent)(params, tokens), jax.jit(full)(params, tokens))
 
 
+def pallas_report(scan_backend: str, platform: str | None = None) -> str:
+    """What auto's self-check of the compiled Pallas kernel found on ``platform`` (default: this machine's),
+    one line per dtype (``kernels.pallas_self_check``)."""
+    platform = platform or jax.default_backend()
+    if scan_backend != "auto":
+        return f"pallas self-check: not run (scan backend {scan_backend} named)"
+    if platform not in GPU_PLATFORMS:
+        return f"pallas self-check: not run (auto on {platform} does not consider the compiled kernel)"
+    lines = []
+    for dtype in DTYPES:
+        failure = kernels.pallas_self_check(platform, dtype)
+        verdict = "ok" if failure is None else f"FAILED, {failure}; auto uses the chunked scan"
+        lines.append(f"pallas self-check vs chunked, {dtype}: {verdict}")
+    return "\n".join(lines)
+
+
 def _report(label: str, results: list[tuple[str, float, float]]) -> bool:
     name, err, tol = max(results, key=lambda r: r[1] / r[2])
     failed = [f"{n} {e:.1e}" for n, e, t in results if not e <= t]
@@ -90,6 +108,7 @@ def main(argv=None) -> None:
     )
     for dtype in DTYPES:
         print(f"{dtype}: {kernels.banner(args.scan_backend, dtype)}")
+    print(pallas_report(args.scan_backend))
     print("self-check (relative error vs float64, all outputs and gradients):")
     ok = True
     for dtype in DTYPES:

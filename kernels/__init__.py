@@ -1,5 +1,21 @@
 """Selective-scan kernels for hrm (no Flax, no hrm imports)."""
 
-from kernels.selective_scan import BACKENDS, BackendUnavailable, banner, choose_backend, resolve_backend, selective_scan
+from kernels.selective_scan import (
+    BACKENDS,
+    BackendUnavailable,
+    banner,
+    choose_backend,
+    pallas_self_check,
+    resolve_backend,
+    selective_scan,
+)
 
-__all__ = ["BACKENDS", "BackendUnavailable", "banner", "choose_backend", "resolve_backend", "selective_scan"]
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailable",
+    "banner",
+    "choose_backend",
+    "pallas_self_check",
+    "resolve_backend",
+    "selective_scan",
+]

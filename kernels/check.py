@@ -62,12 +62,12 @@ def rel_err(out, ref) -> float:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _outputs_and_grads(scan, inputs: dict, cot_y, cot_h):
+def _outputs_and_grads(scan, inputs: dict, cot_y, cot_h, reset=None):
     """(y, last_state, gradients of sum(y * cot_y) + sum(last_state * cot_h) for every input).
     Compiled once per ``scan`` object and shapes, so checking it on several input draws costs one compile."""
 
     def loss(args):
-        y, h = scan(**args, delta_softplus=True)
+        y, h = scan(**args, delta_softplus=True, reset=reset)
         return jnp.sum(y.astype(cot_y.dtype) * cot_y) + jnp.sum(h.astype(cot_h.dtype) * cot_h), (y, h)
 
     (_, (y, h)), grads = jax.value_and_grad(loss, has_aux=True)(inputs)
@@ -75,21 +75,36 @@ def _outputs_and_grads(scan, inputs: dict, cot_y, cot_h):
 
 
 def parity(
-    scan, dtype: str = "float32", shape=(2, 64, 32, 16), seed: int = 0, dt_range=(1e-4, 1e-1)
+    scan,
+    dtype: str = "float32",
+    shape=(2, 64, 32, 16),
+    seed: int = 0,
+    dt_range=(1e-4, 1e-1),
+    reset=None,
+    against=None,
 ) -> list[tuple[str, float, float]]:
-    """[(output or gradient name, relative error vs float64, tolerance)] for ``scan`` (a function with
+    """[(output or gradient name, relative error, tolerance)] for ``scan`` (a function with
     ``reference.sequential_scan``'s signature and result) at ``dtype`` on ``mamba_range_inputs`` of
-    ``shape`` (batch, length, channels, state) with dt in ``dt_range``."""
+    ``shape`` (batch, length, channels, state) with dt in ``dt_range`` and the optional (batch, length)
+    bool ``reset``.  The error is against the float64 definition, or, given ``against`` (another scan),
+    against that scan run on the same inputs at the same dtype (the self-check of ``auto``)."""
     rng = np.random.default_rng(seed)
     inputs = mamba_range_inputs(rng, *shape, *dt_range)
     cast = {k: jnp.asarray(v, jnp.float32 if k in PARAMETERS else dtype) for k, v in inputs.items()}
     cot_y = rng.standard_normal(shape[:3])
     cot_h = rng.standard_normal((shape[0], shape[2], shape[3]))
-    y, h, grads = _outputs_and_grads(scan, cast, jnp.asarray(cot_y, jnp.float32), jnp.asarray(cot_h, jnp.float32))
-    with jax.enable_x64(True):  # the reference sees exactly the (rounded) values the backend saw
-        exact = {k: jnp.asarray(np.asarray(v, np.float64)) for k, v in cast.items()}
-        y64, h64, grads64 = _outputs_and_grads(reference.sequential_scan, exact, jnp.asarray(cot_y), jnp.asarray(cot_h))
-        y64, h64, grads64 = np.asarray(y64), np.asarray(h64), {k: np.asarray(g) for k, g in grads64.items()}
+    reset = None if reset is None else jnp.asarray(reset, bool)
+    cots = jnp.asarray(cot_y, jnp.float32), jnp.asarray(cot_h, jnp.float32)
+    y, h, grads = _outputs_and_grads(scan, cast, *cots, reset)
+    if against is not None:
+        y64, h64, grads64 = _outputs_and_grads(against, cast, *cots, reset)
+    else:
+        with jax.enable_x64(True):  # the reference sees exactly the (rounded) values the backend saw
+            exact = {k: jnp.asarray(np.asarray(v, np.float64)) for k, v in cast.items()}
+            y64, h64, grads64 = _outputs_and_grads(
+                reference.sequential_scan, exact, jnp.asarray(cot_y), jnp.asarray(cot_h), reset
+            )
+    y64, h64, grads64 = np.asarray(y64), np.asarray(h64), {k: np.asarray(g) for k, g in grads64.items()}
     tol = TOLERANCES[jnp.dtype(dtype).name]
     return [("y", rel_err(y, y64), tol), ("last_state", rel_err(h, h64), tol)] + [
         (f"d{k}", rel_err(grads[k], grads64[k]), tol) for k in NAMES

@@ -49,6 +49,17 @@ def finish_output(y, u, D, z, out_dtype):
     return y.astype(out_dtype)
 
 
+def linear_recurrence(decay, drive, axis=1):
+    """Every h_t = decay_t * h_{t-1} + drive_t along ``axis`` (h_{-1} = 0), by ``jax.lax.associative_scan``."""
+
+    def combine(left, right):
+        a_l, b_l = left
+        a_r, b_r = right
+        return a_l * a_r, a_r * b_l + b_r
+
+    return jax.lax.associative_scan(combine, (decay, drive), axis=axis)[1]
+
+
 def associative_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None, reset=None
 ):
@@ -65,12 +76,7 @@ def associative_scan(
     if initial_state is not None:
         drive = drive.at[:, 0].add(decay[:, 0] * initial_state.astype(dtype))
 
-    def combine(left, right):
-        a_l, b_l = left
-        a_r, b_r = right
-        return a_l * a_r, a_r * b_l + b_r
-
-    _, h = jax.lax.associative_scan(combine, (decay, drive), axis=1)
+    h = linear_recurrence(decay, drive)
     y = jnp.einsum("bldn,bln->bld", h, C.astype(dtype))
     return finish_output(y, uc, D, z, u.dtype), h[:, -1]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark the selective-scan backends: reference (associative_scan), sequential (lax.scan), pallas.
+"""Benchmark the selective-scan backends: reference (associative_scan), sequential (lax.scan), chunked, pallas.
 
 Times the forward pass (y and last_state) and forward+backward (gradient of sum(y * dy) with respect to
 u, delta, A, B, C, D, z, delta_bias) for each shape and dtype, on the default jax device, after a
@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 
 import kernels  # noqa: E402
 
-BACKENDS = ("reference", "sequential", "pallas")
+BACKENDS = ("reference", "sequential", "chunked", "pallas")
 GRAD_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 

@@ -1,6 +1,7 @@
 """Training-step throughput per selective-scan backend, side by side in one run.
 
-    python scripts/bench_train.py --config configs/tiny.py [--backends sequential,pallas] [--steps 10]
+    python scripts/bench_train.py --config configs/tiny.py [--backends sequential,pallas,chunked] [--steps 10]
+        [--set model.dtype=bfloat16 ...]
 
 For each backend: the jitted train step (forward, backward, AdamW update) of the config's model on a
 fixed random batch, compiled and warmed up first, then ``--steps`` steps timed to ``block_until_ready``.
@@ -16,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from hrm.config import load_config_file, resolve_config
+from hrm.config import apply_override, load_config_file, resolve_config
 from hrm.training.state import init_train_state, make_train_step
 
 
@@ -47,8 +48,12 @@ def main() -> None:
     parser.add_argument("--config", default="configs/tiny.py")
     parser.add_argument("--backends", default="sequential,pallas")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     args = parser.parse_args()
-    config = resolve_config(load_config_file(args.config))
+    config = load_config_file(args.config)
+    for item in args.set:
+        apply_override(config, *item.split("=", 1))
+    config = resolve_config(config)
     tokens_per_step = config.train.batch_size * config.data.seq_len
     print(
         f"config {config.name} (batch {config.train.batch_size} x {config.data.seq_len}, {config.model.dtype}) "

@@ -257,11 +257,23 @@ def _lower_for_cuda(fn, *args):
         pytest.skip(f"jax {jax.__version__} cannot lower for a GPU without one: {error}")
 
 
-def test_gpu_path_lowers_to_triton():
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [
+        ((2, 37, 20, 5), "bfloat16"),
+        ((1, 1536, 20, 16), "float32"),
+        ((1, 1536, 20, 16), "bfloat16"),
+        ((1, 3000, 40, 16), "float32"),
+        ((1, 3000, 40, 16), "bfloat16"),
+    ],
+    ids=["small-bf16", "1536-fp32", "1536-bf16", "3000-fp32", "3000-bf16"],
+)
+def test_gpu_path_lowers_to_triton(shape, dtype):
     """Without a GPU, at least check the compiled (interpret=False) kernels pass Pallas's Triton lowering
     for CUDA (block shapes, power-of-two arrays, supported primitives, the backward's barriers) under
-    their names; PTX compilation is not run."""
-    inputs = _jnp(random_inputs(fresh_rng(), 2, 37, 20, 5, with_state=True), jnp.bfloat16)
+    their names, forward and backward, float32 and bfloat16, at lengths that pad to a multiple of the chunk
+    that is not a power of two (1536 stays, 3000 -> 3008); PTX compilation is not run."""
+    inputs = _jnp(random_inputs(fresh_rng(), *shape, with_state=True), jnp.dtype(dtype))
     inputs["A"] = inputs["A"].astype(jnp.float32)
     names = list(NAMES)
 
@@ -274,5 +286,8 @@ def test_gpu_path_lowers_to_triton():
     text = _lower_for_cuda(grad, *args).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 2  # forward and backward kernels
     assert 'name = "selective_scan_fwd"' in text and 'name = "selective_scan_bwd"' in text
+    padded = -(-shape[1] // ps.GPU_CHUNK) * ps.GPU_CHUNK
+    element = {"float32": "f32", "bfloat16": "bf16"}[dtype]
+    assert f"x{padded}x{-(-shape[2] // ps.GPU_BLOCK) * ps.GPU_BLOCK}x{element}>" in text  # the padded u, in dtype
     # the backward kernel brackets each chunk's adjoint with two barriers; the forward needs none
     assert str(grad.trace(*args).jaxpr).count("debug_barrier") == 2

@@ -145,5 +145,6 @@ class Mamba(nnx.Module):
             initial_state=cache.ssm,
             reset=document_starts(segment_ids),
             backend=self.cfg.scan_backend if x.shape[1] > 1 else "sequential",
+            chunk=self.cfg.scan_chunk or None,
         )
         return self.out_proj(y), MambaCache(conv=new_conv, ssm=ssm)
