@@ -23,8 +23,8 @@ DATA = {
     "roll": [{"text": "the quick brown fox jumps over the lazy dog"}, {"text": "def f(x):\n    return x"}],
 }
 SPECS = {
-    "mc": 'output_type: multiple_choice\ntarget_delimiter: ""\ndoc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\n'
-    'doc_to_target: "{{answer}}"\nmetric_list:\n  - metric: acc\n',
+    "mc": 'output_type: multiple_choice\ntarget_delimiter: ""\ndoc_to_text: "{{question}}"\n'
+    'doc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\nmetric_list:\n  - metric: acc\n',
     "gen": 'output_type: generate_until\ndoc_to_text: "{{question}}"\ndoc_to_target: "{{answer}}"\n'
     'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 8\n  do_sample: false\n'
     "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n",
