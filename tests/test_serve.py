@@ -393,3 +393,96 @@ def test_tokenize_detokenize_and_tokenizer_info(server, model_dir):
     assert info["eos_token_id"] == tokenizer.eos_id
     assert call(server, "/tokenize", {"prompt": info["eos_token"]})[1]["tokens"] == [tokenizer.eos_id]
     assert call(server, "/detokenize", {"tokens": [10**6]})[0] == 400
+
+
+@pytest.fixture(scope="module")
+def attention_dir(tmp_path_factory):
+    """A small byte-level hybrid_pattern model (attention then Mamba) with a KV cache of 256 positions."""
+    config = Config(
+        name="serve-attention",
+        model=ModelConfig(
+            family="hybrid_pattern",
+            layer_pattern="AM",
+            d_model=32,
+            n_layers=2,
+            d_state=8,
+            n_heads=4,
+            max_cache_len=256,
+            vocab_size=264,
+        ),
+        data=DataConfig(tokenizer="byte", seq_len=32),
+    )
+    _, params = init_model(config)
+    return save_final(config, params, tmp_path_factory.mktemp("attention"))
+
+
+@pytest.fixture(scope="module")
+def attention_server(attention_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hrm.serve", "--checkpoint", str(attention_dir), "--port", str(port)]
+        + ["--api_key", KEY, "--max_batch", "4"],
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None:
+                raise AssertionError(process.stdout.read())
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_an_attention_model_serves_joins_leaves_grows_its_kv_buffer_and_reuses_slots(attention_server, attention_dir):
+    """Ten requests of different prompt and output lengths on 4 slots: rows join and leave mid-batch, slots are
+    reused, the KV buffer holds a 150-token prompt + 30 tokens past the first 64 positions, and every greedy answer is
+    what generate gives alone; a request past the 256-position cache is refused up front."""
+    work = [("a", 4), ("def f(x):", 40), ("x" * 150, 30), ("import os", 9), ("b", 60)] * 2
+    want = {(p, n): expected(attention_dir, p, n) for p, n in set(work)}
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(
+            pool.map(
+                lambda w: call(
+                    attention_server, "/v1/completions", {"prompt": w[0], "max_tokens": w[1], "temperature": 0}
+                ),
+                work,
+            )
+        )
+    assert [status for status, _ in answers] == [200] * len(work)
+    assert [body["choices"][0]["text"] for _, body in answers] == [want[w] for w in work]
+    health = call(attention_server, "/health")[1]
+    assert health["max_active_rows"] > 1 and health["active_rows"] == 0
+    status, answer = call(attention_server, "/v1/completions", {"prompt": "x" * 250, "max_tokens": 10})
+    assert status == 400 and "context of 256" in answer["error"]["message"]
+
+
+def test_an_attention_stream_whose_client_leaves_is_cancelled_and_its_slot_reused(attention_server, attention_dir):
+    before = call(attention_server, "/health")[1]["cancelled_rows"]
+    request = urllib.request.Request(
+        attention_server + "/v1/completions",
+        data=json.dumps({"prompt": "long", "max_tokens": 200, "stream": True, "logit_bias": {"256": -100}}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        assert response.readline().startswith(b"data: ")  # one chunk, then the client goes
+    for _ in range(600):
+        health = call(attention_server, "/health")[1]
+        if health["cancelled_rows"] > before and not health["active_rows"]:
+            break
+        time.sleep(0.1)
+    assert health["cancelled_rows"] == before + 1 and health["active_rows"] == 0
+    status, body = call(
+        attention_server, "/v1/completions", {"prompt": "def f(x):", "max_tokens": 12, "temperature": 0}
+    )
+    assert status == 200 and body["choices"][0]["text"] == expected(attention_dir, "def f(x):", 12)
