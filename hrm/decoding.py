@@ -19,17 +19,30 @@ STATE_FORMAT = "hrm-decode-state-1"
 class TextStream:
     """The text of one row's tokens as they arrive: ends at the end-of-text token (when ``eos_id`` is given)
     or before the first stop string; ``add`` returns only text that can no longer change (a possible start
-    of a stop string and an incomplete UTF-8 character are held back)."""
+    of a stop string and an incomplete UTF-8 character are held back).
+
+    Detokenisation is incremental (as vLLM's): each ``add`` decodes only the tokens since the last complete
+    character, with a few tokens before them as context (a tokenizer may decode a token differently at the start
+    of a text), and stop strings are searched only where one could end, so a token costs the same late in a long
+    text as early."""
 
     def __init__(self, tokenizer, stop: list[str] | tuple[str, ...] = (), eos_id: int | None = None):
         self.tokenizer, self.stop, self.eos_id = tokenizer, [s for s in stop if s], eos_id
         self.ids: list[int] = []
+        self.decoded = ""  # the text of ids[:read]
+        self.prefix, self.read = 0, 0  # ids[prefix:read]: the context the next tokens are decoded after
         self.emitted = ""
         self.finish_reason: str | None = None  # "stop" (eos or a stop string) once finished
+        self._longest_stop = max((len(s) for s in self.stop), default=0)
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    def _decode_new(self) -> str:
+        """The text of ids[read:] (it may end in an incomplete character)."""
+        before = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        return self.tokenizer.decode(self.ids[self.prefix :])[len(before) :]
 
     def add(self, tokens) -> str:
         if self.finished:
@@ -39,14 +52,19 @@ class TextStream:
                 self.finish_reason = "stop"
                 break
             self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        new = self._decode_new()
+        if new and not new.endswith("\ufffd"):  # complete characters: the context moves on
+            self.decoded += new
+            self.prefix, self.read, new = max(self.read, len(self.ids) - 4), len(self.ids), ""
+        base = max(0, len(self.emitted) - self._longest_stop)  # a stop string not seen yet ends past here
+        tail = self.decoded[base:] + new
+        hits = [i for i in (tail.find(s) for s in self.stop) if i >= 0]
         if hits:
-            text, self.finish_reason = text[: min(hits)], "stop"
+            tail, self.finish_reason = tail[: min(hits)], "stop"
         elif not self.finished:
-            hold = max([k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])], default=0)
-            text = text[: len(text) - hold].rstrip("\ufffd")
-        new = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
+            hold = max([k for s in self.stop for k in range(1, len(s)) if tail.endswith(s[:k])], default=0)
+            tail = tail[: len(tail) - hold].rstrip("\ufffd")
+        new = tail[len(self.emitted) - base :]
         self.emitted += new
         return new
 
@@ -54,7 +72,7 @@ class TextStream:
         """The held-back rest once the row ran out of tokens (a partial stop string or character stays text)."""
         if self.finished:
             return ""
-        new = self.tokenizer.decode(self.ids)[len(self.emitted) :]
+        new = (self.decoded + self._decode_new())[len(self.emitted) :]
         self.emitted += new
         return new
 

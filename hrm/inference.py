@@ -36,6 +36,7 @@ from hrm.models.attention import KVCache, resize_kv_caches
 
 MAX_CHUNK = 1024  # the longest prefill chunk (longer prompts are several chunks)
 MIN_CACHE = 64  # the smallest KV buffer allocated
+GENERATE_CHUNK = 64  # generate_ids' most decode steps per compiled call (fewer: the next power of two)
 
 
 class SamplingError(UserError):
@@ -46,13 +47,18 @@ class SamplingError(UserError):
 class Sampling:
     """How one row picks its tokens: ``temperature`` 0 is greedy; ``top_k``/``top_p``/``min_p`` filter
     (None: off); ``repetition_penalty`` > 1 divides positive logits of tokens already in the row (prompt or
-    output) and multiplies negative ones (CTRL, arXiv:1909.05858 section 4.1)."""
+    output) and multiplies negative ones (CTRL, arXiv:1909.05858 section 4.1). OpenAI's penalties subtract
+    ``frequency_penalty`` x (times the token was generated) + ``presence_penalty`` x (generated at all) from
+    its logit, and ``logit_bias`` ((token id, bias), ...) adds to a token's logit, greedy decoding included."""
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
     min_p: float | None = None
     repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def check(self) -> "Sampling":
         finite = lambda x: x is None or math.isfinite(x)
@@ -69,60 +75,91 @@ class Sampling:
             raise SamplingError(f"min_p must be in [0, 1), got {self.min_p}")
         if self.repetition_penalty <= 0:
             raise SamplingError(f"repetition_penalty must be > 0 (1 is off), got {self.repetition_penalty}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not (math.isfinite(getattr(self, name)) and -2 <= getattr(self, name) <= 2):
+                raise SamplingError(f"{name} must be in [-2, 2] (0 is off), got {getattr(self, name)}")
+        for token, bias in self.logit_bias:
+            if not (math.isfinite(bias) and -100 <= bias <= 100):
+                raise SamplingError(f"logit_bias values must be in [-100, 100], got {bias} for token {token}")
         return self
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
-    Sampling(temperature, top_k, top_p).check()
-    if max_new_tokens < 0:
-        raise SamplingError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-
-
 class SamplingArrays(NamedTuple):
-    """``Sampling`` of each row as (batch,) arrays; 0 switches top_k and min_p off, 1 top_p and the penalty."""
+    """``Sampling`` of each row as (batch,) arrays; 0 switches top_k and min_p off, 1 top_p and the penalty.
+    The OpenAI penalties and the logit bias are None unless a row uses them (a separate compiled program);
+    the bias is (batch, width) token ids and values, width a power of two, padded with zero biases."""
 
     temperature: jax.Array
     top_k: jax.Array
     top_p: jax.Array
     min_p: jax.Array
     penalty: jax.Array
+    frequency: jax.Array | None = None
+    presence: jax.Array | None = None
+    bias_ids: jax.Array | None = None
+    bias_values: jax.Array | None = None
 
     @classmethod
     def of(cls, rows: Sequence[Sampling]) -> "SamplingArrays":
         column = lambda get, dtype: jnp.asarray([get(r) for r in rows], dtype)
+        penalised = any(r.frequency_penalty or r.presence_penalty for r in rows)
+        width = max(len(r.logit_bias) for r in rows) if rows else 0
+        bias_ids = bias_values = None
+        if width:
+            width = 1 << (width - 1).bit_length()
+            bias_ids, bias_values = np.zeros((len(rows), width), np.int32), np.zeros((len(rows), width), np.float32)
+            for i, r in enumerate(rows):
+                for j, (token, bias) in enumerate(r.logit_bias):
+                    bias_ids[i, j], bias_values[i, j] = token, bias
+            bias_ids, bias_values = jnp.asarray(bias_ids), jnp.asarray(bias_values)
         return cls(
             column(lambda r: r.temperature, jnp.float32),
             column(lambda r: r.top_k or 0, jnp.int32),
             column(lambda r: r.top_p or 1.0, jnp.float32),
             column(lambda r: r.min_p or 0.0, jnp.float32),
             column(lambda r: r.repetition_penalty, jnp.float32),
+            column(lambda r: r.frequency_penalty, jnp.float32) if penalised else None,
+            column(lambda r: r.presence_penalty, jnp.float32) if penalised else None,
+            bias_ids,
+            bias_values,
         )
 
 
-def sample_logits(logits, keys, settings: SamplingArrays, seen=None, greedy_only: bool = False):
-    """Next tokens (batch,) from logits (batch, vocab) with each row's settings and PRNG key (batch,).
+def sample_logits(logits, keys, settings: SamplingArrays, seen=None, greedy_only: bool = False, counts=None):
+    """Next tokens (batch,) from logits (batch, vocab) with each row's settings and PRNG key (batch,);
+    ``counts`` (batch, vocab): how often each token was generated (the OpenAI penalties).
 
     Filters apply in the order of Hugging Face's samplers: temperature, top-k, top-p over what top-k kept,
-    min-p (a token needs at least min_p times the top token's probability)."""
+    min-p (a token needs at least min_p times the top token's probability). The vocabulary is sorted only when
+    a row of the batch filters."""
     if seen is not None:
         p = settings.penalty[:, None]
         logits = jnp.where(seen & (p != 1), jnp.where(logits > 0, logits / p, logits * p), logits)
+    if settings.frequency is not None and counts is not None:
+        logits = logits - settings.frequency[:, None] * counts - settings.presence[:, None] * (counts > 0)
+    if settings.bias_ids is not None:
+        logits = logits.at[jnp.arange(logits.shape[0])[:, None], settings.bias_ids].add(settings.bias_values)
     greedy = jnp.argmax(logits, axis=-1)
     if greedy_only:
         return greedy
     t = settings.temperature[:, None]
     scaled = logits / jnp.where(t > 0, t, 1.0)
     vocab = logits.shape[-1]
-    descending = -jnp.sort(-scaled, axis=-1)
-    k = jnp.where(settings.top_k > 0, jnp.minimum(settings.top_k, vocab), vocab)[:, None]
-    descending = jnp.where(jnp.arange(vocab) < k, descending, -jnp.inf)
-    cumulative = jnp.cumsum(jax.nn.softmax(descending, axis=-1), axis=-1)
-    # keep the smallest prefix whose mass reaches top_p (the top token always stays)
-    last = jnp.minimum(jnp.sum(cumulative < settings.top_p[:, None], axis=-1, keepdims=True), k - 1)
-    threshold = jnp.maximum(
-        jnp.take_along_axis(descending, last, axis=-1), descending[:, :1] + jnp.log(settings.min_p[:, None])
-    )
-    filtered = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+    def filter_rows(scaled):
+        descending = -jnp.sort(-scaled, axis=-1)
+        k = jnp.where(settings.top_k > 0, jnp.minimum(settings.top_k, vocab), vocab)[:, None]
+        descending = jnp.where(jnp.arange(vocab) < k, descending, -jnp.inf)
+        cumulative = jnp.cumsum(jax.nn.softmax(descending, axis=-1), axis=-1)
+        # keep the smallest prefix whose mass reaches top_p (the top token always stays)
+        last = jnp.minimum(jnp.sum(cumulative < settings.top_p[:, None], axis=-1, keepdims=True), k - 1)
+        threshold = jnp.maximum(
+            jnp.take_along_axis(descending, last, axis=-1), descending[:, :1] + jnp.log(settings.min_p[:, None])
+        )
+        return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+    filtering = jnp.any((settings.top_k > 0) | (settings.top_p < 1) | (settings.min_p > 0))
+    filtered = jax.lax.cond(filtering, filter_rows, lambda scaled: scaled, scaled)
     sampled = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
     return jnp.where(settings.temperature == 0, greedy, sampled)
 
@@ -133,12 +170,25 @@ class DecodeState(NamedTuple):
     logits: jax.Array  # (batch, vocab) float32: the next token's logits
     cache: object  # the model's decode cache after every token fed so far
     seen: jax.Array  # (batch, vocab) bool: tokens of the prompt and the output (repetition penalty)
+    counts: jax.Array  # (batch, vocab) int32: times each token was generated (the OpenAI penalties)
     keys: jax.Array  # (batch, 2) uint32: each row's PRNG key data
     steps: jax.Array  # (batch,) int32: tokens sampled so far
 
 
+SEED_RANGE = (-(2**63), 2**63)  # what a PRNG seed may be (a signed 64-bit integer)
+
+
+def check_seed(seed) -> int:
+    """``seed`` as an int; a SamplingError for anything but an integer in SEED_RANGE."""
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not low <= seed < high:
+        raise SamplingError(f"seed must be an integer in [-2**63, 2**63), got {seed!r}")
+    return int(seed)
+
+
 def row_key(seed: int, row: int = 0) -> jax.Array:
     """The (2,) uint32 key data of a row: the seed's key folded with the row's index."""
+    seed = check_seed(seed)
     return jax.random.key_data(jax.random.fold_in(jax.random.key(seed), row))
 
 
@@ -207,10 +257,17 @@ class Generator:
 
         def step(state, _):
             keys = jax.vmap(lambda k, n: jax.random.fold_in(jax.random.wrap_key_data(k), n))(state.keys, state.steps)
-            token = sample_logits(state.logits, keys, settings, state.seen, greedy_only)
+            token = sample_logits(state.logits, keys, settings, state.seen, greedy_only, state.counts)
             model = nnx.merge(self.graphdef, params, copy=True)
             logits, cache = model(token[:, None], state.cache)
-            state = DecodeState(logits[:, -1], cache, state.seen.at[rows, token].set(True), state.keys, state.steps + 1)
+            state = DecodeState(
+                logits[:, -1],
+                cache,
+                state.seen.at[rows, token].set(True),
+                state.counts.at[rows, token].add(1),
+                state.keys,
+                state.steps + 1,
+            )
             return state, token
 
         state, tokens = jax.lax.scan(step, state, None, length=steps)
@@ -291,7 +348,12 @@ class Generator:
         rows_of_ids = np.repeat(np.arange(batch), [len(ids) for ids in prompts])
         seen = seen.at[rows_of_ids, np.concatenate([np.asarray(ids, np.int32) for ids in prompts])].set(True)
         return DecodeState(
-            logits, cache, seen, jnp.asarray(key_data, jnp.uint32).reshape(batch, 2), jnp.zeros((batch,), jnp.int32)
+            logits,
+            cache,
+            seen,
+            jnp.zeros((batch, vocab), jnp.int32),
+            jnp.asarray(key_data, jnp.uint32).reshape(batch, 2),
+            jnp.zeros((batch,), jnp.int32),
         )
 
     def decode(self, params, state: DecodeState, settings: SamplingArrays, steps: int, keep_input: bool = False):
@@ -320,7 +382,8 @@ class Generator:
             return
         state = self.start(params, prompts, max_new_tokens, seed, prefix)
         settings = SamplingArrays.of([sampling] * len(prompts))
-        steps, done = min(chunk, max_new_tokens), 0
+        # steps per call in powers of two: one compiled loop per bucket, not per max_new_tokens
+        steps, done = min(chunk, 1 << (max_new_tokens - 1).bit_length()), 0
         while done < max_new_tokens:  # a last chunk's extra steps write past the buffer: dropped, unread
             tokens, state = self.decode(params, state, settings, steps)
             yield tokens[:, : max_new_tokens - done]
@@ -361,7 +424,8 @@ class Generator:
         seed: int = 0,
         **sampling,
     ) -> list[list[int]]:
-        """New token ids for each prompt (one compiled decode loop for all of them)."""
+        """New token ids for each prompt, decoded together: up to ``GENERATE_CHUNK`` steps per call of a compiled
+        loop whose length is a power of two, so any ``max_new_tokens`` reuses one of a few programs."""
         chunks = list(
             self.stream(
                 params,
@@ -369,7 +433,7 @@ class Generator:
                 max_new_tokens,
                 Sampling(temperature, top_k, top_p, **sampling),
                 seed,
-                chunk=max(max_new_tokens, 1),
+                chunk=GENERATE_CHUNK,
             )
         )
         if not chunks:

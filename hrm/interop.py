@@ -248,7 +248,9 @@ def transformers_config(cfg: ModelConfig, eos_id: int = 0) -> dict:
         "vocab_size": cfg.vocab_size,
         "tie_word_embeddings": cfg.tie_embeddings,
         "residual_in_fp32": cfg.residual_in_fp32,
-        "rescale_prenorm_residual": cfg.rescale_prenorm_residual,
+        # an init-time rescale: transformers re-applies it to the loaded out_proj weights (its _init_weights
+        # runs on from_pretrained), so the trained weights go out with it off
+        "rescale_prenorm_residual": False,
         "hidden_act": "silu",
         "time_step_min": cfg.dt_min,
         "time_step_max": cfg.dt_max,

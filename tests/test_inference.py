@@ -185,8 +185,36 @@ def test_per_row_sampling_settings_and_keys():
         (dict(top_k=0), "top_k"),
         (dict(min_p=1.0), "min_p"),
         (dict(repetition_penalty=0.0), "repetition"),
+        (dict(top_p=2.0), r"top_p must be in \(0, 1\]"),
+        (dict(frequency_penalty=2.5), "frequency_penalty"),
+        (dict(logit_bias=((3, 101.0),)), "logit_bias"),
     ],
 )
 def test_impossible_settings_are_refused(bad, message):
     with pytest.raises(SamplingError, match=message):
         Sampling(**bad).check()
+
+
+def test_openai_penalties_and_logit_bias():
+    """frequency x count + presence x (count > 0) off a generated token's logit; the bias added, greedy too."""
+    logits = jnp.asarray([[5.0, 4.5, 4.0, 0.0]])
+    keys = jax.random.key(0)[None]
+    counts = jnp.asarray([[1, 0, 0, 0]], jnp.int32)
+    pick = lambda **s: int(sample_logits(logits, keys, SamplingArrays.of([Sampling(0.0, **s)]), counts=counts)[0])
+    assert pick() == 0
+    assert pick(frequency_penalty=0.6) == 1 and pick(frequency_penalty=0.4) == 0  # 5 - 0.6 < 4.5
+    assert pick(presence_penalty=0.6) == 1
+    assert pick(logit_bias=((3, 6.0),)) == 3 and pick(logit_bias=((0, -100.0), (1, -100.0))) == 2
+
+
+def test_one_decode_program_per_power_of_two_bucket_and_seeds_are_checked():
+    generator, params, _ = setup("mamba")
+    for n in (5, 6, 7, 8):
+        assert len(generator.generate_ids(params, [[1, 2]], n, temperature=0)[0]) == n
+    assert generator._decode._cache_size() == 1  # all in the bucket of 8
+    assert generator.generate_ids(params, [[1, 2]], 5, temperature=0) == [
+        generator.generate_ids(params, [[1, 2]], 8, temperature=0)[0][:5]
+    ]
+    for seed in (2**70, 1.5, "3", True):
+        with pytest.raises(SamplingError, match="seed must be an integer"):
+            generator.generate_ids(params, [[1, 2]], 2, seed=seed)

@@ -203,6 +203,30 @@ def test_convert_fine_tune_export_round_trip(tmp_path):
     assert_close(tuned.logits(TOKENS), torch_logits(back))
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_trained_run_exported_hf_loads_in_transformers(tmp_path, tie):
+    """hrm.train (hrm's own init, rescale_prenorm_residual on) → hrm.export --format hf →
+    MambaForCausalLM.from_pretrained: the same logits and the same greedy text."""
+    from hrm import export
+    from hrm.training.loop import train
+    from tests.helpers import small_config
+
+    config = small_config(steps=2, save_every=2, warmup_steps=0)
+    config.model.tie_embeddings = tie
+    assert config.model.rescale_prenorm_residual
+    train(config, tmp_path / "run", log=lambda *_: None)
+    export.main(["--checkpoint", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")])
+    ours = hrm.load(tmp_path / "run")
+    theirs = transformers.MambaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert theirs.config.tie_word_embeddings == tie
+    assert_close(ours.logits(TOKENS), torch_logits(theirs))
+    prompt = ours.tokenizer.encode("def main():")
+    greedy = ours.generator.generate_ids(ours.params, [prompt], 12, temperature=0)[0]
+    with torch.no_grad():
+        out = theirs.generate(torch.as_tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None)
+    assert ours.tokenizer.decode(out[0, len(prompt) :].tolist()) == ours.tokenizer.decode(greedy)
+
+
 def test_bad_folders_are_one_line(tmp_path):
     from hrm import export
     from hrm.cli import UsageError

@@ -56,7 +56,7 @@ def server(model_dir):
             "--api_key",
             KEY,
             "--max_tokens_limit",
-            "64",
+            "4000",
         ],
         cwd=ROOT,
         env=env,
@@ -190,6 +190,15 @@ def test_a_hundred_concurrent_requests_are_batched_and_independent(server, model
         ({"prompt": "x", "temperature": -0.5}, "temperature"),
         ({"prompt": "x" * 20000}, "prompt"),  # longer than allowed
         ({"messages": []}, None),
+        ({"prompt": "x", "top_p": 2}, "top_p"),  # the range hrm.sample refuses too
+        ({"prompt": "x", "seed": 2**70}, "seed"),
+        ({"prompt": [1, 2, 999]}, "prompt"),  # a token id outside the vocabulary
+        ({"prompt": "x", "stop": ""}, "stop"),
+        ({"prompt": "x", "logprobs": 21}, "logprobs"),
+        ({"prompt": "x", "frequency_penalty": 3}, "frequency_penalty"),
+        ({"prompt": "x", "logit_bias": {"999": 1}}, "logit_bias"),
+        ({"prompt": "x", "echo": True, "stream": True}, "stream"),
+        ({"prompt": "x", "suffix": "y"}, "suffix is not supported"),  # named, not "extra inputs"
     ],
 )
 def test_bad_requests_get_a_400_with_an_openai_error_and_the_server_keeps_serving(server, body, param):
@@ -207,3 +216,273 @@ def test_a_missing_api_key_gets_401(server):
     status, answer = call(server, "/v1/completions", {"prompt": "x"}, key=None)
     assert status == 401 and answer["error"]["type"] == "authentication_error"
     assert call(server, "/v1/models", key="wrong")[0] == 401
+
+
+def test_unknown_models_get_a_404_and_aliases_are_accepted(server):
+    status, answer = call(server, "/v1/completions", {"prompt": "x", "model": "gpt-4-nonexistent", "max_tokens": 1})
+    assert status == 404 and answer["error"]["code"] == "model_not_found"
+    model_id = call(server, "/v1/models")[1]["data"][0]["id"]
+    for name in (model_id, str(ROOT / "does-not-matter")):
+        status, _ = call(server, "/v1/completions", {"prompt": "x", "model": name, "max_tokens": 1})
+        assert status == (200 if name == model_id else 404)
+    assert call(server, f"/v1/models/{model_id}")[1]["id"] == model_id
+    assert call(server, "/v1/models/nope")[0] == 404
+
+
+def test_a_real_internal_error_is_a_json_500(model_dir):
+    """A bug (not the request's fault) still answers JSON, never starlette's plain-text page."""
+    import asyncio
+
+    from hrm import serve
+
+    server = serve.Server(loaded(model_dir), "m")
+    server.prompt_ids = lambda prompt: 1 / 0
+    app = serve.create_app(server)
+    sent, inbox = [], [{"type": "http.request", "body": b'{"prompt": "x"}', "more_body": False}]
+
+    async def receive():
+        return inbox.pop(0) if inbox else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/completions",
+        "headers": [(b"content-type", b"application/json")],
+        "query_string": b"",
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("test", 80),
+        "client": ("test", 1),
+        "root_path": "",
+    }
+    with pytest.raises(ZeroDivisionError):  # re-raised after the response, so the log has the traceback
+        asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 500
+    body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    assert body["error"]["type"] == "server_error" and "ZeroDivisionError" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "0"])
+def test_ports_out_of_range_are_one_line_naming_the_flag(model_dir, port):
+    from tests.helpers import run_module
+
+    result = run_module("hrm.serve", "--checkpoint", model_dir, "--port", port, check=False, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: --port must be in [1, 65535], got {port}"
+    ]
+
+
+def test_a_non_streaming_request_whose_client_leaves_is_cancelled(server, model_dir):
+    host, port = server.removeprefix("http://").split(":")
+    before = call(server, "/health")[1]
+    no_eos = {str(loaded(model_dir).tokenizer.eos_id): -100}  # it runs to max_tokens unless cancelled
+    body = json.dumps({"prompt": "abandoned", "max_tokens": 4000, "logit_bias": no_eos}).encode()
+    with socket.create_connection((host, int(port))) as client:
+        client.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        for _ in range(600):  # (a first request with a logit bias compiles its programs)
+            if call(server, "/health")[1]["active_rows"]:
+                break
+            time.sleep(0.1)
+    for _ in range(600):  # the client is gone: its row leaves at the next step after the watcher's poll
+        health = call(server, "/health")[1]
+        if not health["active_rows"]:
+            break
+        time.sleep(0.1)
+    assert health["active_rows"] == 0 and health["cancelled_rows"] == before["cancelled_rows"] + 1
+    assert health["decode_steps"] - before["decode_steps"] < 4000
+
+
+def test_openai_client_logprobs_and_echo_equal_model_logits(server, model_dir):
+    """The official openai package: echo scores the prompt's tokens (max_tokens 0), logprobs scores the
+    generated ones, both equal to log_softmax(model.logits); token-id prompts and lists of them."""
+    import numpy as np
+
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server + "/v1", api_key=KEY)
+    model = loaded(model_dir)
+    prompts = [model.tokenizer.encode("def f(x):"), model.tokenizer.encode("import os")]
+
+    def reference(ids):
+        logits = model.logits(ids)[0].astype(np.float64)
+        top = logits.max(-1, keepdims=True)
+        return logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+
+    model_id = client.models.list().data[0].id
+    echoed = client.completions.create(model=model_id, prompt=prompts, max_tokens=0, echo=True, logprobs=3)
+    for choice, ids in zip(sorted(echoed.choices, key=lambda c: c.index), prompts):
+        lp = reference(ids)
+        assert choice.text == model.tokenizer.decode(ids)
+        assert choice.logprobs.token_logprobs[0] is None and len(choice.logprobs.tokens) == len(ids)
+        np.testing.assert_allclose(choice.logprobs.token_logprobs[1:], lp[np.arange(len(ids) - 1), ids[1:]], atol=1e-5)
+        for i, top in enumerate(choice.logprobs.top_logprobs[1:]):
+            best = np.sort(lp[i])[::-1][:3]
+            assert sorted(top.values(), reverse=True)[0] == pytest.approx(best[0], abs=1e-5)
+        assert choice.logprobs.text_offset == list(range(len(ids)))  # one byte per token
+    generated = client.completions.create(model=model_id, prompt=prompts[0], max_tokens=6, temperature=0, logprobs=1)
+    choice = generated.choices[0]
+    new = model.generator.generate_ids(model.params, [prompts[0]], 6, temperature=0)[0]
+    new = new[: new.index(model.tokenizer.eos_id)] if model.tokenizer.eos_id in new else new
+    assert choice.text == model.tokenizer.decode(new)
+    lp = reference(prompts[0] + new)
+    want = lp[np.arange(len(prompts[0]) - 1, len(prompts[0]) + len(new) - 1), new]
+    np.testing.assert_allclose(choice.logprobs.token_logprobs, want, atol=1e-5)
+    assert all(
+        t == pytest.approx(max(top.values()))
+        for t, top in zip(choice.logprobs.token_logprobs, choice.logprobs.top_logprobs)
+    )  # greedy
+    assert choice.logprobs.text_offset[0] == len("def f(x):")
+
+
+def test_openai_client_chat_parity(server, model_dir):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server + "/v1", api_key=KEY)
+    model_id = client.models.list().data[0].id
+    assert client.models.retrieve(model_id).id == model_id
+    with pytest.raises(openai.NotFoundError) as error:
+        client.completions.create(model="gpt-4-nonexistent", prompt="x", max_tokens=1)
+    assert error.value.code == "model_not_found"
+    messages = [
+        {"role": "developer", "content": [{"type": "text", "text": "be "}, {"type": "text", "text": "brief"}]},
+        {"role": "user", "content": "hello"},
+    ]
+    want = expected(model_dir, dialogue_prompt(["be brief", "hello"]), 5)
+    answer = client.chat.completions.create(model=model_id, messages=messages, max_completion_tokens=5, temperature=0)
+    assert answer.choices[0].message.content == want
+    chunks = list(
+        client.chat.completions.create(
+            model=model_id,
+            messages=messages,
+            max_completion_tokens=5,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_penalties_and_logit_bias_have_openai_semantics(server, model_dir):
+    model = loaded(model_dir)
+    token = model.tokenizer.encode("z")[0]
+    status, body = call(
+        server, "/v1/completions", {"prompt": "a", "max_tokens": 6, "temperature": 0, "logit_bias": {str(token): 100}}
+    )
+    assert status == 200 and body["choices"][0]["text"] == "z" * 6
+    settings = {"frequency_penalty": 2.0, "presence_penalty": 0.5}
+    status, body = call(server, "/v1/completions", {"prompt": "a", "max_tokens": 12, "temperature": 0, **settings})
+    plain = expected(model_dir, "a", 12)
+    penalised = model.generate(["a"], max_new_tokens=12, temperature=0, **settings)[0]
+    assert status == 200 and body["choices"][0]["text"] == penalised != plain
+
+
+def test_tokenize_detokenize_and_tokenizer_info(server, model_dir):
+    tokenizer = loaded(model_dir).tokenizer
+    assert call(server, "/tokenize", {"prompt": "héllo"})[1]["tokens"] == tokenizer.encode("héllo")
+    assert call(server, "/detokenize", {"tokens": tokenizer.encode("héllo")})[1] == {"prompt": "héllo"}
+    info = call(server, "/tokenizer_info")[1]
+    assert info["eos_token_id"] == tokenizer.eos_id
+    assert call(server, "/tokenize", {"prompt": info["eos_token"]})[1]["tokens"] == [tokenizer.eos_id]
+    assert call(server, "/detokenize", {"tokens": [10**6]})[0] == 400
+
+
+@pytest.fixture(scope="module")
+def attention_dir(tmp_path_factory):
+    """A small byte-level hybrid_pattern model (attention then Mamba) with a KV cache of 256 positions."""
+    config = Config(
+        name="serve-attention",
+        model=ModelConfig(
+            family="hybrid_pattern",
+            layer_pattern="AM",
+            d_model=32,
+            n_layers=2,
+            d_state=8,
+            n_heads=4,
+            max_cache_len=256,
+            vocab_size=264,
+        ),
+        data=DataConfig(tokenizer="byte", seq_len=32),
+    )
+    _, params = init_model(config)
+    return save_final(config, params, tmp_path_factory.mktemp("attention"))
+
+
+@pytest.fixture(scope="module")
+def attention_server(attention_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hrm.serve", "--checkpoint", str(attention_dir), "--port", str(port)]
+        + ["--api_key", KEY, "--max_batch", "4"],
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None:
+                raise AssertionError(process.stdout.read())
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_an_attention_model_serves_joins_leaves_grows_its_kv_buffer_and_reuses_slots(attention_server, attention_dir):
+    """Ten requests of different prompt and output lengths on 4 slots: rows join and leave mid-batch, slots are
+    reused, the KV buffer holds a 150-token prompt + 30 tokens past the first 64 positions, and every greedy answer is
+    what generate gives alone; a request past the 256-position cache is refused up front."""
+    work = [("a", 4), ("def f(x):", 40), ("x" * 150, 30), ("import os", 9), ("b", 60)] * 2
+    want = {(p, n): expected(attention_dir, p, n) for p, n in set(work)}
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(
+            pool.map(
+                lambda w: call(
+                    attention_server, "/v1/completions", {"prompt": w[0], "max_tokens": w[1], "temperature": 0}
+                ),
+                work,
+            )
+        )
+    assert [status for status, _ in answers] == [200] * len(work)
+    assert [body["choices"][0]["text"] for _, body in answers] == [want[w] for w in work]
+    health = call(attention_server, "/health")[1]
+    assert health["max_active_rows"] > 1 and health["active_rows"] == 0
+    status, answer = call(attention_server, "/v1/completions", {"prompt": "x" * 250, "max_tokens": 10})
+    assert status == 400 and "context of 256" in answer["error"]["message"]
+
+
+def test_an_attention_stream_whose_client_leaves_is_cancelled_and_its_slot_reused(attention_server, attention_dir):
+    before = call(attention_server, "/health")[1]["cancelled_rows"]
+    request = urllib.request.Request(
+        attention_server + "/v1/completions",
+        data=json.dumps({"prompt": "long", "max_tokens": 200, "stream": True, "logit_bias": {"256": -100}}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        assert response.readline().startswith(b"data: ")  # one chunk, then the client goes
+    for _ in range(600):
+        health = call(attention_server, "/health")[1]
+        if health["cancelled_rows"] > before and not health["active_rows"]:
+            break
+        time.sleep(0.1)
+    assert health["cancelled_rows"] == before + 1 and health["active_rows"] == 0
+    status, body = call(
+        attention_server, "/v1/completions", {"prompt": "def f(x):", "max_tokens": 12, "temperature": 0}
+    )
+    assert status == 200 and body["choices"][0]["text"] == expected(attention_dir, "def f(x):", 12)
