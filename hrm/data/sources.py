@@ -172,7 +172,9 @@ def check_readable(path: Path, flag: str) -> None:
         with open(path, "rb") as f:
             f.read(1)
     except OSError as error:
-        raise DataError(f"cannot read {flag} file '{path}' ({error.strerror or error}); check its permissions") from None
+        raise DataError(
+            f"cannot read {flag} file '{path}' ({error.strerror or error}); check its permissions"
+        ) from None
 
 
 def _table_rows(name: str, split: str, skipped: Skipped) -> tuple[Iterator[dict], list[str]]:

@@ -43,6 +43,15 @@ UNHASHED_FILES = {MANIFEST_FILE, "commit_success.txt", "_CHECKPOINT_METADATA"}
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+def is_disk_full(error: Exception) -> bool:
+    """An OSError with ENOSPC/EDQUOT, or orbax's (tensorstore's) ValueError ``RESOURCE_EXHAUSTED: ... No space
+    left on device``."""
+    if isinstance(error, OSError):
+        return error.errno in DISK_FULL
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "No space left on device" in text or "Disk quota exceeded" in text
+
+
 class CheckpointError(UserError):
     """A missing or unusable checkpoint; the message is one line naming it and the fix."""
 
@@ -93,14 +102,15 @@ def read_manifest(step_dir: Path) -> dict | None:
 
 
 def damage(step_dir: Path) -> str | None:
-    """What is wrong with a finished step (a missing, resized or changed file), or None when it checks out
-    (or has no manifest to check against)."""
+    """What is wrong with a finished step (a missing, resized or changed file), or None when it checks out.
+    A step without a manifest (saved before checksums existed) cannot be checked file by file: its parameters
+    are read instead, and unreadable or non-finite ones are its damage."""
     try:
         manifest = read_manifest(step_dir)
     except (ValueError, OSError) as error:
         return f"unreadable {MANIFEST_FILE}: {error}"
     if manifest is None:
-        return None
+        return _unverified_damage(step_dir)
     for name, (size, digest) in sorted(manifest["files"].items()):
         path = step_dir / name
         if not path.is_file():
@@ -110,6 +120,37 @@ def damage(step_dir: Path) -> str | None:
         if _file_digest(path) != digest:
             return f"{name} does not match its checksum"
     return None
+
+
+def verified(step_dir: Path) -> bool:
+    """Whether the step has a manifest whose checksums ``damage`` checks (steps of older hrm versions do not)."""
+    return (Path(step_dir) / MANIFEST_FILE).is_file()
+
+
+def _unverified_damage(step_dir: Path) -> str | None:
+    """A manifest-less step's damage: parameters that cannot be read, or that are not all finite (overwritten
+    bytes decode as NaN and garbage; a resume from them trains only skipped steps)."""
+    import numpy as np
+
+    try:
+        params = read_numpy_params(step_dir)
+    except Exception as error:  # orbax/tensorstore raise many types for a damaged step
+        return f"no {MANIFEST_FILE}, and its parameters are unreadable ({type(error).__name__})"
+    bad = sum(int(np.size(x) - np.isfinite(x).sum()) for x in jax.tree.leaves(params))
+    return f"no {MANIFEST_FILE}, and {bad:,} of its parameter values are not finite" if bad else None
+
+
+def read_numpy_params(step_dir: Path):
+    """The ``params`` of a step's saved train state as numpy arrays, shaped by the step's own metadata."""
+    import numpy as np
+
+    path = Path(step_dir).absolute() / "state"
+    with ocp.PyTreeCheckpointer() as reader:
+        shapes = reader.metadata(path).item_metadata["params"]
+        target = {"params": jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), shapes)}
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        item = ocp.args.PyTreeRestore(item=target, partial_restore=True, restore_args=restore_args)
+        return reader.restore(path, args=item)["params"]
 
 
 # --- steps and names ---------------------------------------------------------------------------------------
@@ -276,23 +317,23 @@ class Checkpoints:
         self._in_flight = (step, sum(getattr(x, "nbytes", 8) for x in jax.tree.leaves(state)))
         try:
             self.mgr.save(step, args=ocp.args.Composite(**items), force=True)
-        except OSError as error:
+        except (OSError, ValueError) as error:
             self._failed(error)
         self._prune(step, info)
 
     def wait_until_finished(self) -> None:
         try:
             self.mgr.wait_until_finished()
-        except OSError as error:
+        except (OSError, ValueError) as error:
             self._failed(error)
         self._in_flight = None
 
-    def _failed(self, error: OSError):
+    def _failed(self, error: Exception):
         step, nbytes = self._in_flight or (None, 0)
         self._pending.clear()
         self._in_flight = None
         remove_tmp_dirs(self.run_dir)
-        if error.errno not in DISK_FULL:
+        if not is_disk_full(error):
             raise error
         free = shutil.disk_usage(self.run_dir).free
         last = [s for s in finished_steps(self.run_dir) if s != step]
