@@ -458,6 +458,7 @@ def _vram_section(values, source: str) -> dict:
 def resolve_config(config: Config) -> Config:
     """A validated copy with what follows from other choices filled in (the vocab size from the tokenizer)."""
     config = dataclasses.replace(config, model=dataclasses.replace(config.model))
+    validate(config)  # before the tokenizer: a bad setting is named even where that tokenizer cannot load
     if config.model.vocab_size == 0:
         from hrm.tokenizer import get_tokenizer, padded_vocab_size
 

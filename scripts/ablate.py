@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.util
 import json
 import platform
 import statistics
@@ -189,8 +188,12 @@ PLOTS_EXTRA = "pip install 'hrm[plots]' (matplotlib)"
 
 
 def can_plot() -> bool:
-    """Whether matplotlib (the ``plots`` extra) is importable; checked before any training."""
-    return importlib.util.find_spec("matplotlib") is not None
+    """Whether matplotlib (the ``plots`` extra) imports; checked before any training."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def results_markdown(

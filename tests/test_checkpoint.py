@@ -243,7 +243,7 @@ def test_steps_without_a_manifest_are_unverified_and_checked_by_their_parameters
 def test_sample_falls_back_from_a_step_whose_metadata_and_manifest_are_deleted(copy):
     without_manifests(copy)
     (step_dir(copy, 6) / "state" / "_METADATA").unlink()
-    assert damage(step_dir(copy, 6)).startswith("no hrm_manifest.json, and its parameters are unreadable")
+    assert damage(step_dir(copy, 6)).startswith("no hrm_manifest.json, and its parameters cannot be read")
     result = run_module("hrm.sample", "--checkpoint", copy, "--prompt", "ab", "--max_tokens", "3", "--temperature", "0")
     assert result.stdout.startswith("ab") and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
