@@ -215,6 +215,15 @@ def test_summary_and_runs_listing(run_dir, copy, capsys):
     assert np.isfinite(summary["train_seconds"])
 
 
+def overwrite_array_data(step):
+    """The middle half of every array data file of a step overwritten with 0xff: NaN where stored raw,
+    undecodable where compressed (wherever orbax put the parameters)."""
+    for path in (step / "state").rglob("d/*"):
+        data = bytearray(path.read_bytes())
+        data[len(data) // 4 : 3 * len(data) // 4] = b"\xff" * (3 * len(data) // 4 - len(data) // 4)
+        path.write_bytes(bytes(data))
+
+
 def without_manifests(run):
     for manifest in (run / CHECKPOINT_DIR).glob(f"*/{checkpoint.MANIFEST_FILE}"):
         manifest.unlink()  # as hrm saved steps before checksums existed
@@ -225,11 +234,14 @@ def test_steps_without_a_manifest_are_unverified_and_checked_by_their_parameters
     runs.main([str(copy), "--verify"])
     lines = capsys.readouterr().out.splitlines()[1:]
     assert len(lines) == 3 and all(line.endswith("  unverified (no manifest)") for line in lines), lines
-    overwrite_bytes(largest_array_file(copy, 6))  # decodes as non-finite parameters
-    problem = damage(step_dir(copy, 6))
-    assert problem is not None and problem.startswith("no hrm_manifest.json, and ") and "not finite" in problem
+    overwrite_array_data(step_dir(copy, 6))
+    problem = damage(step_dir(copy, 6), checkpoint.PARAMS)
+    assert problem is not None and problem.startswith("no hrm_manifest.json, and ")
+    assert damage(step_dir(copy, 6)).startswith("no hrm_manifest.json, and ")  # the whole state: a resume's check
     runs.main([str(copy), "--verify"])
-    assert capsys.readouterr().out.splitlines()[3].endswith(f"(latest)  DAMAGED: {problem}")
+    assert (
+        capsys.readouterr().out.splitlines()[3].startswith("  step        6  eval_loss        -  (latest)  DAMAGED: no")
+    )
     with pytest.raises(CheckpointError, match=r"checkpoint step 6 in '.*' is damaged \(no hrm_manifest.json, and"):
         hrm.load(copy, step=6)
     model = hrm.load(copy)  # the newest step that reads back finite
@@ -243,11 +255,12 @@ def test_steps_without_a_manifest_are_unverified_and_checked_by_their_parameters
 def test_sample_falls_back_from_a_step_whose_metadata_and_manifest_are_deleted(copy):
     without_manifests(copy)
     (step_dir(copy, 6) / "state" / "_METADATA").unlink()
-    assert damage(step_dir(copy, 6)).startswith("no hrm_manifest.json, and its parameters cannot be read")
+    problem = damage(step_dir(copy, 6), checkpoint.PARAMS)
+    assert problem.startswith("no hrm_manifest.json, and its parameters cannot be read")
     result = run_module("hrm.sample", "--checkpoint", copy, "--prompt", "ab", "--max_tokens", "3", "--temperature", "0")
     assert result.stdout.startswith("ab") and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"warning: checkpoint step 6 in '{copy}' is damaged ({damage(step_dir(copy, 6))}); trying an older step"
+        f"warning: checkpoint step 6 in '{copy}' is damaged ({problem}); trying an older step"
     ]
 
 
