@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hrm.inference import Generator
+from hrm.inference import Generator, SamplingError, check_request, token_array
 from hrm.models import build_model
 from hrm.tokenizer import get_tokenizer
 from hrm.training import checkpoint
@@ -35,8 +35,12 @@ class LoadedModel:
 
     def logits(self, token_ids) -> np.ndarray:
         """Logits (batch, length, vocab) for token ids (length,) or (batch, length)."""
-        tokens = np.asarray(token_ids, np.int64)
+        tokens = token_array(token_ids)
         tokens = tokens[None] if tokens.ndim == 1 else tokens
+        if tokens.ndim != 2 or not tokens.size:
+            raise SamplingError(
+                f"token ids must be a non-empty (length,) or (batch, length) list, got shape {tokens.shape}"
+            )
         self.generator.check_ids(self.params, tokens)
         return np.asarray(self._forward(self.params, jnp.asarray(tokens)))
 
@@ -53,6 +57,11 @@ class LoadedModel:
     ) -> list[str]:
         """Continuations (text) of each prompt string; ``temperature=0`` is greedy; ``sampling``: ``min_p``,
         ``repetition_penalty`` (``hrm.inference.Sampling``)."""
+        if not isinstance(prompts, str) and not (
+            isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, str) for p in prompts)
+        ):
+            raise SamplingError(f"prompts must be a string or a non-empty list of strings, got {prompts!r:.80}")
+        check_request(max_new_tokens, seed)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = [self.tokenizer.encode(p) or [self.tokenizer.eos_id] for p in prompts]
         outputs = self.generator.generate_ids(

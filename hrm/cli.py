@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from hrm.errors import UserError
@@ -29,13 +31,26 @@ def add_config_source(parser: argparse.ArgumentParser):
     return source
 
 
+INTERRUPTED = 128 + signal.SIGINT  # the exit code of a Ctrl-C, as a shell reports one
+
+
 def run_main(main, argv=None) -> None:
     """Call ``main(argv)``; a ``UserError`` (or a scan backend that cannot run here) prints ``error: ...`` on one
-    line and exits with its code (2; 1 for training that cannot go on)."""
+    line and exits with its code (2; 1 for training that cannot go on). Ctrl-C (outside training's own handler,
+    which saves a checkpoint first) prints one line and exits 130; during the imports before this, hrm/__init__.py
+    has it end the process quietly."""
     from kernels import BackendUnavailable  # kernels/ stays free of hrm imports, so its error is not a UserError
 
+    if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main(sys.argv[1:] if argv is None else argv)
     except (UserError, BackendUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(getattr(error, "exit_code", 2))
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # no interpreter shutdown: with XLA still compiling in its threads it can crash (SIGSEGV); the `finally`
+        # blocks on the way here (run lock, checkpoint manager) have run
+        os._exit(INTERRUPTED)

@@ -7,10 +7,12 @@ unknown key or a bad value raises ``ConfigError`` with one line that names the k
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import importlib.util
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -124,7 +126,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # the largest global gradient norm; 0 = no clipping
     save_every: int = 500
     log_every: int = 10
     log_activations: bool = True  # log steps also record activation RMS per layer and recursion depth
@@ -198,6 +200,9 @@ def cpu_sized_config(model: ModelConfig) -> Config:
 
 
 def _build(cls, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        where = f"section '{prefix.rstrip('.')}'" if prefix else "a config"
+        raise ConfigError(f"{where} must be a JSON object of keys and values, got {raw!r:.60}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -391,6 +396,8 @@ def config_from_json(raw, source: str) -> Config:
     flat, unknown = {}, []
     for section, values in raw.items():
         if section == "name":
+            if not isinstance(values, str):
+                raise ConfigError(f"config file '{source}': 'name' must be a string, got {values!r:.60}")
             flat["name"] = values
         elif section == "vram":
             flat.update(_vram_section(values, source))
@@ -403,6 +410,10 @@ def config_from_json(raw, source: str) -> Config:
                     flat[alias or f"{target}.{key}"] = value
                 else:
                     unknown.append(f"{section}.{key}")
+        elif section in JSON_SECTIONS:
+            raise ConfigError(
+                f"config file '{source}': section '{section}' must be an object of keys and values, got {values!r:.60}"
+            )
         else:
             unknown.append(section)
     if unknown:
@@ -438,8 +449,11 @@ def _vram_section(values, source: str) -> dict:
             f"config file '{source}': section 'vram' takes batch_size, gradient_accumulation_steps "
             f"and effective_batch_size, got {values!r}"
         )
-    micro, accumulation = values.get("batch_size"), values.get("gradient_accumulation_steps", 1)
-    effective = values.get("effective_batch_size")
+    # parsed before any arithmetic: "4" * 2 would be "44"
+    micro, accumulation, effective = (
+        None if values.get(key, default) is None else _coerce(f"vram.{key}", int, values.get(key, default))
+        for key, default in (("batch_size", None), ("gradient_accumulation_steps", 1), ("effective_batch_size", None))
+    )
     if micro is not None and effective is not None and micro * accumulation != effective:
         raise ConfigError(
             f"config file '{source}': vram.effective_batch_size ({effective}) must equal "
@@ -453,12 +467,8 @@ def _vram_section(values, source: str) -> dict:
 
 def resolve_config(config: Config) -> Config:
     """A validated copy with what follows from other choices filled in (the vocab size from the tokenizer)."""
-    config = dataclasses.replace(
-        config,
-        model=dataclasses.replace(config.model),
-        data=dataclasses.replace(config.data, synthetic=dataclasses.replace(config.data.synthetic)),
-        train=dataclasses.replace(config.train),
-    )  # the caller's sections stay as they were (validate coerces fields in place)
+    config = copy.deepcopy(config)  # the caller's sections stay as they were (validate coerces fields in place)
+    validate(config)  # before the tokenizer: a bad setting is named even where that tokenizer cannot load
     if config.model.vocab_size == 0:
         from hrm.tokenizer import get_tokenizer, padded_vocab_size
 
@@ -469,59 +479,121 @@ def resolve_config(config: Config) -> Config:
     return config
 
 
-_SECTIONS = {ModelConfig: "model", DataConfig: "data", TrainConfig: "train"}
+# The allowed range of every numeric field (hrm.config.validate; tests/test_config.py checks that each numeric
+# field has one): a rule and, where 0 means something, what.
+POSITIVE, NON_NEGATIVE, FRACTION, UNIT_OPEN, UNIT_CLOSED = ">0", ">=0", "[0,1)", "(0,1)", "[0,1]"
+SEED_LIMIT = 2**32  # jax.random.key takes a uint32 seed
+RANGES = {
+    "model.d_model": POSITIVE,
+    "model.n_layers": POSITIVE,
+    "model.d_state": POSITIVE,
+    "model.d_conv": POSITIVE,
+    "model.expand": POSITIVE,
+    "model.dt_rank": (NON_NEGATIVE, "0 = automatic"),
+    "model.dt_min": POSITIVE,
+    "model.dt_max": POSITIVE,
+    "model.dt_init_floor": POSITIVE,
+    "model.norm_eps": POSITIVE,
+    "model.vocab_size": (NON_NEGATIVE, "0 = the tokenizer's size"),
+    "model.token_vocab_size": (NON_NEGATIVE, "0 = every row of model.vocab_size"),
+    "model.scan_chunk": (NON_NEGATIVE, "0 = automatic"),
+    "model.n_heads": POSITIVE,
+    "model.rope_theta": POSITIVE,
+    "model.max_cache_len": POSITIVE,
+    "model.mlp_ratio": POSITIVE,
+    "model.max_recursion_depth": POSITIVE,
+    "model.ponder_prior": (FRACTION, "0 = uniform"),
+    "model.gate_reg_weight": (NON_NEGATIVE, "0 = off"),
+    "model.recurrent_depth": POSITIVE,
+    "model.adapter_rank": (NON_NEGATIVE, "0 = none"),
+    "model.checkpoint_segments": POSITIVE,
+    "model.dropout": (FRACTION, "0 = none"),
+    "data.seq_len": POSITIVE,
+    "data.eval_fraction": (FRACTION, "0 = no held-out documents"),
+    "data.num_threads": POSITIVE,
+    "data.prefetch": (NON_NEGATIVE, "0 = no prefetching"),
+    "data.synthetic.examples": POSITIVE,
+    "data.synthetic.length": (NON_NEGATIVE, "0 = the task's default"),
+    "data.synthetic.targets": (NON_NEGATIVE, "0 = the task's default"),
+    "data.synthetic.vocab": (NON_NEGATIVE, "0 = the task's default"),
+    "data.synthetic.seed": "seed",
+    "train.steps": POSITIVE,
+    "train.epochs": (NON_NEGATIVE, "0 = train.steps decides"),
+    "train.batch_size": POSITIVE,
+    "train.accumulation_steps": POSITIVE,
+    "train.lr": UNIT_OPEN,
+    "train.min_lr_ratio": UNIT_CLOSED,
+    "train.warmup_steps": NON_NEGATIVE,
+    "train.weight_decay": (NON_NEGATIVE, "0 = none"),
+    "train.b1": FRACTION,
+    "train.b2": FRACTION,
+    "train.grad_clip": (NON_NEGATIVE, "0 = no clipping"),
+    "train.save_every": POSITIVE,
+    "train.log_every": POSITIVE,
+    "train.eval_every": (NON_NEGATIVE, "0 = at every save"),
+    "train.eval_batches": (NON_NEGATIVE, "0 = no evaluation"),
+    "train.keep_checkpoints": POSITIVE,
+    "train.profile_steps": (NON_NEGATIVE, "0 = no profile"),
+    "train.max_bad_steps": POSITIVE,
+    "train.seed": "seed",
+}
+_RULES = {
+    POSITIVE: (lambda v: v > 0, "must be positive"),
+    NON_NEGATIVE: (lambda v: v >= 0, "must be >= 0"),
+    FRACTION: (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    UNIT_OPEN: (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    UNIT_CLOSED: (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "seed": (lambda v: 0 <= v < SEED_LIMIT, "must be in [0, 2**32)"),
+}
+
+
+def numeric_fields(config, prefix: str = "") -> dict[str, tuple[object, type]]:
+    """{dotted key: (value, type)} of every int and float field, nested sections included."""
+    out = {}
+    for name, kind in typing.get_type_hints(type(config)).items():
+        value = getattr(config, name)
+        if dataclasses.is_dataclass(kind):
+            out.update(numeric_fields(value, f"{prefix}{name}."))
+        elif kind in (int, float):
+            out[prefix + name] = (value, kind)
+    return out
+
+
+def _coerce_fields(section, prefix: str) -> None:
+    """Fields set in Python (config files) get the command line's parse, nested sections too."""
+    for name, kind in typing.get_type_hints(type(section)).items():
+        value = getattr(section, name)
+        if dataclasses.is_dataclass(kind) and dataclasses.is_dataclass(value):
+            _coerce_fields(value, f"{prefix}{name}.")
+        else:
+            setattr(section, name, _coerce(prefix + name, kind, value))
+
+
+def check_ranges(config) -> None:
+    """Every numeric field finite and within its ``RANGES`` rule: one ``ConfigError`` naming the first that is not."""
+    for key, (value, _) in numeric_fields(config).items():
+        rule = RANGES[key]
+        rule, note = rule if isinstance(rule, tuple) else (rule, "")
+        test, wording = _RULES[rule]
+        if not (math.isfinite(value) and test(value)):
+            raise ConfigError(f"config key '{key}' {wording}{f' ({note})' if note else ''}, got {value}")
 
 
 def validate(config: Config) -> None:
     """Reject impossible sizes and settings before any work starts."""
     m, d, t = config.model, config.data, config.train
-    for section in (m, d, t):  # fields set in Python (config files) get the command line's parse
-        for name, kind in typing.get_type_hints(type(section)).items():
-            setattr(section, name, _coerce(f"{_SECTIONS[type(section)]}.{name}", kind, getattr(section, name)))
-    positive = {
-        "model.d_model": m.d_model,
-        "model.n_layers": m.n_layers,
-        "model.d_state": m.d_state,
-        "model.d_conv": m.d_conv,
-        "model.expand": m.expand,
-        "data.seq_len": d.seq_len,
-        "data.num_threads": d.num_threads,
-        "train.steps": t.steps,
-        "train.batch_size": t.batch_size,
-        "train.save_every": t.save_every,
-        "train.log_every": t.log_every,
-        "train.keep_checkpoints": t.keep_checkpoints,
-        "train.accumulation_steps": t.accumulation_steps,
-        "train.max_bad_steps": t.max_bad_steps,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    for section, prefix in ((m, "model."), (d, "data."), (t, "train.")):
+        if not dataclasses.is_dataclass(section):
+            raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a section of keys, got {section!r:.60}")
+        _coerce_fields(section, prefix)
+    check_ranges(config)
     if t.batch_size % t.accumulation_steps:
         raise ConfigError(
             f"config key 'train.accumulation_steps' ({t.accumulation_steps}) must divide "
             f"train.batch_size ({t.batch_size}), the global batch per optimizer step"
         )
-    if not 0 < t.lr < 1:
-        raise ConfigError(f"config key 'train.lr' must be in (0, 1), got {t.lr}")
-    if not 0 <= t.min_lr_ratio <= 1:
-        raise ConfigError(f"config key 'train.min_lr_ratio' must be in [0, 1], got {t.min_lr_ratio}")
-    if t.profile_steps < 0:
-        raise ConfigError(f"config key 'train.profile_steps' must be >= 0, got {t.profile_steps}")
-    if t.epochs < 0:
-        raise ConfigError(f"config key 'train.epochs' must be >= 0 (0: train.steps decides), got {t.epochs}")
-    if t.warmup_steps < 0:
-        raise ConfigError(f"config key 'train.warmup_steps' must be >= 0, got {t.warmup_steps}")
-    if not 0 < m.dt_min <= m.dt_max:
+    if m.dt_min > m.dt_max:
         raise ConfigError("config keys 'model.dt_min'/'model.dt_max' need 0 < dt_min <= dt_max")
-    if not 0 <= d.eval_fraction < 1:
-        raise ConfigError(f"config key 'data.eval_fraction' must be in [0, 1), got {d.eval_fraction}")
-    if t.eval_every < 0 or t.eval_batches < 0:
-        raise ConfigError("config keys 'train.eval_every' and 'train.eval_batches' must be >= 0")
-    if m.vocab_size < 0 or m.dt_rank < 0 or m.token_vocab_size < 0:
-        raise ConfigError(
-            "config keys 'model.vocab_size', 'model.token_vocab_size' and 'model.dt_rank' must be >= 0 (0 = automatic)"
-        )
     if m.token_vocab_size > m.vocab_size:
         raise ConfigError(
             f"config key 'model.token_vocab_size' ({m.token_vocab_size}) exceeds model.vocab_size ({m.vocab_size})"
@@ -535,25 +607,6 @@ def validate(config: Config) -> None:
 
 def _validate_families(m: ModelConfig) -> None:
     """The family-specific model fields (attention, recursion, pattern)."""
-    for key in (
-        "n_heads",
-        "max_cache_len",
-        "mlp_ratio",
-        "max_recursion_depth",
-        "recurrent_depth",
-        "checkpoint_segments",
-    ):
-        if getattr(m, key) <= 0:
-            raise ConfigError(f"config key 'model.{key}' must be positive, got {getattr(m, key)}")
-    if not 0 <= m.dropout < 1:
-        raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {m.dropout}")
-    for key in ("adapter_rank", "gate_reg_weight"):
-        if getattr(m, key) < 0:
-            raise ConfigError(f"config key 'model.{key}' must be >= 0, got {getattr(m, key)}")
-    if m.rope_theta <= 0:
-        raise ConfigError(f"config key 'model.rope_theta' must be positive, got {m.rope_theta}")
-    if not 0 <= m.ponder_prior < 1:
-        raise ConfigError(f"config key 'model.ponder_prior' must be in [0, 1), got {m.ponder_prior}")
     uses_attention = m.family == "hybrid_recursive" or (m.family == "hybrid_pattern" and "A" in m.layer_pattern)
     if uses_attention and (m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2):
         raise ConfigError(

@@ -81,6 +81,15 @@ class TextStream:
         return self.emitted
 
 
+def check_stop(stop) -> list[str]:
+    """Stop strings as a list: one string or several, each non-empty (an empty one would stop before any
+    text; ``TextStream`` would ignore it)."""
+    stop = [stop] if isinstance(stop, str) else list(stop or ())
+    if not all(isinstance(s, str) and s for s in stop):
+        raise SamplingError(f"stop strings must be non-empty text, got {stop!r:.80}")
+    return stop
+
+
 def text_streams(
     model,
     prompts: list[str],
@@ -94,6 +103,7 @@ def text_streams(
 ):
     """(one ``TextStream`` per prompt, an iterator of (row, new text) as tokens are decoded). A stream's
     ``finish_reason`` stays None when it ran out of tokens; decoding ends early once every row finished."""
+    stop = check_stop(stop)
     tokenizer = model.tokenizer
     ids = [tokenizer.encode(p) or ([] if prefix is not None else [tokenizer.eos_id]) for p in prompts]
     streams = [TextStream(tokenizer, stop, tokenizer.eos_id if stop_at_eos else None) for _ in prompts]

@@ -309,11 +309,15 @@ def main(argv: list[str]) -> None:
     )
     name = args.name or "_".join(key.replace("synthetic:", "") for key in results)
     report = {"checkpoint": str(args.checkpoint), "step": model.step, "name": name, "results": results}
-    path = write_report(Path(args.checkpoint), name, report)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(table(report))
+    print(json.dumps(report) if args.json else table(report))
+    try:
+        path = write_report(Path(args.checkpoint), name, report)
+    except OSError as error:  # a read-only run directory: the results are printed above, not lost
+        raise UsageError(
+            f"cannot write the results to '{Path(args.checkpoint) / EVAL_DIR}' ({error.strerror or error}); "
+            f"they are printed above (--json prints them as JSON)"
+        ) from None
+    if not args.json:
         print(f"written to {path}")
 
 

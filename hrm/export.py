@@ -155,6 +155,8 @@ def main(argv: list[str]) -> None:
         raise UsageError("give the folder to write with --out DIR (see python -m hrm.export --help)")
     if args.chunk is not None and (args.chunk < 1 or args.chunk & (args.chunk - 1)):
         raise UsageError(f"--chunk must be a power of two, got {args.chunk}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out '{out}' is a file; pass a folder to write (new, or one to overwrite)")
     import hrm
 
     model = hrm.load(args.checkpoint, step=args.step, max_context=args.max_context)

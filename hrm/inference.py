@@ -84,6 +84,28 @@ class Sampling:
         return self
 
 
+def check_request(max_new_tokens, seed) -> None:
+    """``max_new_tokens`` a count and ``seed`` a seed jax takes (an integer in [0, 2**32))."""
+    if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise SamplingError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise SamplingError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+
+
+def token_array(token_ids) -> np.ndarray:
+    """Token ids (a list, nested list or array of integers) as an int64 array; floats, text and ragged rows are
+    a ``SamplingError`` (a cast would silently truncate 1.7 to 1)."""
+    try:
+        tokens = np.asarray(token_ids)
+    except ValueError:
+        raise SamplingError("token ids must be a rectangular list of integers (rows of equal length)") from None
+    if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
+        raise SamplingError(
+            f"token ids must be integers, got {tokens.dtype} values such as {tokens.ravel()[0].item()!r}"
+        )
+    return tokens.astype(np.int64)
+
+
 class SamplingArrays(NamedTuple):
     """``Sampling`` of each row as (batch,) arrays; 0 switches top_k and min_p off, 1 top_p and the penalty.
     The OpenAI penalties and the logit bias are None unless a row uses them (a separate compiled program);
@@ -376,8 +398,7 @@ class Generator:
     ) -> Iterator[np.ndarray]:
         """Token arrays (batch, <= chunk) as they are decoded, ``max_new_tokens`` per row in all."""
         sampling.check()
-        if max_new_tokens < 0:
-            raise SamplingError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        check_request(max_new_tokens, seed)
         if max_new_tokens == 0 or not prompts:
             return
         state = self.start(params, prompts, max_new_tokens, seed, prefix)

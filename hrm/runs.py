@@ -19,6 +19,8 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from hrm.training import checkpoint, runinfo
 
+    checkpoint.quiet_orbax()
+
     missing = [d for d in args.dirs if not Path(d).is_dir()]
     if missing:
         raise UsageError(f"not a directory: {', '.join(missing)}; pass run directories or folders holding them")
@@ -38,7 +40,15 @@ def main(argv: list[str]) -> None:
         print(f"{run_dir}  config {config.name}  family {config.model.family}")
         for row in rows:
             loss = f"{row['eval_loss']:.4f}" if row["eval_loss"] is not None else "-"
-            status = "" if not args.verify else ("  ok" if row["damage"] is None else f"  DAMAGED: {row['damage']}")
+            status = (
+                ""
+                if not args.verify
+                else f"  DAMAGED: {row['damage']}"
+                if row["damage"] is not None
+                else "  ok"
+                if row["verified"]
+                else "  unverified (no manifest)"
+            )
             names = f"  ({', '.join(row['names'])})" if row["names"] else ""
             print(f"  step {row['step']:>8}  eval_loss {loss:>8}{names}{status}")
 

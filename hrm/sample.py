@@ -79,10 +79,12 @@ def capped_max_tokens(model, prompt_tokens: int, max_tokens: int) -> int:
 
 def main(argv: list[str]) -> None:
     args = parse(argv)
+    from hrm.decoding import check_stop
     from hrm.inference import Sampling, SamplingError
 
     try:
         sampling = Sampling(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty).check()
+        check_stop(args.stop)
     except SamplingError as error:
         raise UsageError(str(error)) from None
     if args.max_tokens < 0:

@@ -12,6 +12,7 @@ training settings come from --config when given, else from RUN_DIR.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from hrm.config import (
     apply_override,
     load_config_file,
     model_size_config,
+    resolve_config,
 )
+from hrm.errors import UserError
 
 EXAMPLES = """\
 overrides: any config field, --config.section.key=value (sections model, data, train), e.g.
@@ -158,16 +161,30 @@ def main(argv: list[str]) -> None:
 
         vram = VramRequest(parse_vram(args.vram) if args.vram else None, args.vram_safety_margin)
     run_dir = Path(args.output_dir or Path("runs") / config.name)
+    resolve_config(config)  # a refused config is said before the run directory exists
+    created = not run_dir.exists()
     log_to_file(run_dir, argv)
-    train(
-        config,
-        run_dir,
-        vram=vram,
-        allow_data_change=args.allow_data_change,
-        init_from=args.init_from,
-        resume_from=args.resume,
-        wandb=args.wandb,
-    )
+    try:
+        train(
+            config,
+            run_dir,
+            vram=vram,
+            allow_data_change=args.allow_data_change,
+            init_from=args.init_from,
+            resume_from=args.resume,
+            wandb=args.wandb,
+        )
+    except UserError:
+        if created:
+            remove_if_only_logs(run_dir)
+        raise
+
+
+def remove_if_only_logs(run_dir: Path) -> None:
+    """Remove a run directory this process made and then refused to train in (a size or data problem found after
+    it opened its log): it holds nothing but that log."""
+    if run_dir.is_dir() and all(p.is_file() and p.name.endswith(".log") for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 LOG_FILE = "train.log"
@@ -202,8 +219,14 @@ def log_to_file(run_dir: Path, argv: list[str]) -> Path:
     import jax
 
     name = LOG_FILE if jax.process_index() == 0 else f"train.{jax.process_index()}.log"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    file = open(run_dir / name, "a", buffering=1)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        file = open(run_dir / name, "a", buffering=1)
+    except OSError as error:  # a read-only or full disk, a file where the folder should be
+        raise UsageError(
+            f"cannot write the training log '{run_dir / name}' ({error.strerror or error}); "
+            f"pass a writable --output_dir"
+        ) from None
     file.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')} python -m hrm.train {' '.join(argv)}\n")
     sys.stdout, sys.stderr = _Tee(sys.stdout, file), _Tee(sys.stderr, file)
     return run_dir / name
@@ -293,6 +316,11 @@ def parse_command_line(argv: list[str]):
     for flag, key in SHORTHANDS.items():
         if getattr(args, flag) is not None:
             shorthand.append((key, str(getattr(args, flag))))
+    if args.epochs is not None and not args.epochs > 0:
+        raise UsageError(
+            f"--epochs must be a positive number of passes over the training tokens, got {args.epochs:g}; "
+            f"leave it out to train --config.train.steps steps"
+        )
     if args.vram_safety_margin < 0:
         raise UsageError(f"--vram_safety_margin must be >= 0 MB, got {args.vram_safety_margin:g}")
     if not (args.config or args.model_size or args.init_from or args.resume):

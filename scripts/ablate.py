@@ -184,7 +184,21 @@ def machine() -> str:
     )
 
 
-def results_markdown(rows: list[dict], command: str, task: str, sizes: str, budget, when: str) -> str:
+PLOTS_EXTRA = "pip install 'hrm[plots]' (matplotlib)"
+
+
+def can_plot() -> bool:
+    """Whether matplotlib (the ``plots`` extra) imports; checked before any training."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def results_markdown(
+    rows: list[dict], command: str, task: str, sizes: str, budget, when: str, plots: bool = True
+) -> str:
     kind, amount = budget
     longer = [f"{k}_longer" for k in ("accuracy", "char_match") if any(f"{k}_longer" in r for r in rows)]
     header = (
@@ -225,7 +239,9 @@ def results_markdown(rows: list[dict], command: str, task: str, sizes: str, budg
         "generation on fresh examples; char match: the share of answer characters right at their position"
         + ("; *longer*: the same at the extrapolation length." if longer else "."),
         "",
-        "![loss vs step](loss_vs_step.png) ![loss vs seconds](loss_vs_seconds.png)",
+        "![loss vs step](loss_vs_step.png) ![loss vs seconds](loss_vs_seconds.png)"
+        if plots
+        else f"(no loss curves: matplotlib is not installed; {PLOTS_EXTRA} and re-run to draw them)",
         "",
     ]
     return "\n".join(lines)
@@ -258,6 +274,9 @@ def main(argv: list[str]) -> None:
     length, targets, vocab = sizes(task_name(task), configs[0].data.synthetic)
     if args.extrapolate_length:
         sizes(task_name(task), dataclasses.replace(configs[0].data.synthetic, length=args.extrapolate_length))
+    plots = can_plot()
+    if not plots:
+        print(f"note: no loss curves without matplotlib ({PLOTS_EXTRA}); the results table is still written")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -273,8 +292,9 @@ def main(argv: list[str]) -> None:
             indent=1,
         )
     )
-    plot_curves(out, rows)
-    markdown = results_markdown(rows, command, task, task_sizes, budget, when)
+    if plots:
+        plot_curves(out, rows)
+    markdown = results_markdown(rows, command, task, task_sizes, budget, when, plots)
     (out / "results.md").write_text(markdown)
     print(markdown)
 

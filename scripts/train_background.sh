@@ -7,7 +7,9 @@
 # Writes logs/training_<run>_<timestamp>.log (the console output) and logs/training_<run>_<timestamp>.pid
 # ($HRM_LOG_DIR instead of logs/), where <run> is the --output_dir's name, else the --model_size or --config
 # name. The run directory also gets its own train.log (hrm.train writes it). Re-running the same command
-# resumes the run from its latest checkpoint. PYTHON selects the interpreter (default: python).
+# resumes the run from its latest checkpoint. PYTHON selects the interpreter; by default the one hrm is installed
+# in: the hrm-train console script's, else the first python3 or python on PATH that imports hrm and jax. A trainer
+# that is gone $HRM_START_WAIT seconds (default 3) after the start is reported as failed, with its log's last line.
 set -euo pipefail
 
 log_dir="${HRM_LOG_DIR:-logs}"
@@ -55,11 +57,50 @@ mkdir -p "$log_dir"
 log_file="$log_dir/training_${run}_${stamp}.log"
 pid_file="$log_dir/training_${run}_${stamp}.pid"
 
-# setsid: a new session and process group, so the trainer outlives this shell and --stop can signal the group.
-PYTHONUNBUFFERED=1 setsid nohup "${PYTHON:-python}" -m hrm.train "$@" >"$log_file" 2>&1 </dev/null &
-echo $! >"$pid_file"
+imports_hrm() {   # the interpreter can import hrm and its heavy dependency (a venv that is not activated cannot)
+    "$1" -c 'import importlib.util as u, sys; sys.exit(not (u.find_spec("hrm") and u.find_spec("jax")))' \
+        2>/dev/null
+}
 
-echo "training started: PID $(cat "$pid_file")"
+python_with_hrm() {
+    local script candidate
+    if script="$(command -v hrm-train 2>/dev/null)"; then
+        candidate="$(head -n 1 "$script" | sed -n 's/^#![[:space:]]*//p' | awk '{print $1}')"
+        [[ -n "$candidate" && -x "$candidate" ]] && imports_hrm "$candidate" && { echo "$candidate"; return; }
+    fi
+    for candidate in $(type -ap python3 python); do
+        imports_hrm "$candidate" && { echo "$candidate"; return; }
+    done
+    return 1
+}
+
+if [[ -n "${PYTHON:-}" ]]; then
+    py="$PYTHON"
+elif ! py="$(python_with_hrm)"; then
+    echo "error: no python on PATH imports hrm and jax; activate hrm's environment or pass PYTHON=/path/to/python" >&2
+    exit 2
+fi
+
+# setsid: a new session and process group, so the trainer outlives this shell and --stop can signal the group.
+PYTHONUNBUFFERED=1 setsid nohup "$py" -m hrm.train "$@" >"$log_file" 2>&1 </dev/null &
+pid=$!
+echo "$pid" >"$pid_file"
+
+# A trainer that cannot start (wrong interpreter, bad flags) is gone within moments: say so, not "started".
+for _ in $(seq 1 "$((${HRM_START_WAIT:-3} * 10))"); do
+    alive "$pid" || break
+    sleep 0.1
+done
+if ! alive "$pid"; then
+    code=0
+    wait "$pid" || code=$?
+    rm -f "$pid_file"
+    last="$(grep -v '^[[:space:]]*$' "$log_file" | tail -n 1 || true)"
+    echo "error: training failed to start (exit code $code, $py): ${last:-no output}; full log: $log_file" >&2
+    exit 1
+fi
+
+echo "training started: PID $pid ($py)"
 echo "  log:    $log_file"
 echo "  follow: tail -f $log_file"
 echo "  stop:   $0 --stop $pid_file"

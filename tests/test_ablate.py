@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -104,3 +105,39 @@ def test_ablate_end_to_end_writes_table_curves_and_runs(tmp_path, capsys):
     assert rows[1]["flops_per_token"] > rows[0]["flops_per_token"]  # 1 block applied twice vs once
     for name in ("loss_vs_step.png", "loss_vs_seconds.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_ablate_without_matplotlib_says_so_first_and_still_writes_the_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plots extra is not installed
+    ablate.main(
+        [
+            "--configs",
+            str(ROOT / "configs/ablate_mamba.py"),
+            "--task",
+            "synthetic:induction_heads",
+            "--budget",
+            "steps=2",
+            "--out",
+            str(tmp_path),
+            "--examples",
+            "2",
+            "--config.model.d_model=32",
+            "--config.model.n_layers=1",
+            "--config.data.seq_len=32",
+            "--config.data.num_threads=1",
+            "--config.data.synthetic.length=16",
+            "--config.data.synthetic.examples=300",
+            "--config.data.cache_dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        "note: no loss curves without matplotlib (pip install 'hrm[plots]' (matplotlib)); the results table is "
+        "still written"
+    )  # before the first run starts
+    assert out[1].startswith("== ablate_mamba")
+    table = (tmp_path / "results.md").read_text()
+    assert "| ablate_mamba | mamba |" in table and "no loss curves: matplotlib is not installed" in table
+    assert not list(tmp_path.glob("*.png"))

@@ -26,7 +26,7 @@ from hrm.training.checkpoint import (
 from hrm.training.loop import train
 from hrm.training.metrics import METRICS_FILE, read_metrics
 from hrm.training.runinfo import SUMMARY_FILE
-from tests.helpers import small_config
+from tests.helpers import run_module, small_config
 
 CONFIG = small_config(steps=6, save_every=2, eval_batches=2)
 
@@ -223,3 +223,81 @@ def test_summary_and_runs_listing(run_dir, copy, capsys):
     with pytest.raises(UsageError, match="no hrm.train run"):
         runs.main([str(copy / CHECKPOINT_DIR)])
     assert np.isfinite(summary["train_seconds"])
+
+
+def overwrite_array_data(step):
+    """The middle half of every array data file of a step overwritten with 0xff: NaN where stored raw,
+    undecodable where compressed (wherever orbax put the parameters)."""
+    for path in (step / "state").rglob("d/*"):
+        data = bytearray(path.read_bytes())
+        data[len(data) // 4 : 3 * len(data) // 4] = b"\xff" * (3 * len(data) // 4 - len(data) // 4)
+        path.write_bytes(bytes(data))
+
+
+def without_manifests(run):
+    for manifest in (run / CHECKPOINT_DIR).glob(f"*/{checkpoint.MANIFEST_FILE}"):
+        manifest.unlink()  # as hrm saved steps before checksums existed
+
+
+def test_steps_without_a_manifest_are_unverified_and_checked_by_their_parameters(copy, capsys):
+    without_manifests(copy)
+    runs.main([str(copy), "--verify"])
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == 3 and all(line.endswith("  unverified (no manifest)") for line in lines), lines
+    overwrite_array_data(step_dir(copy, 6))
+    problem = damage(step_dir(copy, 6), checkpoint.PARAMS)
+    assert problem is not None and problem.startswith("no hrm_manifest.json, and ")
+    assert damage(step_dir(copy, 6)).startswith("no hrm_manifest.json, and ")  # the whole state: a resume's check
+    runs.main([str(copy), "--verify"])
+    assert (
+        capsys.readouterr().out.splitlines()[3].startswith("  step        6  eval_loss        -  (latest)  DAMAGED: no")
+    )
+    with pytest.raises(CheckpointError, match=r"checkpoint step 6 in '.*' is damaged \(no hrm_manifest.json, and"):
+        hrm.load(copy, step=6)
+    model = hrm.load(copy)  # the newest step that reads back finite
+    assert model.step == 4 and np.all(np.isfinite(model.logits([1, 2, 3])))
+    assert f"checkpoint step 6 in '{copy}' is damaged ({problem}); trying an older step" in capsys.readouterr().err
+    moved = []
+    assert Checkpoints(copy).newest_good_step(moved.append) == 4  # a resume's choice: step 6 is moved aside
+    assert moved[0].startswith("checkpoint step 6 is damaged (no hrm_manifest.json") and finished_steps(copy) == [2, 4]
+
+
+def test_sample_falls_back_from_a_step_whose_metadata_and_manifest_are_deleted(copy):
+    without_manifests(copy)
+    (step_dir(copy, 6) / "state" / "_METADATA").unlink()
+    problem = damage(step_dir(copy, 6), checkpoint.PARAMS)
+    assert problem.startswith("no hrm_manifest.json, and its parameters cannot be read")
+    result = run_module("hrm.sample", "--checkpoint", copy, "--prompt", "ab", "--max_tokens", "3", "--temperature", "0")
+    assert result.stdout.startswith("ab") and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"warning: checkpoint step 6 in '{copy}' is damaged ({problem}); trying an older step"
+    ]
+
+
+def test_orbax_disk_full_value_error_is_the_one_line_disk_full_message(tmp_path, monkeypatch):
+    """orbax (tensorstore) reports a full disk as ValueError RESOURCE_EXHAUSTED, not as an OSError."""
+    mgr = Checkpoints(tmp_path)
+    mgr.save(1, tiny_state(1))
+    mgr.wait_until_finished()
+
+    def disk_full(step_dir, info):
+        raise ValueError(
+            'RESOURCE_EXHAUSTED: Error writing local file "/ckpt/2/state/d/ab12": [OS error: No space left on device]'
+        )
+
+    monkeypatch.setattr(checkpoint, "write_manifest", disk_full)
+    with pytest.raises(
+        CheckpointError, match=rf"^disk full saving checkpoint step 2 in '{tmp_path}': .* resume from step 1"
+    ):
+        mgr.save(2, tiny_state(2))
+        mgr.wait_until_finished()
+    assert finished_steps(tmp_path) == [1] and damage(step_dir(tmp_path, 1)) is None
+
+
+def test_a_wrong_shaped_config_json_is_read_from_the_newest_step(copy):
+    for raw in ("[1, 2, 3]", '{"model": 7}'):
+        (copy / "config.json").write_text(raw)
+        warnings = []
+        saved = checkpoint.step_info(copy, 6)["config"]
+        assert read_run_config(copy, log=warnings.append).to_dict() == Config.from_dict(saved).to_dict()
+        assert warnings[0].startswith(f"'{copy / 'config.json'}' is damaged (ConfigError: ")

@@ -1,6 +1,19 @@
+import json
+import re
+
 import pytest
 
-from hrm.config import Config, ConfigError, apply_override, load_config_file, validate
+from hrm.config import (
+    RANGES,
+    Config,
+    ConfigError,
+    TrainConfig,
+    apply_override,
+    load_config_file,
+    numeric_fields,
+    resolve_config,
+    validate,
+)
 from tests.helpers import ROOT, run_module
 
 
@@ -122,3 +135,99 @@ def test_an_installed_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(str(site)) and "documented size: 75.00M" in result.stdout
+
+
+def test_every_numeric_field_has_a_range_and_refuses_negatives_nan_and_infinity():
+    """Flags, JSON and Python configs all reach validate(); no numeric field is negative-able or NaN-able."""
+    fields = numeric_fields(Config())
+    assert "train.grad_clip" in fields and "data.synthetic.examples" in fields and set(fields) == set(RANGES)
+    for key, (_, kind) in fields.items():
+        bad_values = [-1] + ([float("nan"), float("inf")] if kind is float else [])
+        for bad in bad_values:
+            config = Config()
+            apply_override(config, key, str(bad))
+            with pytest.raises(ConfigError, match=rf"^config key '{key}' must "):
+                validate(config)
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("train.grad_clip", "-1"),  # every update would be gradient ascent
+        ("train.grad_clip", "nan"),
+        ("train.b1", "1.0"),
+        ("train.b2", "2.0"),
+        ("train.weight_decay", "-5"),
+        ("train.lr", "inf"),
+        ("model.rope_theta", "nan"),  # every step would be non-finite
+        ("model.norm_eps", "-1"),
+        ("model.dt_init_floor", "0"),
+        ("train.seed", str(2**40)),
+    ],
+)
+def test_settings_that_train_wrong_are_refused_from_flags_json_and_python(tmp_path, key, value):
+    section, name = key.split(".")
+    config = Config()
+    apply_override(config, key, value)  # a flag
+    with pytest.raises(ConfigError, match=rf"config key '{key}' must "):
+        validate(config)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({section: {name: float(value) if "." in value or "n" in value else int(value)}}))
+    with pytest.raises(ConfigError, match=rf"config key '{key}' must "):
+        resolve_config(load_config_file(path))  # a JSON file
+    python_config = tmp_path / "c.py"
+    python_config.write_text(
+        "from hrm.config import Config\n\n\ndef get_config():\n"
+        f"    config = Config()\n    config.{key} = {value if value[0].isdigit() or value[0] == '-' else repr(value)}\n"
+        "    return config\n"
+    )
+    with pytest.raises(ConfigError, match=rf"config key '{key}' "):
+        resolve_config(load_config_file(python_config))  # a Python file (a string value is parsed, then refused)
+
+
+def test_grad_clip_zero_is_off_not_a_frozen_model():
+    import jax.numpy as jnp
+
+    from hrm.training.optimizer import make_optimizer
+
+    params = {"w": jnp.ones((2, 2))}
+    grads = {"w": jnp.full((2, 2), 10.0)}
+    for clip in (0.0, 1.0):
+        optimizer = make_optimizer(TrainConfig(grad_clip=clip, warmup_steps=0, weight_decay=0.0))
+        updates, _ = optimizer.update(grads, optimizer.init(params), params)
+        assert float(jnp.abs(updates["w"]).max()) > 0  # clipping to 0 would zero every update
+
+
+def test_the_documents_vram_section_is_parsed_before_arithmetic(tmp_path):
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps({"vram": {"batch_size": "4", "gradient_accumulation_steps": 2}}))
+    config = load_config_file(path)
+    assert (config.train.batch_size, config.train.accumulation_steps) == (8, 2)  # not "4" * 2 = "44"
+    for vram, message in [
+        ({"batch_size": "four"}, "config key 'vram.batch_size' expects int, got 'four'"),
+        ({"batch_size": 2.5}, "config key 'vram.batch_size' expects int, got 2.5"),
+        ({"batch_size": 4, "gradient_accumulation_steps": [2]}, "'vram.gradient_accumulation_steps' expects int"),
+    ]:
+        path.write_text(json.dumps({"vram": vram}))
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config_file(path)
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ([1, 2, 3], "a config must be a JSON object of keys and values, got [1, 2, 3]"),
+        ({"model": 7}, "section 'model' must be a JSON object of keys and values, got 7"),
+        ({"train": {"steps": 5}, "data": "text"}, "section 'data' must be a JSON object"),
+    ],
+)
+def test_a_config_json_of_the_wrong_shape_is_one_line(tmp_path, raw, message):
+    from hrm.training.checkpoint import CheckpointError, read_run_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Config.from_dict(raw)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match=r"config.json' is damaged \(ConfigError: .+\) and no checkpoint"):
+        read_run_config(tmp_path)
+    with pytest.raises(ConfigError, match="config file"):
+        load_config_file(tmp_path / "config.json")

@@ -615,3 +615,110 @@ def test_allow_data_change_resumes_on_the_new_data_and_records_it(tmp_path):
     check_data_fingerprint(tmp_path, after, resuming=True, allow_change=True, log=messages.append)
     assert messages and messages[0].endswith("the exact resume of the data order is lost")
     check_data_fingerprint(tmp_path, after, resuming=True, allow_change=False)  # now the run's data
+
+
+# --- issue 27/26: unreadable files, a damaged cache, completion_only without prompts, datasets layouts ---------
+
+
+@pytest.mark.parametrize("flag,name", [("data_path", "chats.jsonl"), ("dataset", "rows.jsonl"), ("dataset", "t.csv")])
+def test_an_unreadable_data_file_is_one_line(tmp_path, monkeypatch, flag, name):
+    from hrm.data import sources
+
+    path = tmp_path / name
+    path.write_text('{"context": ["hi"], "response": "yo", "text": "t"}\n' if name.endswith("l") else "text\nt\n")
+    real_open = open
+
+    def denied(file, *args, **kwargs):  # as root every file is readable: fail the read as it fails for a user
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "open", denied, raising=False)
+    with pytest.raises(DataError, match=rf"^cannot read --{flag} file '{path}' \(Permission denied\); check its"):
+        corpus_for(tmp_path, **{flag: str(path)})
+
+
+def test_a_truncated_token_cache_is_rebuilt_with_one_line(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "a.txt").write_text("some text " * 50)
+    _, corpus, _ = corpus_for(tmp_path, data_dir=str(root))
+    expected = np.asarray(corpus.tokens).copy()
+    (cache,) = (tmp_path / "cache").iterdir()
+    tokens = cache / "tokens.npy"
+    size = tokens.stat().st_size
+    tokens.write_bytes(tokens.read_bytes()[: size // 2])  # a copy cut short, a full disk
+    messages = []
+    corpus = tokenized_corpus(
+        DataConfig(cache_dir=str(tmp_path / "cache"), num_threads=2, seq_len=16, data_dir=str(root)),
+        get_tokenizer("byte"),
+        messages.append,
+    )
+    assert messages[0] == (
+        f"token cache {cache} is damaged (tokens.npy has {size // 2:,} bytes, {size:,} were written); rebuilding it"
+    )
+    assert messages[1].endswith(f"token cache rebuilt: {cache}") and len(messages) == 2
+    np.testing.assert_array_equal(corpus.tokens, expected)
+
+
+def test_completion_only_without_any_prompt_is_refused_and_a_partial_one_warned(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "a.txt").write_text("plain text has no prompt")
+    with pytest.raises(DataError, match=r"data.completion_only .* no document of data_dir .* has a prompt"):
+        corpus_for(tmp_path, data_dir=str(root), completion_only=True)
+    one_column = tmp_path / "rows.jsonl"
+    one_column.write_text(json.dumps({"text": "one column"}) + "\n")
+    with pytest.raises(DataError, match="every token would be trained"):
+        corpus_for(tmp_path, dataset=str(one_column), completion_only=True)
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"context": ["hi"], "response": "hello"}) + "\n")
+    _, corpus, warning = corpus_for(tmp_path, data_dir=str(root), data_path=str(chats), completion_only=True)
+    assert warning == (
+        "warning: data.completion_only: 1 of 2 documents have no prompt (plain text or one column), so every "
+        "one of their tokens is trained"
+    )
+
+
+def test_a_hub_layout_folder_of_parquet_shards_loads_with_its_splits(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path / "hub" / "data"
+    folder.mkdir(parents=True)
+    rows = lambda start: datasets.Dataset.from_dict(
+        {"question": [f"q{i}" for i in range(start, start + 3)], "answer": list(range(start, start + 3))}
+    )
+    rows(0).to_parquet(str(folder / "train-00000-of-00002.parquet"))
+    rows(3).to_parquet(str(folder / "train-00001-of-00002.parquet"))
+    rows(10).to_parquet(str(folder / "validation-00000-of-00001.parquet"))
+    _, corpus, _ = corpus_for(tmp_path, dataset=str(tmp_path / "hub"), text_column="question,answer")
+    assert texts(corpus, get_tokenizer("byte")) == [f"q{i}\n\n{i}" for i in range(6)]  # integers as text
+    _, corpus, _ = corpus_for(
+        tmp_path, dataset=str(tmp_path / "hub"), dataset_split="validation", text_column="question,answer"
+    )
+    assert texts(corpus, get_tokenizer("byte")) == [f"q{i}\n\n{i}" for i in range(10, 13)]
+    with pytest.raises(DataError, match=r"split 'test' \(ValueError: Unknown split \"test\""):
+        corpus_for(tmp_path, dataset=str(tmp_path / "hub"), dataset_split="test", text_column="question,answer")
+
+
+def test_a_split_of_a_plain_saved_dataset_is_refused(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path / "plain"
+    datasets.Dataset.from_dict({"text": ["one", "two"]}).save_to_disk(str(folder))
+    assert texts(corpus_for(tmp_path, dataset=str(folder))[1], get_tokenizer("byte")) == ["one", "two"]
+    with pytest.raises(DataError, match=r"'.*plain' is one saved Dataset \(no splits\), not split 'validation'"):
+        corpus_for(tmp_path, dataset=str(folder), dataset_split="validation")
+
+
+def test_an_offline_hub_name_fails_at_once_in_one_line(tmp_path, capfd, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub
+
+    from hrm.data import sources
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # restored afterwards, with the libraries' flags
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(sources, "HUB_HOST", ("hub.invalid", 443), raising=False)  # no network here anyway
+    with pytest.raises(DataError, match=r"could not load Hugging Face dataset 'nobody/no_such_dataset' split"):
+        corpus_for(tmp_path, dataset="nobody/no_such_dataset")
+    assert capfd.readouterr().err.count("\n") <= 1  # not a retry line per request

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -149,3 +150,15 @@ def test_bad_input_is_one_line_and_exit_code_2(addition_run, capsys, args, messa
         run_main(hrm_eval.main, args)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_an_unwritable_eval_folder_prints_the_results_and_one_line(addition_run, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(addition_run, run)
+    (run / "eval").write_text("")  # as root nothing is read-only: a file where the folder goes fails the same way
+    monkeypatch.setattr(api.LoadedModel, "generate", lambda self, prompts, **_: ["" for _ in prompts])
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(hrm_eval.main, ["--checkpoint", str(run), "--task", "synthetic:addition", "--examples", "2", "--json"])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and json.loads(out)["results"]["synthetic:addition"]["examples"] == 2
+    assert err.startswith(f"error: cannot write the results to '{run / 'eval'}'") and err.count("\n") == 1, err

@@ -28,6 +28,7 @@ from hrm.training.loop import train
 from hrm.training.metrics import read_metrics
 from hrm.training.optimizer import learning_rate_schedule
 from tests.helpers import ROOT, run_module, small_config
+from tests.test_checkpoint import overwrite_array_data
 from tests.test_train import losses, small_run_args
 
 
@@ -210,3 +211,106 @@ def test_sigterm_to_one_process_of_two_stops_both_at_one_step(tmp_path):
     stopped_at = max(r["step"] for r in read_metrics(tmp_path))
     assert finished_steps(tmp_path) == [stopped_at] and stopped_at < 200
     assert damage(tmp_path / CHECKPOINT_DIR / str(stopped_at)) is None
+
+
+# --- issue 27's groups; the others live next to their code: config ranges and JSON types (test_config.py),
+# data damage (test_data.py), checkpoint damage without a manifest and full disks (test_checkpoint.py), read-only
+# run dirs (test_train_cli.py, test_eval.py), API types (test_sample.py) -------------------------------------
+
+
+def interrupted_at(args: list[str], delay: float) -> subprocess.CompletedProcess:
+    """``python -m hrm.train args`` given Ctrl-C (SIGINT) ``delay`` seconds after it starts."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hrm.train", *args],
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.slow
+def test_sigint_during_start_up_is_quiet_as_sigterm_is(tmp_path):
+    """Ctrl-C during the imports, the data and the compile of a new run, and during a resume's restore: no
+    traceback, exit 130 (or the default SIGINT death during the imports, as SIGTERM's), checkpoints intact."""
+    run_dir = tmp_path / "run"
+    run_module("hrm.train", *small_run_args(steps=2, save_every=2), "--output_dir", run_dir)
+    fresh = [*small_run_args(steps=1000, save_every=1000), "--output_dir", str(tmp_path / "fresh")]
+    resume = [*small_run_args(steps=1000, save_every=1000), "--output_dir", str(run_dir)]
+    for args, delay in [(fresh, 0.2), (fresh, 3.0), (fresh, 6.0), (resume, 4.0), (resume, 7.0)]:
+        result = interrupted_at(args, delay)
+        assert result.returncode in (130, -signal.SIGINT), (delay, result.returncode, result.stderr)
+        assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, (delay, result.stderr)
+        assert not (run_dir / LOCK_FILE).exists()
+        assert all(damage(run_dir / CHECKPOINT_DIR / str(s)) is None for s in finished_steps(run_dir))
+    assert 2 in finished_steps(run_dir)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--config.train.grad_clip=-1"], "config key 'train.grad_clip' must be >= 0 (0 = no clipping), got -1.0"),
+        (["--config.model.norm_eps=-1"], "config key 'model.norm_eps' must be positive, got -1.0"),
+        (["--config.train.b2=2.0"], "config key 'train.b2' must be in [0, 1), got 2.0"),
+        (["--epochs", "0"], "--epochs must be a positive number of passes over the training tokens, got 0"),
+        (["--config.data.completion_only=yes_please"], "config key 'data.completion_only' expects bool"),
+    ],
+)
+def test_settings_that_would_train_wrong_are_one_line_and_leave_nothing(tmp_path, capsys, args, message):
+    from hrm.cli import run_main
+    from hrm.train import main
+
+    with pytest.raises(SystemExit) as stopped:
+        run_main(main, ["--config", str(ROOT / "configs/tiny.py"), "--output_dir", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err == f"error: {message}\n" or message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"vram": {"batch_size": "four"}}, "config key 'vram.batch_size' expects int, got 'four'"),
+        ({"model": 7}, "section 'model' must be an object of keys and values, got 7"),
+        ({"training": {"max_grad_norm": -1}}, "config key 'train.grad_clip' must be >= 0"),
+    ],
+)
+def test_json_configs_of_the_wrong_types_are_one_line(tmp_path, capsys, raw, message):
+    from hrm.cli import run_main
+    from hrm.train import main
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(SystemExit) as stopped:
+        run_main(main, ["--config", str(path), "--output_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_from_manifest_less_non_finite_parameters_falls_back_to_a_good_step(tmp_path):
+    """Steps saved before manifests existed: the newest one's parameters are overwritten with NaN; the resume
+    moves it aside with one line and continues from the older step with finite losses."""
+    config = small_config(steps=4, save_every=2)
+    run_dir = tmp_path / "run"
+    train(config, run_dir, log=lambda *_: None)
+    for manifest in (run_dir / CHECKPOINT_DIR).glob("*/hrm_manifest.json"):
+        manifest.unlink()
+    from hrm.training.checkpoint import read_numpy_state
+
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(read_numpy_state(run_dir / CHECKPOINT_DIR / "4")))
+    overwrite_array_data(run_dir / CHECKPOINT_DIR / "4")
+    lines = []
+    records = train(
+        dataclasses.replace(config, train=dataclasses.replace(config.train, steps=6)), run_dir, log=lines.append
+    )
+    damaged = [line for line in lines if "is damaged" in line]
+    assert len(damaged) == 1 and damaged[0].startswith("checkpoint step 4 is damaged (no hrm_manifest.json, and ")
+    assert "resuming from step 2" in damaged[0]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps[0] == 3 and all(np.isfinite(r["loss"]) for r in records if "loss" in r)

@@ -79,6 +79,7 @@ def test_sample_cli_prints_the_continuation(run_dir):
         (["--temperature", "-1"], "temperature must be >= 0"),
         (["--top_p", "1.5"], "top_p must be in (0, 1]"),
         (["--max_tokens", "lots"], "invalid int value"),
+        (["--stop", ""], "stop strings must be non-empty text, got ['']"),  # was ignored
     ],
 )
 def test_sample_cli_rejects_bad_values(run_dir, args, message):
@@ -269,3 +270,28 @@ def test_max_tokens_past_an_attention_models_context_is_capped_with_a_note(tmp_p
     assert captured.out.startswith("abc")
     with pytest.raises(UsageError, match="the prompt has 40 tokens, model.max_cache_len is 32"):
         main(["--checkpoint", str(tmp_path / "final"), "--prompt", "x" * 40])
+
+
+def test_python_api_type_errors_are_hrm_errors_with_a_message(run_dir):
+    from hrm.decoding import text_streams
+    from hrm.inference import Sampling
+
+    model = hrm.load(run_dir)
+    for call, message in [
+        (lambda: model.logits([[1.7, 2.2]]), "token ids must be integers, got float64 values such as 1.7"),
+        (lambda: model.logits([[1, 2], [3]]), "token ids must be a rectangular list of integers"),
+        (lambda: model.generate("hi", seed=2**70), f"seed must be an integer in [0, 2**32), got {2**70}"),
+        (lambda: model.generate("hi", seed=-1), "seed must be an integer in [0, 2**32), got -1"),
+        (lambda: model.generate("hi", max_new_tokens=2.5), "max_new_tokens must be an integer >= 0, got 2.5"),
+        (lambda: model.generate(123), "prompts must be a string or a non-empty list of strings, got 123"),
+        (lambda: model.generate(["a", 5]), "prompts must be a string or a non-empty list of strings"),
+        (lambda: text_streams(model, ["hi"], 4, Sampling(), stop=[""]), "stop strings must be non-empty text"),
+        (lambda: text_streams(model, ["hi"], 4, Sampling(), stop=""), "stop strings must be non-empty text"),
+    ]:
+        with pytest.raises(SamplingError) as error:
+            call()
+        assert str(error.value).startswith(message), str(error.value)
+    assert model.logits(np.array([[1, 2]], np.int32)).shape[:2] == (1, 2)  # integer arrays of any width still work
+    streams, pieces = text_streams(model, ["ab"], 4, Sampling(temperature=0), stop="\n\n")  # one string is one stop
+    list(pieces)
+    assert streams[0].stop == ["\n\n"]

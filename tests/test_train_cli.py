@@ -313,3 +313,76 @@ def test_the_size_check_counts_parameters_exactly(name):
 
     model = resolve_config(load_config_file(ROOT / "configs" / f"{name}.py")).model
     assert parameter_table(model) == _full_parameter_table(model)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.train.grad_clip=-1", "config key 'train.grad_clip' must be >= 0 (0 = no clipping), got -1.0"),
+        ("--config.model.d_model=1000000", "parameters: their weights, gradients and AdamW moments need"),
+    ],
+)
+def test_a_refused_config_leaves_no_run_directory(tmp_path, override, message):
+    """Refused by validation (before the log opens) or by the size check (after): no --output_dir is left."""
+    run_dir = tmp_path / "new_run"
+    result = run_module("hrm.train", "--config", "configs/tiny.py", override, "--output_dir", run_dir, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert not run_dir.exists()
+
+
+def test_epochs_must_be_a_positive_number_of_passes():
+    for value in ("0", "-1", "nan"):
+        with pytest.raises(UsageError, match="--epochs must be a positive number of passes"):
+            parse_command_line(["--config", "configs/tiny.py", "--epochs", value])
+    config, _ = parse_command_line(["--config", "configs/tiny.py", "--epochs", "0.5"])
+    assert config.train.epochs == 0.5
+
+
+def test_an_unwritable_run_directory_is_one_line(tmp_path):
+    """The log cannot be opened (a read-only disk, or as here, as root: train.log is a folder)."""
+    from hrm.train import log_to_file
+
+    (tmp_path / "train.log").mkdir()
+    with pytest.raises(UsageError, match=r"cannot write the training log '.*train.log' \(.+\); pass a writable"):
+        log_to_file(tmp_path, [])
+
+
+def test_export_out_pointing_at_a_file_is_one_line(tmp_path):
+    from hrm import export
+
+    target = tmp_path / "weights.bin"
+    target.write_bytes(b"x")
+    with pytest.raises(UsageError, match=r"--out '.*weights.bin' is a file; pass a folder"):
+        export.main(["--checkpoint", str(tmp_path), "--out", str(target)])
+    assert target.read_bytes() == b"x"
+
+
+def test_train_background_reports_a_trainer_that_cannot_start(tmp_path):
+    """An interpreter without jax (a venv not activated): the script says it failed, with the log's last line;
+    without PYTHON it picks an interpreter on PATH that imports hrm, past one that cannot."""
+    subprocess.run(["python", "-m", "venv", "--without-pip", tmp_path / "bare"], check=True, timeout=120)
+    bare = tmp_path / "bare" / "bin"
+    env = {**os.environ, "HRM_LOG_DIR": str(tmp_path / "logs"), "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    script = ["bash", ROOT / "scripts/train_background.sh", "--config", "configs/tiny.py"]
+    failed = subprocess.run(
+        [*script, "--output_dir", tmp_path / "run"],
+        cwd=ROOT,
+        env={**env, "PYTHON": str(bare / "python")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 1 and "training started" not in failed.stdout, failed
+    assert "error: training failed to start (exit code 1" in failed.stderr
+    assert "ModuleNotFoundError: No module named 'jax'" in failed.stderr and not list((tmp_path / "logs").glob("*.pid"))
+    chosen = subprocess.run(
+        ["bash", ROOT / "scripts/train_background.sh", "--config", "configs/missing.py"],
+        cwd=ROOT,
+        env={**env, "PATH": f"{bare}:{env['PATH']}", "HRM_START_WAIT": "60"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert chosen.returncode == 1 and str(bare) not in chosen.stderr, chosen  # the bare venv's python was passed
+    assert "config file 'configs/missing.py' not found" in chosen.stderr  # ...for one that runs hrm.train

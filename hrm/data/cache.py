@@ -63,11 +63,14 @@ def cache_key(cfg, tokenizer: Tokenizer) -> str:
 def tokenized_corpus(cfg, tokenizer: Tokenizer, log=print) -> TokenizedCorpus:
     """The cached corpus for a data config, building it first when absent."""
     folder = Path(cfg.cache_dir or default_cache_dir()) / cache_key(cfg, tokenizer)
+    state = "reused"
+    if (folder / "meta.json").exists() and (problem := cache_damage(folder)):
+        log(f"token cache {folder} is damaged ({problem}); rebuilding it")
+        shutil.rmtree(folder, ignore_errors=True)
+        state = "rebuilt"
     if not (folder / "meta.json").exists():
         _build(cfg, tokenizer, folder)
-        state = "built"
-    else:
-        state = "reused"
+        state = "built" if state == "reused" else state
     corpus = TokenizedCorpus(
         tokens=np.load(folder / "tokens.npy", mmap_mode="r"),
         offsets=np.load(folder / "offsets.npy"),
@@ -75,7 +78,34 @@ def tokenized_corpus(cfg, tokenizer: Tokenizer, log=print) -> TokenizedCorpus:
         meta=json.loads((folder / "meta.json").read_text()),
     )
     log(f"{corpus.summary()}; token cache {state}: {folder}")
+    if cfg.completion_only and corpus.meta.get("without_prompt"):
+        log(
+            f"warning: data.completion_only: {corpus.meta['without_prompt']:,} of {len(corpus):,} documents have "
+            f"no prompt (plain text or one column), so every one of their tokens is trained"
+        )
     return corpus
+
+
+ARRAY_FILES = ("tokens.npy", "offsets.npy", "loss_mask.npy")
+
+
+def cache_damage(folder: Path) -> str | None:
+    """What is wrong with a cache folder (a missing or resized array file: a truncated copy, a full disk), or
+    None; meta.json records each file's size (caches written before it are checked by their headers)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        sizes = meta.get("file_sizes") or {}
+        for name in ARRAY_FILES:
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if name in sizes and path.stat().st_size != sizes[name]:
+                return f"{name} has {path.stat().st_size:,} bytes, {sizes[name]:,} were written"
+            if name not in sizes:
+                np.load(path, mmap_mode="r")  # a truncated file fails here
+    except (OSError, ValueError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def _encode_documents(documents, tokenizer: Tokenizer, completion_only: bool, threads: int):
@@ -101,7 +131,9 @@ def _build(cfg, tokenizer: Tokenizer, folder: Path) -> None:
             offsets.append(offsets[-1] + len(ids))
         batch.clear()
 
+    without_prompt = 0
     for document in iter_documents(cfg, skipped):
+        without_prompt += document.prompt_chars == 0
         batch.append(document)
         if len(batch) == BATCH_DOCUMENTS:
             flush()
@@ -111,6 +143,13 @@ def _build(cfg, tokenizer: Tokenizer, folder: Path) -> None:
         raise DataError(
             f"no usable documents in {', '.join(f'{k} {v}' for k, v in sources)} "
             f"({skipped.summary()}); check the paths, columns and file types"
+        )
+    if cfg.completion_only and without_prompt == len(tokens):
+        raise DataError(
+            f"data.completion_only puts the loss on completions, but no document of "
+            f"{', '.join(f'{k} {v}' for k, v in sources)} has a prompt (plain text or one column): every token "
+            f"would be trained; pass two or more --text_column columns (the last is the completion), a "
+            f"--data_path dialogue file, or leave completion_only off"
         )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
@@ -125,6 +164,8 @@ def _build(cfg, tokenizer: Tokenizer, folder: Path) -> None:
             "sources": sources,
             "skipped": skipped.summary(),
             "skipped_counts": dict(skipped.counts),
+            "without_prompt": without_prompt,
+            "file_sizes": {name: (tmp / name).stat().st_size for name in ARRAY_FILES},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         os.replace(tmp, folder)

@@ -144,6 +144,7 @@ def dialogue_documents(path: str, skipped: Skipped) -> Iterator[Document]:
         raise DataError(f"--data_path '{path}' is a folder; pass a dialogue JSONL file, or the folder as --data_dir")
     if not path.is_file():
         raise DataError(f"dialogue file '{path}' does not exist; pass an existing --data_path")
+    check_readable(path, "--data_path")
     for number, record in jsonl_records(path, skipped):
         context, response = record.get("context"), record.get("response")
         if isinstance(context, str):
@@ -165,10 +166,23 @@ def dialogue_prompt(turns: list[str]) -> str:
     return "".join(turn + "\n" for turn in turns)
 
 
+def check_readable(path: Path, flag: str) -> None:
+    """A ``DataError`` naming the flag for a file this process may not read (permissions, a broken disk)."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as error:
+        raise DataError(
+            f"cannot read {flag} file '{path}' ({error.strerror or error}); check its permissions"
+        ) from None
+
+
 def _table_rows(name: str, split: str, skipped: Skipped) -> tuple[Iterator[dict], list[str]]:
     """Rows (dicts) and column names of a local table file, a save_to_disk folder or a hub dataset."""
     path = Path(name)
     suffix = path.suffix.lower()
+    if path.is_file():
+        check_readable(path, "--dataset")
     if path.is_file() and suffix in (".jsonl", ".json"):
         if suffix == ".json":
             try:
@@ -212,21 +226,59 @@ def _hf_rows(name: str, split: str):
             + "; local files must be .jsonl/.json/.parquet/.csv, and Hugging Face datasets need "
             "pip install datasets"
         ) from None
-    if Path(name).is_dir():
+    datasets.disable_progress_bars()  # the start-up lines say what was read
+    if Path(name).is_dir() and is_saved_dataset(Path(name)):
         loaded = datasets.load_from_disk(name)
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
                 raise DataError(f"split '{split}' not in '{name}'; available: {', '.join(loaded)}")
             loaded = loaded[split]
-    else:
+        elif split != (loaded.split or DEFAULT_SPLIT):
+            raise DataError(
+                f"'{name}' is one saved Dataset ({'split ' + str(loaded.split) if loaded.split else 'no splits'}), "
+                f"not split '{split}'; leave out --dataset_split, or save a DatasetDict with that split"
+            )
+    else:  # a folder of data files (hub layout: data/train-*.parquet, ...) or a hub name
+        if not Path(name).is_dir():
+            offline_hub(name)
         try:
             loaded = datasets.load_dataset(name, split=split)
         except Exception as error:
             raise DataError(
-                f"could not load Hugging Face dataset '{name}' split '{split}' "
-                f"({type(error).__name__}); offline, pass a local file or a save_to_disk folder"
+                f"could not load {'the data files in' if Path(name).is_dir() else 'Hugging Face dataset'} '{name}' "
+                f"split '{split}' ({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''})"
+                + ("" if Path(name).is_dir() else "; offline, pass a local file or a save_to_disk folder")
             ) from None
     return iter(loaded), list(loaded.column_names)
+
+
+DEFAULT_SPLIT = "train"  # data.dataset_split's default: what a saved Dataset without a split name is
+HUB_HOST = ("huggingface.co", 443)
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    """A ``datasets.save_to_disk`` folder (a Dataset's state.json or a DatasetDict's dataset_dict.json), not a
+    folder of data files that ``load_dataset`` reads by their names."""
+    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+
+
+def offline_hub(name: str) -> None:
+    """Without a network, put the hub libraries in offline mode (a cached dataset still loads, anything else
+    fails at once instead of retrying each request)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+        return
+    try:
+        socket.create_connection(HUB_HOST, timeout=3).close()
+    except OSError:
+        import datasets
+        import huggingface_hub
+
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        datasets.config.HF_HUB_OFFLINE = True
 
 
 def column_documents(name: str, split: str, text_column: str, skipped: Skipped) -> Iterator[Document]:
@@ -242,7 +294,7 @@ def column_documents(name: str, split: str, text_column: str, skipped: Skipped) 
             f"{', '.join(map(str, available)) or 'none'} (choose with --text_column)"
         )
     for number, row in enumerate(rows, 1):
-        values = [row.get(c) for c in wanted]
+        values = [as_text(row.get(c)) for c in wanted]
         if not all(isinstance(v, str) for v in values):
             skipped.add("rows with a missing or non-text column", f"row {number}")
             continue
@@ -251,6 +303,14 @@ def column_documents(name: str, split: str, text_column: str, skipped: Skipped) 
             continue
         prompt = "".join(v + COLUMN_SEPARATOR for v in values[:-1])
         yield Document(prompt + values[-1], prompt_chars=len(prompt))
+
+
+def as_text(value):
+    """A column's value as text: strings as they are, numbers (an answer column of integers) written out;
+    anything else (None, lists, booleans) stays as it is and the row is skipped."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
 
 
 def source_descriptions(cfg) -> list[tuple[str, str]]:

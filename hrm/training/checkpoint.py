@@ -43,6 +43,15 @@ UNHASHED_FILES = {MANIFEST_FILE, "commit_success.txt", "_CHECKPOINT_METADATA"}
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+def is_disk_full(error: Exception) -> bool:
+    """An OSError with ENOSPC/EDQUOT, or orbax's (tensorstore's) ValueError ``RESOURCE_EXHAUSTED: ... No space
+    left on device``."""
+    if isinstance(error, OSError):
+        return error.errno in DISK_FULL
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "No space left on device" in text or "Disk quota exceeded" in text
+
+
 class CheckpointError(UserError):
     """A missing or unusable checkpoint; the message is one line naming it and the fix."""
 
@@ -92,15 +101,17 @@ def read_manifest(step_dir: Path) -> dict | None:
     return manifest
 
 
-def damage(step_dir: Path) -> str | None:
-    """What is wrong with a finished step (a missing, resized or changed file), or None when it checks out
-    (or has no manifest to check against)."""
+def damage(step_dir: Path, parts: tuple[str, ...] | None = None) -> str | None:
+    """What is wrong with a finished step (a missing, resized or changed file), or None when it checks out.
+    A step without a manifest (saved before checksums existed) cannot be checked file by file: the ``parts`` of
+    its train state that will be read (None: all of it; ``("params",)`` for a model load) are read instead, and
+    unreadable or non-finite values are its damage."""
     try:
         manifest = read_manifest(step_dir)
     except (ValueError, OSError) as error:
         return f"unreadable {MANIFEST_FILE}: {error}"
     if manifest is None:
-        return None
+        return _unverified_damage(step_dir, parts)
     for name, (size, digest) in sorted(manifest["files"].items()):
         path = step_dir / name
         if not path.is_file():
@@ -110,6 +121,40 @@ def damage(step_dir: Path) -> str | None:
         if _file_digest(path) != digest:
             return f"{name} does not match its checksum"
     return None
+
+
+def verified(step_dir: Path) -> bool:
+    """Whether the step has a manifest whose checksums ``damage`` checks (steps of older hrm versions do not)."""
+    return (Path(step_dir) / MANIFEST_FILE).is_file()
+
+
+def _unverified_damage(step_dir: Path, parts: tuple[str, ...] | None) -> str | None:
+    """A manifest-less step's damage: state that cannot be read, or values that are not all finite (overwritten
+    bytes decode as NaN and garbage; a resume from them trains only skipped steps)."""
+    import numpy as np
+
+    what = "parameters" if parts == ("params",) else "train state"
+    try:
+        state = read_numpy_state(step_dir, parts)
+    except Exception as error:  # orbax/tensorstore raise many types for a damaged step
+        return f"no {MANIFEST_FILE}, and its {what} cannot be read ({type(error).__name__})"
+    floats = [x for x in jax.tree.leaves(state) if np.issubdtype(np.asarray(x).dtype, np.floating)]
+    bad = sum(int(np.size(x) - np.isfinite(x).sum()) for x in floats)
+    return f"no {MANIFEST_FILE}, and {bad:,} values of its {what} are not finite" if bad else None
+
+
+def read_numpy_state(step_dir: Path, parts: tuple[str, ...] | None = None) -> dict:
+    """The saved train state of a step (only its top-level ``parts`` when given, e.g. ``("params",)``) as numpy
+    arrays, shaped by the step's own metadata."""
+    import numpy as np
+
+    path = Path(step_dir).absolute() / "state"
+    with ocp.PyTreeCheckpointer() as reader:
+        shapes = reader.metadata(path).item_metadata
+        target = {k: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), shapes[k]) for k in parts or shapes}
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        item = ocp.args.PyTreeRestore(item=target, partial_restore=True, restore_args=restore_args)
+        return reader.restore(path, args=item)
 
 
 # --- steps and names ---------------------------------------------------------------------------------------
@@ -159,11 +204,14 @@ def _available(run_dir: Path) -> str:
     )
 
 
-def resolve_step(run_dir: str | Path, step: int | str | None = None, log=warn) -> int:
+PARAMS = ("params",)  # what a model load reads of a step (resolve_step checks only that of a manifest-less one)
+
+
+def resolve_step(run_dir: str | Path, step: int | str | None = None, log=warn, parts=PARAMS) -> int:
     """The checkpoint step of a run directory that ``step`` names: None or ``latest`` (the newest step that
     checks out; a damaged newer step is reported through ``log``), ``best``, ``final`` or a number.
     Raises ``CheckpointError`` (one line: the problem and the available steps) for a missing, unknown,
-    negative or damaged step."""
+    negative or damaged step. ``parts``: what of the train state will be read (``damage``; None: all of it)."""
     run_dir = Path(run_dir)
     steps = finished_steps(run_dir)
     if not steps:
@@ -173,7 +221,7 @@ def resolve_step(run_dir: str | Path, step: int | str | None = None, log=warn) -
         )
     if step is None or step == "latest":
         for candidate in reversed(steps):
-            problem = damage(checkpoint_root(run_dir) / str(candidate))
+            problem = damage(checkpoint_root(run_dir) / str(candidate), parts)
             if problem is None:
                 return candidate
             log(f"checkpoint step {candidate} in '{run_dir}' is damaged ({problem}); trying an older step")
@@ -191,7 +239,7 @@ def resolve_step(run_dir: str | Path, step: int | str | None = None, log=warn) -
         resolved = int(step)
         if resolved not in steps:
             raise CheckpointError(f"'{run_dir}' has no checkpoint at step {resolved}; {_available(run_dir)}")
-    problem = damage(checkpoint_root(run_dir) / str(resolved))
+    problem = damage(checkpoint_root(run_dir) / str(resolved), parts)
     if problem is not None:
         raise CheckpointError(
             f"checkpoint step {resolved} in '{run_dir}' is damaged ({problem}); pass another "
@@ -279,22 +327,22 @@ class Checkpoints:
         self._in_flight = (step, sum(getattr(x, "nbytes", 8) for x in jax.tree.leaves(state)))
         try:
             self.mgr.save(step, args=ocp.args.Composite(**items), force=True)
-        except OSError as error:
+        except (OSError, ValueError) as error:
             self._failed(error)
 
     def wait_until_finished(self) -> None:
         try:
             self.mgr.wait_until_finished()
-        except OSError as error:
+        except (OSError, ValueError) as error:
             self._failed(error)
         self._in_flight = None
 
-    def _failed(self, error: OSError):
+    def _failed(self, error: Exception):
         step, nbytes = self._in_flight or (None, 0)
         self._pending.clear()
         self._in_flight = None
         remove_tmp_dirs(self.run_dir)
-        if error.errno not in DISK_FULL:
+        if not is_disk_full(error):
             raise error
         free = shutil.disk_usage(self.run_dir).free
         last = [s for s in finished_steps(self.run_dir) if s != step]

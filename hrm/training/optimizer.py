@@ -40,8 +40,10 @@ def weight_decay_mask(params):
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """AdamW after clipping the gradient's global norm to ``grad_clip`` (0: no clipping; clipping to 0 would
+    zero every update)."""
     return optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip),
+        optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
         optax.adamw(
             learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=weight_decay_mask
         ),

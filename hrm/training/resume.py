@@ -30,6 +30,6 @@ def resume_point(path: str | Path) -> tuple[Path, int]:
         )
     quiet_orbax()
     try:  # the newest good step (or the one named), checked against its checksums
-        return run_dir, resolve_step(run_dir, step)
+        return run_dir, resolve_step(run_dir, step, parts=None)  # a resume reads the whole train state
     except CheckpointError as error:
         raise CheckpointError(f"--resume '{path}': {error}") from None

@@ -57,7 +57,8 @@ def write_summary(run_dir: Path) -> None:
 
 def checkpoints(run_dir: Path, verify: bool = False) -> list[dict]:
     """One dict per finished step: step, eval_loss, names (latest/best/final) and, with ``verify``, ``damage``
-    (None when its files match their checksums)."""
+    (None when its files match their checksums) and ``verified`` (False: no manifest, only its parameters were
+    read and found finite)."""
     steps = checkpoint.finished_steps(run_dir)
     names = checkpoint.named_steps(run_dir, steps)
     rows = []
@@ -68,7 +69,9 @@ def checkpoints(run_dir: Path, verify: bool = False) -> list[dict]:
             "names": [name for name, s in names.items() if s == step],
         }
         if verify:
-            row["damage"] = checkpoint.damage(checkpoint.checkpoint_root(run_dir) / str(step))
+            step_dir = checkpoint.checkpoint_root(run_dir) / str(step)
+            row["damage"] = checkpoint.damage(step_dir)
+            row["verified"] = checkpoint.verified(step_dir)
         rows.append(row)
     return rows
 
