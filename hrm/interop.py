@@ -265,6 +265,9 @@ def transformers_config(cfg: ModelConfig, eos_id: int = 0) -> dict:
 def save_transformers(cfg: ModelConfig, params: dict, out: str | Path, eos_id: int = 0) -> None:
     """Write ``out/config.json`` and ``out/model.safetensors`` (float32) that ``MambaForCausalLM`` loads.
 
+    A vocabulary hrm padded past the tokenizer's ids (``model.token_vocab_size``) goes out with the tokenizer's
+    rows only: transformers cannot mask padded logits, and those rows carry nothing (never read, no probability).
+
     hrm keeps a conv bias parameter even with ``conv_bias=False`` (zeros at init); one that training moved off
     zero is written, with ``use_conv_bias`` on, so the exported model computes what the run does."""
     from safetensors.numpy import save_file
@@ -278,6 +281,11 @@ def save_transformers(cfg: ModelConfig, params: dict, out: str | Path, eos_id: i
         for name, hrm_path, (_, to_torch) in tensor_map(cfg, EMBEDDING["transformers"])
         if cfg.conv_bias or not name.endswith("conv1d.bias")
     }
+    if 0 < cfg.token_vocab_size < cfg.vocab_size:  # rows padded for the head's matmul tiles: never a token
+        for name in (EMBEDDING["transformers"], "lm_head.weight"):
+            if name in tensors:
+                tensors[name] = np.ascontiguousarray(tensors[name][: cfg.token_vocab_size])
+        cfg = dataclasses.replace(cfg, vocab_size=cfg.token_vocab_size, token_vocab_size=0)
     save_file(tensors, out / SAFETENSORS, metadata={"format": "pt"})
     (out / CONFIG_FILE).write_text(json.dumps(transformers_config(cfg, eos_id), indent=2) + "\n")
 
