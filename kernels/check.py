@@ -3,7 +3,8 @@
 ``python -m hrm.doctor`` runs ``parity`` on the backend in use; the tests take their inputs from
 ``mamba_range_inputs``.  The error of an output is ``|out - ref| / |ref|`` (Frobenius norms) against
 ``reference.sequential_scan`` in float64 on exactly the values the backend saw; a non-finite output is an
-infinite error, so NaN never passes.
+infinite error, so NaN never passes.  With ``against`` the reference is another backend at the same dtype
+(``auto``'s self-check of the Pallas kernel against the chunked scan, kernels/selective_scan.py).
 """
 
 from __future__ import annotations

@@ -1,22 +1,24 @@
-"""The selective scan, time-parallel in plain JAX: chunks of T steps, an associative scan inside each chunk.
+"""The selective scan, time-parallel in plain JAX: chunks of T steps, a scan inside each chunk.
 
 Why: the associative scan over the whole sequence (``reference.associative_scan``) materialises
-(batch, length, channels, state) — and its autodiff keeps several such tensors — while ``lax.scan`` walks
-every step serially.  Here the sequence is cut into chunks of ``chunk`` steps:
+(batch, length, channels, state) — and its autodiff keeps several such tensors — while ``lax.scan``'s
+autodiff keeps every step's state.  Here the sequence is cut into chunks of ``chunk`` steps:
 
 * **inside a chunk** the states come from ``jax.lax.associative_scan`` (log2(T) parallel levels over a
-  (batch, T, channels, state) block), with the state entering the chunk folded into the first step's drive;
+  (T, batch, channels, state) block, the state entering the chunk folded into the first step's drive) or,
+  on CPU, from a fused ``lax.scan`` over its steps (``default_inner``);
 * **across chunks** a ``lax.scan`` carries the chunk-end state (batch, channels, state);
 * **backward** (``jax.custom_vjp``): the forward keeps only the state entering each chunk,
   (n_chunks, batch, channels, state).  A reverse ``lax.scan`` over the chunks recomputes one chunk from its
-  boundary state and takes that chunk's VJP (``jax.vjp`` of the same chunk function), so at any time only
-  one chunk's internals exist: peak extra memory O(batch · T · channels · state), never O(length · ...).
-  Per-step gradients are the scan's stacked outputs; the parameter gradients (A, D, delta_bias) accumulate
-  in its carry, as does d(state entering the chunk), which becomes d initial_state at the start.
+  boundary state and runs its adjoint (``_chunk_grads``, written out: the adjoint state is the same linear
+  recurrence backwards in time), so at any time only one chunk's internals exist: peak extra memory
+  O(batch · T · channels · state), never O(length · ...).  Per-step gradients are the scan's stacked
+  outputs; the parameter gradients (A, D, delta_bias) accumulate in its carry, as does d(state entering
+  the chunk), which becomes d initial_state at the start.
 
-The math is ``kernels/reference.py``'s; the chunk function reuses its helpers.  Lengths that are not a
-multiple of the chunk are padded at the end with steps whose effective delta is masked to 0 (decay
-exp(0) = 1, drive 0): the state passes them unchanged and their gradients are exactly 0.
+The math is ``kernels/reference.py``'s.  Lengths that are not a multiple of the chunk are padded at the
+end with steps whose effective delta is masked to 0 (decay exp(0) = 1, drive 0): the state passes them
+unchanged and their gradients are exactly 0.
 """
 
 from __future__ import annotations
@@ -131,20 +133,21 @@ def _adjoint_associative(x: _Steps, A, h0, g, dh_out):
 
 
 def _adjoint_sequential(x: _Steps, A, h0, g, dh_out):
-    """``_adjoint_associative`` step by step: a forward ``lax.scan`` stores the state entering each step,
-    a reverse one runs the adjoint and emits each step's gradients (nothing of (T, b, d, n) but those states)."""
+    """``_adjoint_associative`` step by step: a forward ``lax.scan`` stores each step's states before and after
+    and its decay (T, b, d, n each: one chunk's), a reverse one runs the adjoint on them and emits each
+    step's gradients."""
 
     def forward(h, t):
         u, dt, B, keep = t
-        return _decay(keep, dt, A) * h + _drive(dt, u, B), h
+        decay = _decay(keep, dt, A)
+        h_next = decay * h + _drive(dt, u, B)
+        return h_next, (h, h_next, decay)
 
-    _, h_prev = jax.lax.scan(forward, h0, (x.u, x.dt, x.B, x.keep))
+    _, (h_prev, h, decay) = jax.lax.scan(forward, h0, (x.u, x.dt, x.B, x.keep))
 
     def backward(carry, t):
         lam, dA = carry  # lam: dL/dh_t from the later steps, already through their decays
-        h_prev, u, dt, B, C, keep, g = t
-        decay = _decay(keep, dt, A)
-        h = decay * h_prev + _drive(dt, u, B)
+        h_prev, h, decay, u, dt, B, C, g = t
         lam = lam + g[..., None] * C[:, None, :]
         d_arg = lam * h_prev * decay
         lam_b = jnp.einsum("bdn,bn->bd", lam, B)
@@ -158,7 +161,7 @@ def _adjoint_sequential(x: _Steps, A, h0, g, dh_out):
         return (lam * decay, dA + jnp.einsum("bdn,bd->dn", d_arg, dt)), out
 
     init = (dh_out, jnp.zeros(A.shape, A.dtype))
-    (dh0, dA), per_step = jax.lax.scan(backward, init, (h_prev, x.u, x.dt, x.B, x.C, x.keep, g), reverse=True)
+    (dh0, dA), per_step = jax.lax.scan(backward, init, (h_prev, h, decay, x.u, x.dt, x.B, x.C, g), reverse=True)
     return dh0, per_step, dA
 
 
@@ -319,7 +322,8 @@ def chunked_scan(
 ):
     """Selective scan in chunks of ``chunk`` steps (default ``default_chunk(length)``, capped at the length);
     same contract as ``reference.sequential_scan``: (y in u's dtype, last_state (batch, channels, state)
-    float32, float64 for float64 inputs).  Differentiable (reverse mode) in every array argument."""
+    float32, float64 for float64 inputs).  Differentiable (reverse mode) in every array argument.
+    ``inner``: how a chunk's steps are scanned, "associative" or "sequential" (default ``default_inner()``)."""
     batch, length, channels = u.shape
     state = A.shape[1]
     acc = reference.compute_dtype(u)

@@ -163,8 +163,8 @@ def choose_backend(backend: str = "auto", platform: str | None = None, dtype="fl
     through Triton (kernels/pallas_scan.py) once it has passed ``pallas_self_check`` in this process
     (on this machine's platform; asked about another, the check is deferred to its first use there), else
     the chunked scan — never the associative scan, whose (batch, length, channels, state) tensors no real
-    config fits.  On CPU the chunked scan, which measured fastest for float32 and bfloat16 on a 2-core CPU
-    (docs/BENCHMARKS.md).  Other platforms
+    config fits.  On CPU the backend measured fastest for the dtype on a 2-core CPU (``CPU_CHOICE``:
+    docs/BENCHMARKS.md).  Other platforms
     take the chunked scan, plain JAX.  An explicitly named backend that cannot run raises
     ``BackendUnavailable``; a named "pallas" is not self-checked: its errors stand.  "auto" never picks
     a backend that cannot run.
@@ -198,11 +198,23 @@ def choose_backend(backend: str = "auto", platform: str | None = None, dtype="fl
             return "chunked", f"chunked scan: the Pallas kernel failed its self-check: {failure}"
         return "pallas", "fused Pallas kernel compiled through Triton, self-checked against the chunked scan"
     if platform == "cpu":
-        return "chunked", (
-            "chunked scan, the fastest on CPU: 1.5x the interpreted Pallas kernel's training speed (float32) and "
-            "2.0x lax.scan's (bfloat16) on configs/tiny.py (docs/BENCHMARKS.md)"
-        )
+        return CPU_CHOICE["float32" if jnp.dtype(dtype) == jnp.float32 else "bfloat16"]
     return "chunked", f"time-parallel chunked scan in plain JAX (no kernel for {platform})"
+
+
+# auto on CPU by dtype: the fastest in scripts/bench_train.py on configs/tiny.py (docs/BENCHMARKS.md).
+CPU_CHOICE = {
+    "float32": (
+        "pallas",
+        "Pallas kernel in interpret mode, the fastest for float32 on CPU "
+        "(chunked 0.83x, lax.scan 0.55x its training speed, docs/BENCHMARKS.md)",
+    ),
+    "bfloat16": (
+        "chunked",
+        "chunked scan, the fastest for bfloat16 on CPU "
+        "(1.55x lax.scan's, 1.35x the interpreted kernel's training speed, docs/BENCHMARKS.md)",
+    ),
+}
 
 
 def resolve_backend(backend: str = "auto", platform: str | None = None, dtype="float32") -> str:
