@@ -1,15 +1,18 @@
 """python -m hrm.serve --checkpoint DIR [--host 127.0.0.1] [--port 8000] [--api_key KEY]: an OpenAI-compatible
 HTTP server (FastAPI on uvicorn) over one continuously batched decode loop.
 
-Endpoints: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (OpenAI's shapes, ``stream`` as
-server-sent events ending ``data: [DONE]``), ``POST /generate {prompt, max_tokens, temperature}`` →
-``{"response": ...}`` (the documents' example), ``GET /health``, ``GET /v1/models``.
+Endpoints: ``POST /v1/completions`` (with ``logprobs`` and ``echo``, scored by ``hrm.scoring``) and
+``POST /v1/chat/completions`` (OpenAI's shapes, ``stream`` as server-sent events ending ``data: [DONE]``),
+``POST /generate {prompt, max_tokens, temperature}`` → ``{"response": ...}`` (the documents' example),
+``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info`` (lm-eval's remote tokenizer), ``GET /health``,
+``GET /v1/models``, ``GET /v1/models/{id}``.
 
 ``BatchEngine`` runs the decode loop in one thread over a ``DecodeState`` of ``slots`` rows: the requests that
 arrived since the last step are prefilled together (one padded batch) and join at the next step, finished rows
-leave (their slots are reused), and each row samples with its own settings and PRNG key, so its output does not
-depend on its batch-mates. Bad requests get a 4xx with an OpenAI-style error body
-(``{"error": {"message", "type", "param", "code"}}``).
+leave (their slots are reused, parked at KV position 0 meanwhile), a row whose client left is dropped, and each
+row samples with its own settings and PRNG key, so its output does not depend on its batch-mates. A request's
+fault is a 4xx, a bug a 500, both with an OpenAI-style error body (``{"error": {"message", "type", "param",
+"code"}}``).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request-body classes (local to create_app)
@@ -35,10 +38,24 @@ from hrm.data.sources import dialogue_prompt
 from hrm.decoding import TextStream
 from hrm.errors import UserError
 from hrm.inference import Sampling, SamplingArrays, SamplingError, check_seed, row_key, stack_rows
-from hrm.models.attention import kv_cache_length, resize_kv_caches
+from hrm.models.attention import kv_cache_length, park_rows, resize_kv_caches
 
 DEFAULT_MAX_TOKENS_LIMIT = 4096  # the most new tokens one request may ask for
 SSM_CONTEXT = 16384  # a pure SSM's default limit on prompt + new tokens (its state has none)
+
+
+_COMPILES = {"count": 0, "listening": False}  # XLA compilations in this process (GET /health)
+
+
+def _count_compiles() -> None:
+    if not _COMPILES["listening"]:
+        _COMPILES["listening"] = True
+
+        def listen(name, duration, **kwargs):
+            if name == "/jax/core/compile/backend_compile_duration":
+                _COMPILES["count"] += 1
+
+        jax.monitoring.register_event_duration_secs_listener(listen)
 
 
 # --- the decode loop --------------------------------------------------------------------------------------
@@ -73,6 +90,8 @@ class BatchEngine:
         self.max_active = 0  # most rows decoded together
         self.max_prefill = 0  # most rows prefilled together
         self.cancelled = 0  # rows dropped because their client left
+        self._park = jax.jit(park_rows, donate_argnums=(0,))
+        _count_compiles()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hrm-decode", daemon=True)
 
@@ -149,6 +168,9 @@ class BatchEngine:
         settings = SamplingArrays.of([r.sampling if r else Sampling(0.0) for r in self.slots])
         self.max_active = max(self.max_active, sum(r is not None for r in self.slots))
         try:
+            if None in self.slots and kv_cache_length(self.state.cache) is not None:  # free slots stay at 0
+                idle = np.asarray([r is None for r in self.slots])
+                self.state = self.state._replace(cache=self._park(self.state.cache, idle))
             tokens, self.state = self.generator.decode(self.params, self.state, settings, 1)
         except Exception as error:  # fail the rows in flight, keep serving
             for row in filter(None, self.slots):
@@ -501,6 +523,15 @@ def create_app(server: Server):
     async def refused(request, exc):
         return JSONResponse(error_body(str(exc), param=exc.param, code=exc.code), status_code=exc.status)
 
+    @app.exception_handler(EngineError)
+    async def engine_failed(request, exc):
+        status, kind = (400, "invalid_request_error") if isinstance(exc.error, UserError) else (500, "server_error")
+        return JSONResponse(error_body(str(exc.error), kind), status_code=status)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request, exc):  # nginx's "client closed request": logged, never read
+        return JSONResponse(error_body("the client disconnected", code="client_closed_request"), status_code=499)
+
     @app.exception_handler(HTTPException)
     async def http_error(request, exc):
         return JSONResponse(error_body(str(exc.detail), code=exc.status_code), status_code=exc.status_code)
@@ -552,13 +583,6 @@ def create_app(server: Server):
         for row in rows:
             row.cancelled = True
         events.put_nowait((None, ("gone",)))
-
-    def gone():  # nginx's "client closed request": logged, never read
-        return JSONResponse(error_body("the client disconnected", code="client_closed_request"), status_code=499)
-
-    def failed(error: EngineError):
-        status, kind = (400, "invalid_request_error") if isinstance(error.error, UserError) else (500, "server_error")
-        return JSONResponse(error_body(str(error.error), kind), status_code=status)
 
     def usage(rows, n):
         prompt_tokens = sum(len(row.ids) for row in rows[::n])  # n rows per prompt
@@ -617,12 +641,7 @@ def create_app(server: Server):
 
             include = bool(body.stream_options and body.stream_options.include_usage)
             return sse(rows, n, events, head | {"object": "text_completion"}, chunk, include_usage=include)
-        try:
-            texts, reasons = await collect(rows, events, request)
-        except EngineError as error:
-            return failed(error)
-        except ClientGone:
-            return gone()
+        texts, reasons = await collect(rows, events, request)
         logprobs = [None] * len(rows)
         if body.logprobs is not None:
             prompt_of = [prompt_texts[i // n] for i in range(len(rows))]
@@ -660,12 +679,7 @@ def create_app(server: Server):
             ]
             include = bool(body.stream_options and body.stream_options.include_usage)
             return sse(rows, body.n, events, head | {"object": "chat.completion.chunk"}, chunk, first, include)
-        try:
-            texts, reasons = await collect(rows, events, request)
-        except EngineError as error:
-            return failed(error)
-        except ClientGone:
-            return gone()
+        texts, reasons = await collect(rows, events, request)
         choices = [
             {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
             for i, (text, reason) in enumerate(zip(texts, reasons))
@@ -677,12 +691,7 @@ def create_app(server: Server):
         completion = Completion(prompt=body.prompt, max_tokens=body.max_tokens, temperature=body.temperature)
         prompts, _ = server.prompt_ids(body.prompt)
         rows, events = submit(prompts, completion, body.max_tokens)
-        try:
-            texts, _ = await collect(rows, events, request)
-        except EngineError as error:
-            return failed(error)
-        except ClientGone:
-            return gone()
+        texts, _ = await collect(rows, events, request)
         return {"response": texts[0]}
 
     @app.post("/tokenize")
@@ -728,6 +737,7 @@ def create_app(server: Server):
             "max_active_rows": engine.max_active,
             "max_prefill_rows": engine.max_prefill,
             "cancelled_rows": engine.cancelled,
+            "compiles": _COMPILES["count"],  # XLA compilations so far (a new batch or prompt shape compiles)
         }
 
     def model_card():

@@ -38,28 +38,17 @@ def model_dir(tmp_path_factory):
     return save_final(config, params, tmp_path_factory.mktemp("final"))
 
 
-@pytest.fixture(scope="module")
-def server(model_dir):
+def serving(folder, *flags):
+    """``python -m hrm.serve --checkpoint folder --api_key KEY flags`` on a free loopback port: yields its URL,
+    then stops it (it must exit within 30 s: no request is left hanging)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hrm.serve",
-            "--checkpoint",
-            str(model_dir),
-            "--port",
-            str(port),
-            "--api_key",
-            KEY,
-            "--max_tokens_limit",
-            "4000",
-        ],
+        [sys.executable, "-m", "hrm.serve", "--checkpoint", str(folder), "--port", str(port), "--api_key", KEY]
+        + list(flags),
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -76,6 +65,11 @@ def server(model_dir):
     yield url
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    yield from serving(model_dir, "--max_tokens_limit", "4000")
 
 
 def call(url, path, body=None, key=KEY, raw=None):
@@ -418,30 +412,7 @@ def attention_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def attention_server(attention_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hrm.serve", "--checkpoint", str(attention_dir), "--port", str(port)]
-        + ["--api_key", KEY, "--max_batch", "4"],
-        cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1)
-            break
-        except OSError:
-            if process.poll() is not None:
-                raise AssertionError(process.stdout.read())
-            time.sleep(0.2)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    yield from serving(attention_dir, "--max_batch", "4")
 
 
 def test_an_attention_model_serves_joins_leaves_grows_its_kv_buffer_and_reuses_slots(attention_server, attention_dir):
@@ -486,3 +457,36 @@ def test_an_attention_stream_whose_client_leaves_is_cancelled_and_its_slot_reuse
         attention_server, "/v1/completions", {"prompt": "def f(x):", "max_tokens": 12, "temperature": 0}
     )
     assert status == 200 and body["choices"][0]["text"] == expected(attention_dir, "def f(x):", 12)
+
+
+def test_free_slots_are_parked_at_position_zero(attention_dir):
+    """A slot whose request left stays at KV position 0, so the batch's cached attention reads only as far as
+    its longest live row (not the buffer of a long request that already finished)."""
+    import jax
+    import numpy as np
+
+    from hrm import serve
+    from hrm.decoding import TextStream
+    from hrm.inference import Sampling, row_key
+    from hrm.models.attention import KVCache
+
+    model, events = loaded(attention_dir), []
+    make = lambda prompt, n: serve.Row(
+        model.tokenizer.encode(prompt),
+        n,
+        Sampling(0.0),
+        np.asarray(row_key(0)),
+        TextStream(model.tokenizer),
+        events.append,
+    )
+    engine = serve.BatchEngine(model, max_batch=2)
+    engine._admit([make("x" * 100, 3), make("a", 40)])  # driven by hand: no decode thread
+    for _ in range(10):
+        engine._step()
+    assert engine.slots[0] is None and engine.slots[1] is not None
+    kv = next(
+        x
+        for x in jax.tree.leaves(engine.state.cache, is_leaf=lambda x: isinstance(x, KVCache))
+        if isinstance(x, KVCache)
+    )
+    assert np.asarray(kv.pos).tolist() == [1, 1 + 10]  # parked (then one step), and the live row's own

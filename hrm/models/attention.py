@@ -74,6 +74,14 @@ def resize_kv_caches(cache, length: int):
     return jax.tree.map(resize, cache, is_leaf=lambda x: isinstance(x, KVCache))
 
 
+def park_rows(cache, idle):
+    """``cache`` with the rows where ``idle`` (batch,) is true set back to position 0: a batch's cached attention
+    reads keys up to its furthest row (``cached_attention``), so a free serving slot that kept counting would
+    make every row read the whole buffer. A parked row's keys and values are garbage until it is replaced."""
+    park = lambda kv: kv._replace(pos=jnp.where(idle, 0, kv.pos)) if isinstance(kv, KVCache) else kv
+    return jax.tree.map(park, cache, is_leaf=lambda x: isinstance(x, KVCache))
+
+
 def kv_cache_length(cache) -> int | None:
     """The positions the KV buffers of a model's decode cache hold; None for a cache without attention."""
     kvs = [x for x in jax.tree.leaves(cache, is_leaf=lambda x: isinstance(x, KVCache)) if isinstance(x, KVCache)]
