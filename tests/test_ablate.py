@@ -67,6 +67,20 @@ def test_time_limit_stops_training_with_a_checkpoint(tmp_path):
     assert (tmp_path / CHECKPOINT_DIR / str(last)).is_dir()
 
 
+def tiny_overrides(tmp_path) -> list[str]:
+    """A CPU-quick model and task for an ablation run end to end."""
+    return [
+        "--config.model.d_model=32",
+        "--config.model.n_layers=1",
+        "--config.data.seq_len=32",
+        "--config.data.num_threads=1",
+        "--config.data.synthetic.length=16",
+        "--config.data.synthetic.examples=300",
+        "--config.data.cache_dir",
+        str(tmp_path / "cache"),
+    ]
+
+
 @pytest.mark.slow
 def test_ablate_end_to_end_writes_table_curves_and_runs(tmp_path, capsys):
     ablate.main(
@@ -84,14 +98,7 @@ def test_ablate_end_to_end_writes_table_curves_and_runs(tmp_path, capsys):
             "3",
             "--extrapolate_length",
             "24",
-            "--config.model.d_model=32",
-            "--config.model.n_layers=1",
-            "--config.data.seq_len=32",
-            "--config.data.num_threads=1",
-            "--config.data.synthetic.length=16",
-            "--config.data.synthetic.examples=300",
-            "--config.data.cache_dir",
-            str(tmp_path / "cache"),
+            *tiny_overrides(tmp_path),
         ]
     )
     table = (tmp_path / "results.md").read_text()
@@ -122,14 +129,7 @@ def test_ablate_without_matplotlib_says_so_first_and_still_writes_the_table(tmp_
             str(tmp_path),
             "--examples",
             "2",
-            "--config.model.d_model=32",
-            "--config.model.n_layers=1",
-            "--config.data.seq_len=32",
-            "--config.data.num_threads=1",
-            "--config.data.synthetic.length=16",
-            "--config.data.synthetic.examples=300",
-            "--config.data.cache_dir",
-            str(tmp_path / "cache"),
+            *tiny_overrides(tmp_path),
         ]
     )
     out = capsys.readouterr().out.splitlines()

@@ -133,7 +133,7 @@ def _build(cfg, tokenizer: Tokenizer, folder: Path) -> None:
 
     without_prompt = 0
     for document in iter_documents(cfg, skipped):
-        without_prompt += document.prompt_chars == 0
+        without_prompt += document.plain
         batch.append(document)
         if len(batch) == BATCH_DOCUMENTS:
             flush()

@@ -38,6 +38,7 @@ class DataError(UserError):
 class Document:
     text: str
     prompt_chars: int = 0  # the first prompt_chars characters are context (no loss if completion_only)
+    plain: bool = False  # from a source without prompts (text files, one column): completion_only cannot apply
 
 
 class Skipped:
@@ -115,7 +116,7 @@ def file_documents(paths: list[Path], skipped: Skipped) -> Iterator[Document]:
                 skipped.add("malformed JSON files", f"{path.name}:{error.lineno}")
                 continue
         if text and text.strip():
-            yield Document(text)
+            yield Document(text, plain=True)
         elif text is not None:
             skipped.add("empty documents", path.name)
 
@@ -302,7 +303,7 @@ def column_documents(name: str, split: str, text_column: str, skipped: Skipped) 
             skipped.add("empty documents", f"row {number}")
             continue
         prompt = "".join(v + COLUMN_SEPARATOR for v in values[:-1])
-        yield Document(prompt + values[-1], prompt_chars=len(prompt))
+        yield Document(prompt + values[-1], prompt_chars=len(prompt), plain=len(wanted) == 1)
 
 
 def as_text(value):
