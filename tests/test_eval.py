@@ -155,6 +155,7 @@ def test_bad_input_is_one_line_and_exit_code_2(addition_run, capsys, args, messa
 def test_an_unwritable_eval_folder_prints_the_results_and_one_line(addition_run, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(addition_run, run)
+    shutil.rmtree(run / "eval", ignore_errors=True)  # earlier tests' results
     (run / "eval").write_text("")  # as root nothing is read-only: a file where the folder goes fails the same way
     monkeypatch.setattr(api.LoadedModel, "generate", lambda self, prompts, **_: ["" for _ in prompts])
     with pytest.raises(SystemExit) as exit_info:
