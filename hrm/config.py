@@ -496,7 +496,7 @@ RANGES = {
     "model.norm_eps": POSITIVE,
     "model.vocab_size": (NON_NEGATIVE, "0 = the tokenizer's size"),
     "model.token_vocab_size": (NON_NEGATIVE, "0 = every row of model.vocab_size"),
-    "model.scan_chunk": (NON_NEGATIVE, "0 = automatic"),
+    "model.scan_chunk": "scan chunk",
     "model.n_heads": POSITIVE,
     "model.rope_theta": POSITIVE,
     "model.max_cache_len": POSITIVE,
@@ -544,6 +544,10 @@ _RULES = {
     UNIT_OPEN: (lambda v: 0 < v < 1, "must be in (0, 1)"),
     UNIT_CLOSED: (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     "seed": (lambda v: 0 <= v < SEED_LIMIT, "must be in [0, 2**32)"),
+    "scan chunk": (
+        lambda v: v == 0 or MIN_CHUNK <= v <= MAX_CHUNK,
+        f"must be 0 (automatic) or in [{MIN_CHUNK}, {MAX_CHUNK}]",
+    ),
 }
 
 
@@ -594,13 +598,9 @@ def validate(config: Config) -> None:
         )
     if m.dt_min > m.dt_max:
         raise ConfigError("config keys 'model.dt_min'/'model.dt_max' need 0 < dt_min <= dt_max")
-    if m.token_vocab_size > m.vocab_size:
+    if m.vocab_size and m.token_vocab_size > m.vocab_size:  # vocab_size 0: both follow the tokenizer
         raise ConfigError(
             f"config key 'model.token_vocab_size' ({m.token_vocab_size}) exceeds model.vocab_size ({m.vocab_size})"
-        )
-    if m.scan_chunk and not MIN_CHUNK <= m.scan_chunk <= MAX_CHUNK:
-        raise ConfigError(
-            f"config key 'model.scan_chunk' must be 0 (automatic) or in [{MIN_CHUNK}, {MAX_CHUNK}], got {m.scan_chunk}"
         )
     _validate_families(m)
 

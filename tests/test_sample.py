@@ -21,8 +21,9 @@ def test_load_restores_the_latest_checkpoint(run_dir):
     assert model.step == 12
     assert model.tokenizer.decode(model.tokenizer.encode("héllo")) == "héllo"
     logits = model.logits(model.tokenizer.encode("def f(x):"))
-    assert logits.shape == (1, 9, model.config.model.vocab_size)
-    assert np.all(np.isfinite(logits))
+    tokens = model.config.model.token_vocab_size
+    assert logits.shape == (1, 9, model.config.model.vocab_size) and 0 < tokens < logits.shape[-1]
+    assert np.all(np.isfinite(logits[..., :tokens])) and np.all(np.isneginf(logits[..., tokens:]))  # padded rows
     assert hrm.load(run_dir, step=6).step == 6
 
 
@@ -118,7 +119,7 @@ def test_sample_cli_refuses_nan_temperature_and_a_file_as_checkpoint(run_dir):
 def test_load_accepts_a_step_folder_and_refuses_ids_outside_the_vocabulary(run_dir):
     model = hrm.load(run_dir / "checkpoints" / "6")
     assert model.step == 6
-    with pytest.raises(SamplingError, match=r"token ids must be in \[0, 264\)"):
+    with pytest.raises(SamplingError, match=r"token ids must be in \[0, 258\)"):
         model.logits([1, 2, 300])
     with pytest.raises(SamplingError, match="token ids"):
         model.logits([-1])

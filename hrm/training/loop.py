@@ -157,9 +157,7 @@ def train(
             f"'{config.data.tokenizer}' ({tokenizer.vocab_size} tokens); set "
             f"--config.model.vocab_size=0 to follow the tokenizer"
         )
-    corpus = tokenized_corpus(config.data, tokenizer, log)
-    for line in packing_summary(config.data, corpus, config.train.batch_size, config.train.seed):
-        log(line)
+    corpus = tokenized_corpus(config.data, tokenizer, log)  # data errors before anything is built
     epoch_tokens = training_tokens(config.data, corpus)
     if config.train.epochs:
         config = with_epoch_steps(config, epoch_tokens, log)
@@ -188,6 +186,8 @@ def train(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_sharding
         )
         step_fn, eval_fn = compile_steps(graphdef, config, abstract, state_sharding, mesh)  # checks their memory
+        for line in packing_summary(config.data, corpus, t.batch_size, t.seed):  # after the size checks: it packs
+            log(line)  # rows of data.seq_len tokens
         if is_main:
             tmp = run_dir / (checkpoint.CONFIG_FILE + ".tmp")
             config.save_json(tmp)
