@@ -1,6 +1,6 @@
 """hybrid_large: hybrid recursive Mamba 'hybrid-large': d_model 1024, 16 layers, recursion depth 4 (docs/MODELS.md).
 
-Documents: ~550M (docs/MODELS.md, documented sizes, 'hybrid-large'); ours: 393.2M (0.71x).
+Documents: ~550M (docs/MODELS.md, documented sizes, 'hybrid-large'); ours: 393.3M (0.72x).
 A layer stores ~20 d^2 (Mamba 6, the shared recursive MLP 8 - applied 4x, stored once - attention 4,
 fusion 2) plus the tied GPT-2 embedding; the documents estimate '1.5x a standard Mamba' and round up.
 docs/MODELS.md itemises every size; ``python -m hrm.info --config configs/hybrid_large.py`` counts per component.

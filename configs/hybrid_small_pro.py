@@ -1,6 +1,6 @@
 """hybrid_small_pro: hybrid recursive Mamba 'hybrid-small-pro': d_model 704, 11 layers, recursion depth 3.
 
-Documents: ~165M (docs/MODELS.md, documented sizes, 'hybrid-small-pro'); ours: 146.7M (0.89x).
+Documents: ~165M (docs/MODELS.md, documented sizes, 'hybrid-small-pro'); ours: 146.8M (0.89x).
 A layer stores ~20 d^2 (Mamba 6, the shared recursive MLP 8 - applied 3x, stored once - attention 4,
 fusion 2) plus the tied GPT-2 embedding; the documents estimate '1.5x a standard Mamba' and round up.
 docs/MODELS.md itemises every size; ``python -m hrm.info --config configs/hybrid_small_pro.py`` counts per component.

@@ -1,6 +1,6 @@
 """mamba_large: standard Mamba 'large': d_model 1024, 16 layers (docs/MODELS.md, documented sizes).
 
-Documents: ~500M (docs/MODELS.md, documented sizes, 'large'); ours: 158.1M (0.32x).
+Documents: ~500M (docs/MODELS.md, documented sizes, 'large'); ours: 158.2M (0.32x).
 The table rounds its rule of thumb d^2 x layers x 8 + vocab x d (185.7M here) up generously;
 ours is the exact count of reference Mamba-1 blocks (expand 2, d_state 16) with a tied GPT-2 embedding.
 docs/MODELS.md itemises every size; ``python -m hrm.info --config configs/mamba_large.py`` counts per component.
