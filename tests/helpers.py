@@ -12,6 +12,44 @@ from hrm.config import Config, DataConfig, ModelConfig, TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def report_on_fake_devices(script: str, *args, devices: int = 4) -> dict:
+    """Run ``python -c script args`` on ``devices`` fake CPU devices; its last stdout line, as JSON."""
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def poison_gradients(monkeypatch, poisoned: set[int]) -> None:
+    """Make the gradients of the train-step calls numbered in ``poisoned`` (1-based, in call order) NaN."""
+    import itertools
+
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental import io_callback
+
+    from hrm.training import state as state_module
+
+    calls, real = itertools.count(1), state_module.accumulated_gradients
+
+    def poisoned_gradients(*args):
+        grads, metrics = real(*args)
+        factor = io_callback(
+            lambda: np.float32(np.nan if next(calls) in poisoned else 1.0), jax.ShapeDtypeStruct((), jnp.float32)
+        )
+        return jax.tree.map(lambda g: g * factor, grads), metrics
+
+    monkeypatch.setattr(state_module, "accumulated_gradients", poisoned_gradients)
+
+
 def small_config(**train) -> Config:
     """A model small enough that a few steps take well under a second on CPU."""
     return Config(

@@ -1,7 +1,6 @@
 """Faults a long run survives: SIGTERM/SIGINT, a second process on the run dir, non-finite steps, lr at step 0."""
 
 import dataclasses
-import itertools
 import json
 import os
 import random
@@ -13,21 +12,18 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental import io_callback
 
 import hrm
 from hrm.config import ConfigError, TrainConfig
 from hrm.train import parse_command_line
-from hrm.training import state as state_module
 from hrm.training.checkpoint import CHECKPOINT_DIR, damage, finished_steps
 from hrm.training.faults import LOCK_FILE, RunLock, TrainingError
 from hrm.training.loop import train
 from hrm.training.metrics import read_metrics
 from hrm.training.optimizer import learning_rate_schedule
-from tests.helpers import ROOT, run_module, small_config
+from tests.helpers import ROOT, poison_gradients, run_module, small_config
 from tests.test_checkpoint import overwrite_array_data
 from tests.test_train import losses, small_run_args
 
@@ -99,17 +95,7 @@ def test_sigint_saves_at_the_finished_step_with_its_record(tmp_path):
 def test_nonfinite_gradients_skip_the_update_and_a_run_of_them_stops(tmp_path, monkeypatch):
     """Injected NaN gradients (steps 3, 5, 6, 7): each update is skipped and counted; with train.max_bad_steps=3
     the third in a row stops the run naming the last good checkpoint, whose parameters are finite."""
-    calls, poisoned = itertools.count(1), {3, 5, 6, 7}
-    real_gradients = state_module.accumulated_gradients
-
-    def poisoned_gradients(*args):
-        grads, metrics = real_gradients(*args)
-        factor = io_callback(
-            lambda: np.float32(np.nan if next(calls) in poisoned else 1.0), jax.ShapeDtypeStruct((), jnp.float32)
-        )
-        return jax.tree.map(lambda g: g * factor, grads), metrics
-
-    monkeypatch.setattr(state_module, "accumulated_gradients", poisoned_gradients)
+    poison_gradients(monkeypatch, {3, 5, 6, 7})
     messages = []
     with pytest.raises(
         TrainingError,

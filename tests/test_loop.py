@@ -1,22 +1,13 @@
 """The train loop at GPU scale (hrm/training/loop.py): evaluation in micro-batches inside the memory check, batches
 prefetched with an exact data position, skips counted on the device, sharded init and restore, the LM head."""
 
-import itertools
-import json
-import os
-import subprocess
-import sys
-
 import grain
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
-from jax.experimental import io_callback
 
 import hrm.training.loop as loop
-import hrm.training.state as state_module
 from hrm.config import resolve_config
 from hrm.data import DataError
 from hrm.models import build_model
@@ -27,25 +18,11 @@ from hrm.training.metrics import read_metrics
 from hrm.training.optimizer import learning_rate_schedule
 from hrm.training.prefetch import Prefetcher
 from hrm.training.state import chunked_cross_entropy, loss_chunking
-from tests.helpers import ROOT, small_config
+from tests.helpers import poison_gradients, report_on_fake_devices, small_config
 
 
 def quiet(*_):
     pass
-
-
-def poison_gradients(monkeypatch, poisoned):
-    """Make the gradients of the train-step calls numbered in ``poisoned`` (1-based) NaN."""
-    calls, real = itertools.count(1), state_module.accumulated_gradients
-
-    def poisoned_gradients(*args):
-        grads, metrics = real(*args)
-        factor = io_callback(
-            lambda: np.float32(np.nan if next(calls) in poisoned else 1.0), jax.ShapeDtypeStruct((), jnp.float32)
-        )
-        return jax.tree.map(lambda g: g * factor, grads), metrics
-
-    monkeypatch.setattr(state_module, "accumulated_gradients", poisoned_gradients)
 
 
 # --- evaluation ---------------------------------------------------------------------------------------------
@@ -189,16 +166,7 @@ print(json.dumps({"devices": jax.device_count(), "share": compiled.memory_analys
 
 
 def test_sharded_init_puts_a_quarter_of_the_state_on_each_of_4_devices():
-    result = subprocess.run(
-        [sys.executable, "-c", SHARDED_INIT],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = report_on_fake_devices(SHARDED_INIT)
     assert report["devices"] == 4 and 0.25 <= report["share"] < 0.3  # a few small vectors stay replicated
 
 

@@ -17,7 +17,7 @@ from hrm.train import parse_command_line
 from hrm.training.checkpoint import CHECKPOINT_DIR, damage
 from hrm.training.loop import train
 from hrm.training.metrics import read_metrics
-from tests.helpers import ROOT, run_module, small_config
+from tests.helpers import ROOT, report_on_fake_devices, run_module, small_config
 
 TINY = ROOT / "configs/tiny.py"
 
@@ -263,16 +263,7 @@ print(json.dumps({"devices": jax.device_count(), "specs": sorted(specs),
 @pytest.mark.slow
 def test_sharded_parameters_train_like_replicated_ones_on_4_devices(tmp_path):
     """train.shard_params splits parameters and optimizer state over 4 (fake CPU) devices, same losses."""
-    result = subprocess.run(
-        [sys.executable, "-c", SHARDED_RUNS, str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = report_on_fake_devices(SHARDED_RUNS, tmp_path)
     assert report["devices"] == 4
     assert {"('data', None)", "(None, 'data')", "()"} <= set(report["specs"])
     assert report["losses"]["True"] == pytest.approx(report["losses"]["False"], rel=1e-5)
