@@ -63,7 +63,7 @@ def setup(config):
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sharding)
     step_fn, _ = loop.compile_steps(graphdef, config, abstract, sharding, mesh)
     sharded = loop.NamedSharding(mesh, loop.P("data"))
-    to_device = lambda b: {k: jax.device_put(v.astype(loop.BATCH_DTYPES[k]), sharded) for k, v in b.items()}
+    to_device = lambda b: {k: jax.device_put(v.astype(loop.memory.BATCH_DTYPES[k]), sharded) for k, v in b.items()}
     return step_fn, lambda: loop.sharded_init(config, sharding)(), to_device
 
 

@@ -199,7 +199,7 @@ def train(
             n = len(batch["inputs"]) // jax.process_count()
             rows = slice(jax.process_index() * n, (jax.process_index() + 1) * n)
             return {
-                k: jax.make_array_from_process_local_data(sharded, v[rows].astype(BATCH_DTYPES[k]))
+                k: jax.make_array_from_process_local_data(sharded, v[rows].astype(memory.BATCH_DTYPES[k]))
                 for k, v in batch.items()
             }
 
@@ -361,7 +361,6 @@ def train(
     return records
 
 
-BATCH_DTYPES = {"inputs": np.int32, "targets": np.int32, "mask": np.bool_, "segment_ids": np.int32}
 RUN_AHEAD = 2  # steps the host may dispatch before the device finishes one (bounds the batches held on it)
 
 
@@ -378,14 +377,7 @@ def compile_steps(graphdef, config: Config, abstract_state, state_sharding, mesh
     sharded, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     t = config.train
     micro = t.batch_size // t.accumulation_steps
-
-    def abstract_batch(rows):
-        return {
-            k: jax.ShapeDtypeStruct((rows, config.data.seq_len), dtype, sharding=sharded)
-            for k, dtype in BATCH_DTYPES.items()
-        }
-
-    batch = abstract_batch(t.batch_size)
+    batch = memory.abstract_batch(t.batch_size, config.data.seq_len, sharded)
     step = jax.jit(
         make_train_step(graphdef, config),
         in_shardings=(state_sharding, sharded),
@@ -396,7 +388,9 @@ def compile_steps(graphdef, config: Config, abstract_state, state_sharding, mesh
     evaluate = jax.jit(
         partial(eval_sums, graphdef), in_shardings=(state_sharding["params"], sharded), out_shardings=replicated
     )
-    compiled_eval = evaluate.lower(abstract_state["params"], abstract_batch(micro)).compile()
+    compiled_eval = evaluate.lower(
+        abstract_state["params"], memory.abstract_batch(micro, config.data.seq_len, sharded)
+    ).compile()
     devices = mesh.shape["data"]
     memory.check_step_fits(
         memory.step_memory(

@@ -82,14 +82,13 @@ def _nbytes(tree) -> int:
     return sum(int(x.size) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def _abstract_batch(rows: int, seq_len: int) -> dict:
-    tokens = jax.ShapeDtypeStruct((rows, seq_len), jnp.int32)
-    return {
-        "inputs": tokens,
-        "targets": tokens,
-        "mask": jax.ShapeDtypeStruct((rows, seq_len), jnp.bool_),
-        "segment_ids": tokens,
-    }
+# The train step's batch: token ids, next-token targets, the loss mask and the packed documents' segment ids.
+BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "mask": jnp.bool_, "segment_ids": jnp.int32}
+
+
+def abstract_batch(rows: int, seq_len: int, sharding=None) -> dict:
+    """The shapes and dtypes of a batch of ``rows`` rows of ``seq_len`` tokens (laid out by ``sharding``)."""
+    return {k: jax.ShapeDtypeStruct((rows, seq_len), dtype, sharding=sharding) for k, dtype in BATCH_DTYPES.items()}
 
 
 def gpu_config(config: Config) -> Config:
@@ -115,10 +114,10 @@ def train_step_memory(config: Config, micro_batch_size: int | None = None, devic
     share = dataclasses.replace(t, batch_size=t.batch_size // devices, accumulation_steps=steps)
     config = dataclasses.replace(config, train=share)
     graphdef, state = abstract_train_state(config)
-    batch = _abstract_batch(share.batch_size, config.data.seq_len)
+    batch = abstract_batch(share.batch_size, config.data.seq_len)
     step = jax.jit(make_train_step(graphdef, config), donate_argnums=0)
     evaluate = jax.jit(functools.partial(eval_sums, graphdef))
-    compiled_eval = evaluate.lower(state["params"], _abstract_batch(micro // devices, config.data.seq_len)).compile()
+    compiled_eval = evaluate.lower(state["params"], abstract_batch(micro // devices, config.data.seq_len)).compile()
     return step_memory(
         step.lower(state, batch).compile(), state, batch, micro, steps, config.data.seq_len, compiled_eval
     )
