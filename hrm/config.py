@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Literal
 
 from hrm.errors import UserError
-from kernels import BACKENDS
-from kernels.chunked_scan import MAX_CHUNK, MIN_CHUNK
+from hrm.kernels import BACKENDS
+from hrm.kernels.chunked_scan import MAX_CHUNK, MIN_CHUNK
 
 
 class ConfigError(UserError):

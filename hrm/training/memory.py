@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import kernels
+from hrm import kernels
 from hrm.config import Config, ConfigError
 from hrm.models import build_model
 from hrm.training.state import eval_sums, init_train_state, make_train_step
