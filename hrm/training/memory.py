@@ -229,7 +229,7 @@ def _code_fingerprint() -> str:
     paths = [
         *(hrm_dir / "models").rglob("*.py"),
         *(hrm_dir / "training").rglob("*.py"),
-        hrm_dir / "config.py",
+        *(hrm_dir / "config").rglob("*.py"),
         *kernels_dir.rglob("*.py"),
     ]
     digest = hashlib.sha256()
