@@ -65,11 +65,11 @@ class ResidualBlock(nnx.Module):
 
 
 class Work(NamedTuple):
-    """What one token's forward pass applies, per family (``hrm.info`` counts FLOPs from it)."""
+    """What one token's forward pass applies, per family (``hrm.models.accounting`` counts FLOPs from it)."""
 
     depth: int  # effective layers
     description: str  # how they are made up, for a reader
-    weight_reuse: dict[str, int]  # component (hrm.info.component_of) → applications; 1 when absent
+    weight_reuse: dict[str, int]  # component (accounting.component_of) → applications; 1 when absent
     scans: int  # selective-scan applications
     attention: float  # full-context attention applications (a 1/s-pooled scale counts 1/s)
 

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from hrm.config import Config, ConfigError
 from hrm.errors import UserError
@@ -131,8 +133,6 @@ def verified(step_dir: Path) -> bool:
 def _unverified_damage(step_dir: Path, parts: tuple[str, ...] | None) -> str | None:
     """A manifest-less step's damage: state that cannot be read, or values that are not all finite (overwritten
     bytes decode as NaN and garbage; a resume from them trains only skipped steps)."""
-    import numpy as np
-
     what = "parameters" if parts == ("params",) else "train state"
     try:
         state = read_numpy_state(step_dir, parts)
@@ -146,8 +146,6 @@ def _unverified_damage(step_dir: Path, parts: tuple[str, ...] | None) -> str | N
 def read_numpy_state(step_dir: Path, parts: tuple[str, ...] | None = None) -> dict:
     """The saved train state of a step (only its top-level ``parts`` when given, e.g. ``("params",)``) as numpy
     arrays, shaped by the step's own metadata."""
-    import numpy as np
-
     path = Path(step_dir).absolute() / "state"
     with ocp.PyTreeCheckpointer() as reader:
         shapes = reader.metadata(path).item_metadata
@@ -399,8 +397,6 @@ class Checkpoints:
 
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 

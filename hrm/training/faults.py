@@ -21,6 +21,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from hrm.config import ConfigError
 from hrm.errors import UserError
@@ -64,7 +65,6 @@ def agreed_signal(local: int) -> int:
     it at the same steps (the loop's log steps)."""
     if jax.process_count() == 1:
         return local
-    from jax.experimental import multihost_utils
 
     return int(np.max(multihost_utils.process_allgather(np.int32(local))))
 

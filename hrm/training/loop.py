@@ -21,10 +21,12 @@ from hrm.config import DEFAULT_SAFETY_MARGIN_MB, Config, ConfigError, resolve_co
 from hrm.data import (
     check_data_fingerprint,
     data_fingerprint,
+    document_pieces,
     eval_batches,
     packing_efficiency,
     packing_summary,
     split_batch,
+    split_documents,
     tokenized_corpus,
     training_batches,
 )
@@ -37,7 +39,7 @@ from hrm.training.monitor import Utilisation, make_probe
 from hrm.training.prefetch import Prefetcher
 from hrm.training.profiling import StepProfiler
 from hrm.training.resume import resume_point
-from hrm.training.state import eval_sums, init_train_state, make_train_step
+from hrm.training.state import abstract_params, eval_sums, init_train_state, make_train_step
 
 
 def check_same_run(run_dir: Path, config: Config) -> None:
@@ -410,8 +412,6 @@ def compile_steps(graphdef, config: Config, abstract_state, state_sharding, mesh
 
 def training_tokens(cfg_data, corpus) -> int:
     """Row tokens (inputs and targets) of one pass over the training documents' pieces: an epoch."""
-    from hrm.data import document_pieces, split_documents
-
     pieces = document_pieces(corpus, split_documents(len(corpus), cfg_data.eval_fraction)[0], cfg_data.seq_len)
     return int(np.sum(pieces[:, 1] - pieces[:, 0]))
 
@@ -432,8 +432,6 @@ def with_epoch_steps(config: Config, epoch_tokens: int, log) -> Config:
 def with_initial_params(state: dict, init_from: Path, log) -> dict:
     """``state`` with the parameters of ``init_from``'s latest checkpoint (fine-tuning: weights only; the step,
     the optimizer and the data start afresh)."""
-    from hrm.training.state import abstract_params
-
     shapes = lambda params: jax.tree.map(lambda x: x.shape, params)
     if shapes(abstract_params(checkpoint.read_run_config(init_from))) != shapes(state["params"]):
         raise ConfigError(

@@ -24,6 +24,7 @@ from flax import nnx
 import kernels
 from hrm.config import Config, ConfigError
 from hrm.models import build_model
+from hrm.models.accounting import parameter_table
 from hrm.training.state import eval_sums, init_train_state, make_train_step
 
 GIB = 2**30
@@ -191,10 +192,8 @@ def memory_budget() -> tuple[int, str]:
 
 
 def check_parameters_fit(config: Config, devices: int = 1) -> int:
-    """The parameter count (from shapes, ``hrm.info.parameter_table``); a ``ConfigError`` before anything is
-    traced or allocated when their weights, gradients and optimizer moments alone exceed ``memory_budget``."""
-    from hrm.info import parameter_table
-
+    """The parameter count (from shapes, ``parameter_table``); a ``ConfigError`` before anything is traced or
+    allocated when their weights, gradients and optimizer moments alone exceed ``memory_budget``."""
     n_params = sum(parameter_table(config.model).values())
     need = n_params * TRAIN_BYTES_PER_PARAM // (devices if config.train.shard_params else 1)
     budget, what = memory_budget()
