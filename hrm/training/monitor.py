@@ -50,17 +50,19 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
     return None
 
 
-def training_flops_per_token(config) -> int:
-    """Model FLOPs of one trained token: forward + backward = 3x the forward (``flops_per_token``)."""
-    return 3 * flops_per_token(config.model, parameter_table(config.model), config.data.seq_len)
+def training_flops_per_token(config, parameters: dict[str, int] | None = None) -> int:
+    """Model FLOPs of one trained token: forward + backward = 3x the forward (``flops_per_token``); ``parameters``
+    per component when the caller has them (``parameter_table``)."""
+    parameters = parameter_table(config.model) if parameters is None else parameters
+    return 3 * flops_per_token(config.model, parameters, config.data.seq_len)
 
 
 class Utilisation:
     """``mfu(tokens_per_sec)`` for the run's model on the local devices (None where the peak is unknown)."""
 
-    def __init__(self, config):
+    def __init__(self, config, parameters: dict[str, int] | None = None):
         device = jax.devices()[0]
-        self.flops_per_token = training_flops_per_token(config)
+        self.flops_per_token = training_flops_per_token(config, parameters)
         peak = peak_flops(device.device_kind, config.model.dtype)
         self.peak = None if peak is None else peak * jax.device_count()
         self.device = f"{jax.device_count()} x {device.device_kind}"
