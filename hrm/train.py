@@ -32,7 +32,7 @@ from hrm.training.resume import resume_point
 EXAMPLES = """\
 overrides: any config field, --config.section.key=value (sections model, data, train), e.g.
   --config.train.steps=2000 --config.model.dropout=0.1 --config.data.seq_len=1024
-  (a Python config file's get_config(), or a JSON file: a run's config.json or the documents' format)
+  (a Python config file's get_config(), or a JSON file: a run's config.json or the README's JSON format)
 re-running the same command resumes its run directory from the latest checkpoint (Ctrl-C saves one)
 
 examples, one per data source:

@@ -5,7 +5,7 @@ A config file is a plain Python file with ``get_config() -> Config``. On the com
 unknown key or a bad value raises ``ConfigError`` with one line that names the key.
 
 One job per module: ``schema`` (the dataclasses), ``parse`` (values from strings and JSON, dotted keys),
-``documents`` (the documents' JSON format), ``files`` (config files and the ``--model_size`` registry),
+``documents`` (the design documents' JSON format), ``files`` (config files and the ``--model_size`` registry),
 ``presets`` (training presets, the shipped configs' starting points), ``validate`` (ranges and rules),
 ``flags`` (a config assembled from command-line flags and overrides).
 """

@@ -1,4 +1,6 @@
-"""The documents' JSON config format (seed 002, "Custom config format"), read into a ``Config``."""
+"""The design documents' JSON config format, read into a ``Config`` so that a config written for their trainer
+runs unchanged (docs/MODELS.md "Documented sizes" says what those documents are; README.md "Training" lists the
+format's keys)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import difflib
 from hrm.config.parse import ConfigError, all_keys, coerce, set_key
 from hrm.config.schema import Config
 
-# The documents' JSON config (seed 002, "Custom config format") → hrm's keys. Every section also takes hrm's own
+# That format's keys → hrm's keys. Every section also takes hrm's own
 # field names, so hrm's saved config.json is the same format with no aliases.
 JSON_SECTIONS = {"model": "model", "data": "data", "train": "train", "training": "train"}
 JSON_ALIASES = {
@@ -24,11 +26,11 @@ JSON_ALIASES = {
 
 
 def config_from_json(raw, source: str) -> Config:
-    """A ``Config`` from a JSON object: hrm's saved ``config.json`` ({name, model, data, train}) or the
+    """A ``Config`` from a JSON object: hrm's saved ``config.json`` ({name, model, data, train}) or the design
     documents' ``{"model": {d_model, n_layers, d_state, expand_factor, dropout, max_seq_len, vocab_size},
     "training": {learning_rate, warmup_steps, max_steps, save_steps, eval_steps}, "vram": {batch_size,
-    gradient_accumulation_steps, effective_batch_size}}`` (``vram.batch_size`` is the micro-batch; the documents'
-    models use GPT-2 BPE, so that format's ``data.tokenizer`` defaults to ``gpt2``). Keys not given keep
+    gradient_accumulation_steps, effective_batch_size}}`` (``vram.batch_size`` is the micro-batch; the design
+    documents' models use GPT-2 BPE, so that format's ``data.tokenizer`` defaults to ``gpt2``). Keys not given keep
     ``Config()``'s defaults; unknown keys are one ``ConfigError`` naming all of them."""
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{source}' must hold a JSON object with sections model, data, train")
@@ -78,7 +80,7 @@ def config_from_json(raw, source: str) -> Config:
 
 
 def _vram_section(values, source: str) -> dict:
-    """The documents' "vram" section → train.batch_size (the global batch) and train.accumulation_steps."""
+    """The design documents' "vram" section → train.batch_size (the global batch) and train.accumulation_steps."""
     if not isinstance(values, dict) or set(values) - {
         "batch_size",
         "gradient_accumulation_steps",

@@ -30,7 +30,7 @@ def config_files() -> list[Path]:
 def model_sizes() -> dict[str, Path]:
     """``--model_size`` names → config files, derived from the file names: ``hybrid_small.py`` is
     ``hybrid-small``, and a ``mamba_*`` file is also its bare size (``mamba_medium_lite.py`` is ``medium-lite``,
-    the documents' names for the Mamba sizes)."""
+    the names docs/MODELS.md "Documented sizes" gives the Mamba sizes)."""
     sizes = {}
     for path in config_files():
         name = path.stem.replace("_", "-")
@@ -52,7 +52,7 @@ def model_size_config(name: str) -> Path:
 
 def load_config_file(path: str | Path) -> Config:
     """The config of a Python file's ``get_config()`` or of a JSON file (hrm's saved ``config.json`` or the
-    documents' format, ``config_from_json``); the file's stem becomes the default run name."""
+    design documents' format, ``config_from_json``); the file's stem becomes the default run name."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(

@@ -13,7 +13,7 @@ from hrm.config.schema import Config
 from hrm.errors import UsageError
 
 OVERRIDE_PREFIX = "--config."
-DATA_FLAGS = {  # the trainer guide's data flags, shorthands for --config.data.<flag>
+DATA_FLAGS = {  # shorthands for --config.data.<flag>, named as the design documents' trainer names them
     "data_dir": "a folder of .txt/.py/.md/.json files",
     "data_path": "a dialogue JSONL file ({context: [...], response, source} per line)",
     "dataset": "a local .jsonl/.json/.parquet/.csv file, a save_to_disk folder or a Hugging Face dataset name",
@@ -40,7 +40,8 @@ def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-# The trainer guide's flags (README.md "Training") that hrm spells differently: where each one lives here.
+# Flags of the design documents' trainer (docs/MODELS.md "Documented sizes") that hrm spells differently: where
+# each lives here, so a command written for that trainer gets a hint instead of a bare "unrecognized argument".
 DOCUMENT_FLAGS = {
     "n_blocks": "--config.model.n_layers",
     "n_layers": "--config.model.n_layers",
@@ -72,7 +73,7 @@ DOCUMENT_FLAGS = {
 
 
 def flag_hint(arg: str) -> str:
-    """What to write instead of an unknown flag: the documents' flag's hrm name, else the override syntax."""
+    """What to write instead of an unknown flag: a design-documents flag's hrm name, else the override syntax."""
     name = arg.lstrip("-").split("=", 1)[0].replace("-", "_")
     if name in DOCUMENT_FLAGS:
         return f"did you mean {DOCUMENT_FLAGS[name]}?"

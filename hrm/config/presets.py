@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from hrm.config.schema import GPT2_TOKENS, GPT2_VOCAB, Config, DataConfig, ModelConfig, TrainConfig
 
-# The trainer guide's --training_preset table (docs/MODELS.md): train.* values (hrm.train --training_preset).
+# --training_preset's train.* values (hrm.train): the design documents' presets, kept so their commands train the
+# same schedule (docs/MODELS.md "Documented sizes").
 TRAINING_PRESETS = {
     "fast": {"steps": 50_000, "lr": 5e-4, "warmup_steps": 1000, "save_every": 2500, "eval_every": 2500},
     "default": {"steps": 100_000, "lr": 3e-4, "warmup_steps": 2000, "save_every": 5000, "eval_every": 5000},
@@ -15,10 +16,11 @@ TRAINING_PRESETS = {
 def documented_size_config(
     model: ModelConfig, *, seq_len: int = 2048, batch_size: int = 32, dtype: str = "bfloat16", **train
 ) -> Config:
-    """A documented model size (docs/MODELS.md): GPT-2 BPE, rows of ``seq_len`` tokens, a global batch of 32 rows
-    (the trainer guide's effective batch, 4 x 8 accumulation), bf16 compute (the guide trains in mixed precision)
-    and the 'default' training preset; ``train`` overrides single ``TrainConfig`` fields (each config sets the
-    ``accumulation_steps`` that fits its documented VRAM, measured with ``python -m hrm.memtest``)."""
+    """A documented model size (docs/MODELS.md "Documented sizes"): trained as those documents train it, so its
+    size and memory compare with theirs: GPT-2 BPE, rows of ``seq_len`` tokens, a global batch of 32 rows (4 x 8
+    accumulation), bf16 compute (mixed precision) and the 'default' training preset; ``train`` overrides single
+    ``TrainConfig`` fields (each config sets the ``accumulation_steps`` that fits its documented VRAM, measured
+    with ``python -m hrm.memtest``)."""
     if not model.vocab_size:
         model.vocab_size, model.token_vocab_size = GPT2_VOCAB, GPT2_TOKENS
     model.dtype = dtype

@@ -1,6 +1,6 @@
 """Where training text comes from. Each source yields ``Document``s and counts what it skips.
 
-Sources (flags as the trainer guide names them, README.md "Training"):
+Sources (the flags README.md "Training" documents):
 - ``data_dir``: every .txt/.py/.md/.json file below a folder (JSON: the text of its string values);
 - ``data_path``: dialogue JSONL, one ``{"context": [turns], "response": str, "source": str}`` a line;
 - ``dataset``: a local .jsonl/.json/.parquet/.csv file, a ``datasets.save_to_disk`` folder, or a

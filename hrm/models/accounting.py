@@ -89,25 +89,26 @@ def full_parameter_table(cfg) -> dict[str, int]:
 
 
 def effective_depth(cfg) -> tuple[int, str]:
-    """Effective layers and what makes them up (the family's ``work``)."""
-    work = FAMILIES[cfg.family].work(cfg)
-    return work.depth, work.description
+    """Effective layers and what makes them up (the family's ``forward_applications``)."""
+    forward = FAMILIES[cfg.family].forward_applications(cfg)
+    return forward.depth, forward.description
 
 
 def flops_per_token(cfg, counts: dict[str, int], context: int) -> int:
     """Forward FLOPs per token: 2 x weights applied (shared weights once per application, the family's
-    ``work``), the tied head, attention scores/values over an average causal context of ``context / 2`` (scale
-    ``s`` attends only its ``1/s`` pooled keys, hrm/models/attention.py: 1.75x one attention at scales 1,2,4),
-    and the selective scan (~9 x d_inner x d_state per Mamba application). Model FLOPs: the blocked kernel also
-    computes the masked half of each diagonal block, about ``BLOCK_SIZE / 2`` more keys per query."""
-    work = FAMILIES[cfg.family].work(cfg)
+    ``forward_applications``), the tied head, attention scores/values over an average causal context of
+    ``context / 2`` (scale ``s`` attends only its ``1/s`` pooled keys, hrm/models/attention.py: 1.75x one
+    attention at scales 1,2,4), and the selective scan (~9 x d_inner x d_state per Mamba application). Model
+    FLOPs: the blocked kernel also computes the masked half of each diagonal block, about ``BLOCK_SIZE / 2`` more
+    keys per query."""
+    forward = FAMILIES[cfg.family].forward_applications(cfg)
     applied = sum(
-        count * work.weight_reuse.get(name, 1) for name, count in counts.items() if name != "embedding (tied head)"
+        count * forward.weight_reuse.get(name, 1) for name, count in counts.items() if name != "embedding (tied head)"
     )
     d_inner = cfg.expand * cfg.d_model
     return int(
         2 * cfg.d_model * cfg.vocab_size
         + 2 * applied
-        + 4 * cfg.d_model * (context / 2) * work.attention
-        + 9 * d_inner * cfg.d_state * work.scans
+        + 4 * cfg.d_model * (context / 2) * forward.attention
+        + 9 * d_inner * cfg.d_state * forward.scans
     )

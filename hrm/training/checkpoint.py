@@ -16,6 +16,7 @@ names (and ``latest``) are accepted wherever a step is (``resolve_step``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import hashlib
 import json
@@ -353,12 +354,8 @@ class Checkpoints:
     def _prune(self) -> None:
         """Delete committed steps other than the newest ``keep`` and the best and final ones."""
         finished = [s for s in self.all_steps() if (checkpoint_root(self.run_dir) / str(s)).is_dir()]
-        infos = {s: step_info(self.run_dir, s) for s in finished}
-        keep = set(sorted(finished)[-self.keep :])
-        evaluated = [(info["eval_loss"], s) for s, info in infos.items() if info.get("eval_loss") is not None]
-        keep |= {min(evaluated)[1]} if evaluated else set()
-        finals = [s for s, info in infos.items() if info.get("final")]
-        keep |= {max(finals)} if finals else set()
+        names = named_steps(self.run_dir, finished)
+        keep = set(sorted(finished)[-self.keep :]) | {names[name] for name in ("best", "final") if name in names}
         for step in finished:
             if step not in keep:
                 self.mgr.delete(step)
@@ -423,38 +420,41 @@ def _restore_state(mgr, run_dir: Path, step: int, abstract_state, data_iterator=
 
 def restore_state(run_dir: Path, step: int, abstract_state, data_iterator=None):
     """The train state (and data position) at ``step`` of another run, read-only (``--resume PATH``)."""
-    mgr = ocp.CheckpointManager(
-        checkpoint_root(run_dir),
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None),
-    )
-    try:
+    with read_only_manager(run_dir) as mgr:
         return _restore_state(mgr, Path(run_dir), step, abstract_state, data_iterator)
-    finally:
-        mgr.close()
 
 
 def restore_params(run_dir: Path, abstract_params, step: int | str | None = None, log=warn):
     """Only the model parameters of the latest good (or given: number or name) step of a run directory."""
     run_dir = Path(run_dir)
     step = resolve_step(run_dir, step, log)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)
+    with read_only_manager(run_dir) as mgr:
+        restored = mgr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item={"params": target},
+                    partial_restore=True,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}),
+                )
+            ),
+        )
+    return restored["state"]["params"], step
+
+
+@contextlib.contextmanager
+def read_only_manager(run_dir: Path):
+    """An orbax manager over another run's checkpoints that never writes, creates or prunes there; closed on exit."""
     mgr = ocp.CheckpointManager(
         checkpoint_root(run_dir),
         options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None),
     )
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)
-    restored = mgr.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item={"params": target},
-                partial_restore=True,
-                restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}),
-            )
-        ),
-    )
-    mgr.close()
-    return restored["state"]["params"], step
+    try:
+        yield mgr
+    finally:
+        mgr.close()
 
 
 def read_run_config(run_dir: Path, log=warn) -> Config:
