@@ -24,6 +24,7 @@ from hrm.config import DEFAULT_SAFETY_MARGIN_MB, model_size_config, resolve_conf
 from hrm.config.flags import DATA_FLAGS, build_config, parse_overrides
 from hrm.errors import UserError
 from hrm.training.checkpoint import read_run_config
+from hrm.training.faults import remember_interrupts
 from hrm.training.loop import VramRequest, init_distributed, train
 from hrm.training.memory import parse_vram
 from hrm.training.monitor import require_wandb
@@ -47,6 +48,7 @@ examples, one per data source:
 
 
 def main(argv: list[str]) -> None:
+    sys.unraisablehook = remember_interrupts(sys.unraisablehook)  # a Ctrl-C during setup is never lost
     config, args = parse_command_line(argv)
     if args.wandb:
         require_wandb()
