@@ -11,11 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hrm import interop, weights
 from hrm.inference import Generator, SamplingError, check_request, token_array
 from hrm.models import build_model
 from hrm.tokenizer import get_tokenizer
 from hrm.training import checkpoint
 from hrm.training.checkpoint import CheckpointError
+from hrm.training.state import abstract_params
 
 
 class LoadedModel:
@@ -84,8 +86,6 @@ def load(path: str | Path, step: int | str | None = None, max_context: int | Non
     damaged step raises ``CheckpointError`` naming it and the available steps (``checkpoint.resolve_step``).
     ``max_context`` replaces ``model.max_cache_len``, the most positions (prompt + new tokens) an attention
     model decodes."""
-    from hrm import export, interop
-
     path = Path(path)
     if path.is_file():
         raise CheckpointError(
@@ -97,13 +97,11 @@ def load(path: str | Path, step: int | str | None = None, max_context: int | Non
     if not (path / checkpoint.CHECKPOINT_DIR).is_dir() and interop.reference_layout(path):
         config, params = interop.load_reference(path)
         step = 0
-    elif path.is_dir() and export.is_final_folder(path):
-        config, params, step = export.load_final(path)
+    elif path.is_dir() and weights.is_final_folder(path):
+        config, params, step = weights.load_final(path)
     else:
         checkpoint.quiet_orbax()
         config = checkpoint.read_run_config(path)
-        from hrm.training.state import abstract_params
-
         params, step = checkpoint.restore_params(path, abstract_params(config), step)
     if max_context is not None:
         config.model = dataclasses.replace(config.model, max_cache_len=max_context_for(config.model, max_context))

@@ -7,11 +7,10 @@ import os
 import signal
 import sys
 
-from hrm.errors import UserError
+from hrm.errors import UsageError, UserError
+from hrm.kernels import BackendUnavailable  # kernels/ stays free of hrm imports, so its error is not a UserError
 
-
-class UsageError(UserError):
-    """Bad command-line input; reported as one line."""
+__all__ = ["ArgumentParser", "UsageError", "add_config_source", "run_main"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -39,8 +38,6 @@ def run_main(main, argv=None) -> None:
     line and exits with its code (2; 1 for training that cannot go on). Ctrl-C (outside training's own handler,
     which saves a checkpoint first) prints one line and exits 130; during the imports before this, hrm/__init__.py
     has it end the process quietly."""
-    from hrm.kernels import BackendUnavailable  # kernels/ stays free of hrm imports, so its error is not a UserError
-
     if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from hrm import interop
 from hrm.cli import ArgumentParser, UsageError, run_main
+from hrm.training import checkpoint
 
 
 def main(argv: list[str]) -> None:
@@ -18,8 +20,6 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("out", help="the hrm run directory to write (new or empty)")
     args = parser.parse_args(argv)
-    from hrm import interop
-    from hrm.training import checkpoint
 
     src, out = Path(args.src), Path(args.out)
     if not interop.reference_layout(src):

@@ -6,3 +6,7 @@ class UserError(ValueError):
     is one line naming the problem and the fix; ``hrm.cli.run_main`` prints it and exits with ``exit_code``."""
 
     exit_code = 2
+
+
+class UsageError(UserError):
+    """Bad command-line input (a flag, an override, a missing optional package); reported as one line."""

@@ -24,9 +24,17 @@ import os
 from functools import partial
 from pathlib import Path
 
+import jax
 import numpy as np
 
+import hrm
 from hrm.cli import ArgumentParser, UsageError, run_main
+from hrm.config import DATA_FLAGS, apply_override, parse_overrides
+from hrm.data import document_batches, split_documents, synthetic, tokenized_corpus
+from hrm.data.sources import COLUMN_SEPARATOR, DataError, Skipped, jsonl_records, source_descriptions
+from hrm.data.synthetic import final_answer, same_number, task_name
+from hrm.training.evaluation import held_out_loss
+from hrm.training.state import eval_sums
 
 EVAL_DIR = "eval"
 
@@ -52,13 +60,6 @@ def perplexity(model, cfg_data, documents: str = "auto", batch_size: int = 8, ma
     """Loss per token and bits per byte over every target of ``documents`` (``held_out``: the
     ``data.eval_fraction`` split the run never trained on; ``all``; ``auto``: held out when ``cfg_data``'s
     sources are the run's, else all) of ``cfg_data``, at most ``max_batches`` batches (0: all)."""
-    import jax
-
-    from hrm.data import document_batches, split_documents, tokenized_corpus
-    from hrm.data.sources import source_descriptions
-    from hrm.training.evaluation import held_out_loss
-    from hrm.training.state import eval_sums
-
     if documents not in ("auto", "held_out", "all"):
         raise UsageError(f"--documents must be auto, held_out or all, got {documents!r}")
     if documents == "auto":
@@ -126,8 +127,6 @@ def scored(name: str, prompts: list[str], answers: list[str], generated: list[st
 
 def task_accuracy(model, spec: str, synthetic_cfg, n_examples: int, batch_size: int = 32) -> dict:
     """Exact match of greedy generation on ``n_examples`` fresh (test-stream) examples of ``synthetic:NAME``."""
-    from hrm.data import synthetic
-
     name = synthetic.task_name(spec)
     examples = synthetic.examples(name, synthetic_cfg, n_examples, stream=synthetic.TEST_STREAM)
     prompts, answers = [e.prompt for e in examples], [e.answer for e in examples]
@@ -149,9 +148,6 @@ def task_accuracy(model, spec: str, synthetic_cfg, n_examples: int, batch_size: 
 
 def gsm8k_examples(path: str | Path, limit: int = 0) -> list[tuple[str, str]]:
     """(question, answer) pairs of a GSM8K-format JSONL file whose answer has a ``#### N`` result."""
-    from hrm.data.sources import DataError, Skipped, jsonl_records
-    from hrm.data.synthetic import final_answer
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"--gsm8k file '{path}' does not exist; pass a JSONL file with question and answer")
@@ -175,9 +171,6 @@ def gsm8k_examples(path: str | Path, limit: int = 0) -> list[tuple[str, str]]:
 def gsm8k_accuracy(
     model, path: str | Path, n_examples: int = 0, max_new_tokens: int = 256, batch_size: int = 32
 ) -> dict:
-    from hrm.data.sources import COLUMN_SEPARATOR
-    from hrm.data.synthetic import final_answer, same_number
-
     pairs = gsm8k_examples(path, n_examples)
     prompts, answers = [q + COLUMN_SEPARATOR for q, _ in pairs], [a for _, a in pairs]
     generated = greedy_continuations(model, prompts, max_new_tokens, batch_size)
@@ -244,8 +237,6 @@ def write_report(run_dir: Path, name: str, report: dict) -> Path:
 
 def eval_data_config(config, argv_data: list[tuple[str, str]]):
     """The run's data config with data flags and ``--config.data.*`` overrides applied (a copy)."""
-    from hrm.config import apply_override
-
     config = copy.deepcopy(config)
     for key, value in argv_data:
         if not key.startswith("data.") or key == "data.tokenizer":
@@ -258,8 +249,6 @@ def eval_data_config(config, argv_data: list[tuple[str, str]]):
 
 
 def main(argv: list[str]) -> None:
-    from hrm.train import DATA_FLAGS, parse_overrides
-
     parser = ArgumentParser(prog="python -m hrm.eval", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a run directory (hrm.train) or a reference Mamba folder")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
@@ -284,12 +273,9 @@ def main(argv: list[str]) -> None:
     for name, value in (("--batch_size", args.batch_size), ("--max_new_tokens", args.max_new_tokens)):
         if value < 1:
             raise UsageError(f"{name} must be positive, got {value}")
-    from hrm.data.synthetic import task_name
 
     tasks = [f"synthetic:{task_name(t)}" for t in args.task]
     overrides = [(f"data.{f}", getattr(args, f)) for f in DATA_FLAGS if getattr(args, f, None) is not None]
-
-    import hrm
 
     model = hrm.load(args.checkpoint, step=args.step)
     cfg_data = eval_data_config(model.config, overrides + parse_overrides(extra))

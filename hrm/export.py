@@ -15,96 +15,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
-import jax
-import numpy as np
-
+import hrm
+from hrm import exported, interop
 from hrm.cli import ArgumentParser, UsageError, run_main
-from hrm.config import Config
+from hrm.weights import save_final
 
 FORMATS = ("hrm", "hf", "stablehlo")
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
-
-
-def _names(tree) -> tuple[list[str], object]:
-    paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    names = [".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path) for path, _ in paths]
-    return names, treedef
-
-
-def save_final(config: Config, params, out: str | Path, step: int = 0) -> Path:
-    """Write the final-weights folder (see the module docstring); returns it."""
-    from safetensors.numpy import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    names, _ = _names(params)
-    leaves = jax.tree.leaves(params)
-    save_file(
-        {n: np.ascontiguousarray(np.asarray(x)) for n, x in zip(names, leaves)},
-        out / WEIGHTS_FILE,
-        metadata={"format": "hrm", "step": str(step)},
-    )
-    raw = config.to_dict()
-    tokenizer = config.data.tokenizer
-    if tokenizer.endswith(".json") and Path(tokenizer).is_file():
-        shutil.copy(tokenizer, out / TOKENIZER_FILE)
-        raw["data"]["tokenizer"] = TOKENIZER_FILE
-    (out / CONFIG_FILE).write_text(json.dumps(raw, indent=2) + "\n")
-    return out
-
-
-def is_final_folder(path: str | Path) -> bool:
-    path = Path(path)
-    return (
-        (path / WEIGHTS_FILE).is_file()
-        and (path / CONFIG_FILE).is_file()
-        and "model" in json.loads((path / CONFIG_FILE).read_text())
-    )
-
-
-def load_final(path: str | Path):
-    """(Config, params, step) of a final-weights folder; a tokenizer.json in it is used by its full path."""
-    from safetensors import safe_open
-    from safetensors.numpy import load_file
-
-    from hrm.training.checkpoint import CheckpointError
-    from hrm.training.state import abstract_params
-
-    path = Path(path)
-    config = Config.load_json(path / CONFIG_FILE)
-    if config.data.tokenizer == TOKENIZER_FILE:
-        config.data.tokenizer = str(path / TOKENIZER_FILE)
-    tensors = load_file(path / WEIGHTS_FILE)
-    abstract = abstract_params(config)
-    names, treedef = _names(abstract)
-    missing = [n for n in names if n not in tensors]
-    if missing:
-        raise CheckpointError(
-            f"'{path / WEIGHTS_FILE}' lacks {len(missing)} parameter(s) of its config.json's "
-            f"model, e.g. {missing[0]}; export it again with python -m hrm.export"
-        )
-    leaves = []
-    for name, spec in zip(names, jax.tree.leaves(abstract)):
-        if tensors[name].shape != spec.shape:
-            raise CheckpointError(
-                f"'{path / WEIGHTS_FILE}': {name} has shape {tensors[name].shape}, its "
-                f"config.json's model needs {spec.shape}"
-            )
-        leaves.append(jax.numpy.asarray(tensors[name], spec.dtype))
-    with safe_open(path / WEIGHTS_FILE, "np") as f:
-        step = int((f.metadata() or {}).get("step", 0))
-    return config, jax.tree.unflatten(treedef, leaves), step
 
 
 def _export_hf(model, checkpoint: str, out: Path) -> str:
-    from hrm import interop
-
     family = model.config.model.family
     if family != "mamba":
         raise UsageError(
@@ -157,15 +79,11 @@ def main(argv: list[str]) -> None:
         raise UsageError(f"--chunk must be a power of two, got {args.chunk}")
     if Path(out).exists() and not Path(out).is_dir():
         raise UsageError(f"--out '{out}' is a file; pass a folder to write (new, or one to overwrite)")
-    import hrm
-
     model = hrm.load(args.checkpoint, step=args.step, max_context=args.max_context)
     out = Path(out)
     if args.format == "hf":
         note = _export_hf(model, args.checkpoint, out)
     elif args.format == "stablehlo":
-        from hrm import exported
-
         exported.export_decoding(model, out, batch=args.batch, chunk=args.chunk or exported.EXPORT_CHUNK)
         note = f"StableHLO prefill and decode step, batch {args.batch}, step {model.step})"
     else:

@@ -23,9 +23,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from hrm.config import Config, DataConfig, ModelConfig
+from hrm.models.mamba import d_inner, dt_rank
 from hrm.training.checkpoint import CONFIG_FILE, CheckpointError
+from hrm.training.state import abstract_params
 
 TOKENIZER_FILE = "tokenizer.json"
 SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
@@ -98,8 +102,6 @@ def load_reference(path: str | Path) -> tuple[Config, dict]:
 def read_tensors(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of the folder's weights as a float32 numpy array."""
     if (path / SAFETENSORS).is_file() or (path / SAFETENSORS_INDEX).is_file():
-        from safetensors import safe_open
-
         files = (
             [SAFETENSORS]
             if (path / SAFETENSORS).is_file()
@@ -127,8 +129,6 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
 
 def params_from_tensors(cfg: ModelConfig, tensors: dict, embedding: str, path: Path) -> dict:
     """hrm's parameter pure dict from PyTorch-named tensors; every expected tensor must be there, and no other."""
-    from hrm.training.state import abstract_params
-
     expected = abstract_params(Config(model=cfg))
     params, unused = {}, set(tensors) - ({"lm_head.weight"} if cfg.tie_embeddings else set())
     for name, hrm_path, (to_hrm, _) in tensor_map(cfg, embedding):
@@ -230,8 +230,6 @@ def _state_spaces_config(raw: dict, tensors: dict, path: Path) -> ModelConfig:
 
 def transformers_config(cfg: ModelConfig, eos_id: int = 0) -> dict:
     """The config.json of transformers' MambaConfig for an hrm ``mamba`` model config."""
-    from hrm.models.mamba import d_inner, dt_rank
-
     return {
         "architectures": ["MambaForCausalLM"],
         "model_type": "mamba",
@@ -270,8 +268,6 @@ def save_transformers(cfg: ModelConfig, params: dict, out: str | Path, eos_id: i
 
     hrm keeps a conv bias parameter even with ``conv_bias=False`` (zeros at init); one that training moved off
     zero is written, with ``use_conv_bias`` on, so the exported model computes what the run does."""
-    from safetensors.numpy import save_file
-
     moved = any(np.any(np.asarray(layer["mixer"]["conv_bias"])) for layer in params["layers"].values())
     cfg = dataclasses.replace(cfg, conv_bias=cfg.conv_bias or moved)
     out = Path(out)

@@ -16,7 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+import hrm
+from hrm import scoring
 from hrm.cli import ArgumentParser, UsageError, run_main
+from hrm.decoding import text_streams
+from hrm.inference import Sampling
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's API models' default context (a pure SSM has no limit of its own)
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default for generate_until
@@ -42,10 +46,6 @@ def register():
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
 
-    from hrm import scoring
-    from hrm.decoding import text_streams
-    from hrm.inference import Sampling
-
     @register_model("hrm")
     class HrmLM(TemplateLM):
         """lm-eval's view of an hrm model: ``HrmLM(model=hrm.load(...))`` or, from lm-eval's model_args,
@@ -65,7 +65,6 @@ def register():
             if model is None:
                 if pretrained is None:
                     raise UsageError("HrmLM needs model=hrm.load(...) or pretrained=RUN_DIR")
-                import hrm
 
                 model = hrm.load(pretrained, step=step)
             self.model = model
@@ -157,7 +156,7 @@ def register():
 def evaluate(model, tasks: list[str], include_path: str | None = None, **options) -> dict:
     """lm-eval's ``simple_evaluate`` of ``model`` (an ``hrm.load`` model) on ``tasks``."""
     HrmLM = register()
-    import lm_eval
+    import lm_eval  # optional (the lm_eval extra), checked by register()
     from lm_eval.tasks import TaskManager
 
     batch_size = options.pop("batch_size", 16)
@@ -189,9 +188,7 @@ def main(argv: list[str]) -> None:
     if args.include_path is not None and not Path(args.include_path).is_dir():
         raise UsageError(f"--include_path '{args.include_path}' is not a folder")
     _require_lm_eval()
-    from lm_eval.utils import make_table
-
-    import hrm
+    from lm_eval.utils import make_table  # optional (the lm_eval extra), checked above
 
     model = hrm.load(args.checkpoint, step=args.step)
     results = evaluate(

@@ -12,8 +12,15 @@ from __future__ import annotations
 import json
 
 from hrm.cli import ArgumentParser, UsageError, add_config_source, run_main
-from hrm.config import DEFAULT_SAFETY_MARGIN_MB
-from hrm.training.memory import GIB, MIB, parse_vram
+from hrm.config import (
+    DEFAULT_SAFETY_MARGIN_MB,
+    build_config,
+    config_dir,
+    model_size_config,
+    parse_overrides,
+    resolve_config,
+)
+from hrm.training.memory import GIB, MIB, cached_train_step_memory, gpu_config, largest_micro_batch, parse_vram
 
 # The documented VRAM figure per config (docs/BENCHMARKS.md: the trainer guide's tables, the upper end of each
 # range; the source projects for the others), in GB (GiB); --test_all checks every config against it.
@@ -45,9 +52,6 @@ DOCUMENTED_VRAM_GB = {
 def report(config, vram_bytes: int | None, margin_mb: float) -> dict:
     """The memory record of one config: its step as configured, and the largest fitting micro-batch when
     that does not fit ``vram_bytes - margin``."""
-    from hrm.config import resolve_config
-    from hrm.training.memory import cached_train_step_memory, gpu_config, largest_micro_batch
-
     config = gpu_config(resolve_config(config))
     memory = cached_train_step_memory(config)
     record = {
@@ -133,8 +137,6 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seq_len", type=int, help="tokens per row (data.seq_len)")
     parser.add_argument("--json", action="store_true", help="end with one JSON object per config")
     args, extra = parser.parse_known_args(argv)
-    from hrm.config import config_dir, model_size_config
-    from hrm.train import build_config, parse_overrides
 
     overrides = parse_overrides(extra)
     for flag, key in (

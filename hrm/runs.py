@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from hrm.cli import ArgumentParser, UsageError, run_main
+from hrm.training import checkpoint, runinfo
 
 
 def main(argv: list[str]) -> None:
@@ -17,7 +18,6 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per run")
     args = parser.parse_args(argv)
-    from hrm.training import checkpoint, runinfo
 
     checkpoint.quiet_orbax()
 

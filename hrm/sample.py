@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import sys
 
+import hrm
+from hrm import decoding
+from hrm.chat import run_chat
 from hrm.cli import ArgumentParser, UsageError, run_main
+from hrm.decoding import check_stop
+from hrm.inference import Sampling, SamplingError
 
 
 def parse(argv: list[str]):
@@ -79,8 +84,6 @@ def capped_max_tokens(model, prompt_tokens: int, max_tokens: int) -> int:
 
 def main(argv: list[str]) -> None:
     args = parse(argv)
-    from hrm.decoding import check_stop
-    from hrm.inference import Sampling, SamplingError
 
     try:
         sampling = Sampling(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty).check()
@@ -95,16 +98,11 @@ def main(argv: list[str]) -> None:
     if not (args.chat or args.benchmark or args.load_state) and not prompt:
         raise UsageError("give the text to continue with --prompt or --prompt_file (or use --chat)")
 
-    import hrm
-    from hrm import decoding
-
     model = hrm.load(args.checkpoint, step=args.step, max_context=args.max_context)
     try:
         if args.benchmark:
             print(decoding.benchmark_table(decoding.benchmark(model, log=lambda line: print(line, file=sys.stderr))))
         elif args.chat:
-            from hrm.chat import run_chat
-
             run_chat(model, sampling, args.max_tokens, args.seed)
         else:
             continue_prompt(model, args, prompt or "", sampling)
@@ -113,8 +111,6 @@ def main(argv: list[str]) -> None:
 
 
 def continue_prompt(model, args, prompt: str, sampling) -> None:
-    from hrm import decoding
-
     prefix, before = None, 0
     if args.load_state:
         prefix, before = decoding.load_state(args.load_state, model)

@@ -32,6 +32,7 @@ from typing import Literal
 import jax
 import numpy as np
 
+import hrm
 from hrm import scoring
 from hrm.cli import ArgumentParser, UsageError, run_main
 from hrm.data.sources import dialogue_prompt
@@ -235,7 +236,7 @@ UNSUPPORTED = (
 
 def _schemas():
     """The request bodies (pydantic): strict types, unknown fields refused."""
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field  # optional (the serve extra, with FastAPI)
 
     class Strict(BaseModel):
         model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
@@ -480,7 +481,7 @@ class KeyCheck:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"] != "/health":
             if dict(scope["headers"]).get(b"authorization") != self.expected:
-                from fastapi.responses import JSONResponse
+                from fastapi.responses import JSONResponse  # optional (the serve extra)
 
                 body = error_body(
                     "missing or wrong API key (Authorization: Bearer KEY)",
@@ -492,7 +493,7 @@ class KeyCheck:
 
 
 def create_app(server: Server):
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Request  # optional (the serve extra): hrm.serve's main checks it is installed
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
@@ -792,7 +793,6 @@ def main(argv: list[str]) -> None:
         import uvicorn
     except ImportError:
         raise UsageError("hrm.serve needs FastAPI and uvicorn: pip install -e '.[serve]'") from None
-    import hrm
 
     model = hrm.load(args.checkpoint, step=args.step, max_context=args.max_context)
     folder = os.path.basename(os.path.abspath(args.checkpoint))

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import tiktoken
+from tiktoken.load import load_tiktoken_bpe
 
 from hrm.errors import UserError
 
@@ -74,8 +75,6 @@ def _with_pad(encoding: tiktoken.Encoding, name: str) -> tiktoken.Encoding:
 
 
 def _tiktoken_file(path: str) -> tiktoken.Encoding:
-    from tiktoken.load import load_tiktoken_bpe
-
     try:
         ranks = load_tiktoken_bpe(path)
     except Exception as error:

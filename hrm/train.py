@@ -12,26 +12,28 @@ training settings come from --config when given, else from RUN_DIR.
 from __future__ import annotations
 
 import argparse
+import datetime
 import shutil
 import sys
 from pathlib import Path
 
+import jax
+
 from hrm.cli import ArgumentParser, UsageError, add_config_source, run_main
-from hrm.config import (
-    DEFAULT_SAFETY_MARGIN_MB,
-    TRAINING_PRESETS,
-    Config,
-    apply_override,
-    load_config_file,
-    model_size_config,
-    resolve_config,
-)
+from hrm.config import DEFAULT_SAFETY_MARGIN_MB, model_size_config, resolve_config
+from hrm.config.flags import DATA_FLAGS, build_config, parse_overrides
 from hrm.errors import UserError
+from hrm.training.checkpoint import read_run_config
+from hrm.training.faults import remember_interrupts
+from hrm.training.loop import VramRequest, init_distributed, train
+from hrm.training.memory import parse_vram
+from hrm.training.monitor import require_wandb
+from hrm.training.resume import resume_point
 
 EXAMPLES = """\
 overrides: any config field, --config.section.key=value (sections model, data, train), e.g.
   --config.train.steps=2000 --config.model.dropout=0.1 --config.data.seq_len=1024
-  (a Python config file's get_config(), or a JSON file: a run's config.json or the documents' format)
+  (a Python config file's get_config(), or a JSON file: a run's config.json or the README's JSON format)
 re-running the same command resumes its run directory from the latest checkpoint (Ctrl-C saves one)
 
 examples, one per data source:
@@ -44,121 +46,16 @@ examples, one per data source:
   scripts/train_background.sh --model_size hybrid-small --vram_auto ...           # detached, log in logs/
 """
 
-OVERRIDE_PREFIX = "--config."
-DATA_FLAGS = {  # the trainer guide's data flags, shorthands for --config.data.<flag>
-    "data_dir": "a folder of .txt/.py/.md/.json files",
-    "data_path": "a dialogue JSONL file ({context: [...], response, source} per line)",
-    "dataset": "a local .jsonl/.json/.parquet/.csv file, a save_to_disk folder or a Hugging Face dataset name",
-    "dataset_split": "the dataset split (default train)",
-    "text_column": "comma-separated text columns, joined with a blank line (default text)",
-    "tokenizer": "byte, cl100k_base, gpt2, r50k_base, o200k_base or a .tiktoken file (the model's vocab follows it)",
-}
-
-
-def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
-    """``--config.a.b=v`` or ``--config.a.b v`` pairs from the arguments argparse did not know."""
-    pairs, i = [], 0
-    while i < len(extra):
-        arg = extra[i]
-        if not arg.startswith(OVERRIDE_PREFIX):
-            raise UsageError(f"unrecognized argument '{arg}'; {flag_hint(arg)}")
-        key, eq, value = arg[len(OVERRIDE_PREFIX) :].partition("=")
-        if not eq:
-            if i + 1 >= len(extra):
-                raise UsageError(f"override '{arg}' needs a value, e.g. {arg}=VALUE")
-            value, i = extra[i + 1], i + 1
-        pairs.append((key, value))
-        i += 1
-    return pairs
-
-
-# The trainer guide's flags (README.md "Training") that hrm spells differently: where each one lives here.
-DOCUMENT_FLAGS = {
-    "n_blocks": "--config.model.n_layers",
-    "n_layers": "--config.model.n_layers",
-    "d_model": "--config.model.d_model",
-    "d_state": "--config.model.d_state",
-    "expand_factor": "--config.model.expand",
-    "dropout": "--config.model.dropout",
-    "recurrent_depth": "--config.model.recurrent_depth",
-    "checkpoint_segments": "--config.model.checkpoint_segments",
-    "use_checkpointing": "--config.model.remat=block",
-    "max_grad_norm": "--config.train.grad_clip",
-    "warmup_steps": "--config.train.warmup_steps",
-    "max_steps": "--config.train.steps",
-    "steps": "--config.train.steps",
-    "lr": "--learning_rate",
-    "save_steps": "--config.train.save_every",
-    "save_interval": "--config.train.save_every",
-    "eval_steps": "--config.train.eval_every",
-    "weight_decay": "--config.train.weight_decay",
-    "gradient_accumulation_steps": "--accumulation_steps",
-    "max_length": "--max_seq_len",
-    "seq_len": "--max_seq_len",
-    "checkpoint_dir": "--output_dir",
-    "resume_from": "--resume",
-    "use_wandb": "--wandb",
-    "cache_tokenization": "nothing (hrm always caches the tokenized data)",
-    "use_8bit_adam": "nothing (hrm's AdamW keeps float32 moments; try --config.train.shard_params=True)",
-}
-
-
-def flag_hint(arg: str) -> str:
-    """What to write instead of an unknown flag: the documents' flag's hrm name, else the override syntax."""
-    name = arg.lstrip("-").split("=", 1)[0].replace("-", "_")
-    if name in DOCUMENT_FLAGS:
-        return f"did you mean {DOCUMENT_FLAGS[name]}?"
-    return "overrides look like --config.train.steps=100 (see --help)"
-
-
-def apply_preset(config: Config, preset: str) -> None:
-    if preset not in TRAINING_PRESETS:
-        raise UsageError(f"unknown --training_preset '{preset}'; choose one of {', '.join(TRAINING_PRESETS)}")
-    for key, value in TRAINING_PRESETS[preset].items():
-        setattr(config.train, key, value)
-
-
-def build_config(
-    config_path: str | None,
-    overrides: list[tuple[str, str]],
-    preset: str | None = None,
-    init_from: str | None = None,
-    resume: str | None = None,
-) -> Config:
-    """The config file's (or, with none, the starting run's) config; the model and tokenizer (and, resuming, the
-    row length) of the run that ``init_from`` or ``resume`` starts from; the preset; then the overrides."""
-    config = load_config_file(config_path) if config_path else None
-    start_from = resume or init_from
-    if start_from:
-        from hrm.training.checkpoint import read_run_config
-        from hrm.training.resume import resume_point
-
-        start = read_run_config(resume_point(resume)[0] if resume else Path(init_from))
-        config = config or start
-        config.model, config.data.tokenizer = start.model, start.data.tokenizer
-        if resume:
-            config.data.seq_len = start.data.seq_len
-    if preset is not None:
-        apply_preset(config, preset)
-    for key, value in overrides:
-        apply_override(config, key, value)
-    return config
-
 
 def main(argv: list[str]) -> None:
+    sys.unraisablehook = remember_interrupts(sys.unraisablehook)  # a Ctrl-C during setup is never lost
     config, args = parse_command_line(argv)
     if args.wandb:
-        from hrm.training.monitor import require_wandb
-
         require_wandb()
-    from hrm.training.loop import VramRequest, init_distributed, train  # heavy imports after the arguments
-
     if args.coordinator_address:
         init_distributed(args.coordinator_address, args.num_processes, args.process_id)
     vram = None
     if args.vram_auto or args.vram:
-        from hrm.training.memory import parse_vram
-
         vram = VramRequest(parse_vram(args.vram) if args.vram else None, args.vram_safety_margin)
     run_dir = Path(args.output_dir or Path("runs") / config.name)
     resolve_config(config)  # a refused config is said before the run directory exists
@@ -214,10 +111,6 @@ class _Tee:
 def log_to_file(run_dir: Path, argv: list[str]) -> Path:
     """Append everything this process prints (progress, warnings, the error line) to ``run_dir/train.log``
     (``train.<i>.log`` for process i > 0 of a multi-process run), after a header with the time and command."""
-    import datetime
-
-    import jax
-
     name = LOG_FILE if jax.process_index() == 0 else f"train.{jax.process_index()}.log"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -330,8 +223,13 @@ def parse_command_line(argv: list[str]):
             "--resume continues a run (optimizer, step, data) and --init_from takes only weights; pass one of them"
         )
     config_path = args.config or (model_size_config(args.model_size) if args.model_size else None)
+    start = (
+        read_run_config(resume_point(args.resume)[0] if args.resume else Path(args.init_from))
+        if (args.resume or args.init_from)
+        else None
+    )
     config = build_config(
-        config_path, shorthand + parse_overrides(extra), args.training_preset, args.init_from, args.resume
+        config_path, shorthand + parse_overrides(extra), args.training_preset, start, resuming=bool(args.resume)
     )
     return config, args
 

@@ -99,7 +99,7 @@ def run_one(config, run_dir: Path, budget, examples: int, extrapolate_length: in
     import hrm
     from hrm.config import resolve_config
     from hrm.eval import perplexity
-    from hrm.info import flops_per_token, parameter_table
+    from hrm.models.accounting import flops_per_token, parameter_table
     from hrm.training.loop import train
     from hrm.training.metrics import read_metrics
 
@@ -248,7 +248,7 @@ def results_markdown(
 
 
 def main(argv: list[str]) -> None:
-    from hrm.train import parse_overrides
+    from hrm.config import parse_overrides
 
     parser = ArgumentParser(prog="python scripts/ablate.py", description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", required=True, help="config files, one model each")

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from hrm.config import config_files, load_config_file, resolve_config
-from hrm.info import documented, effective_depth, flops_per_token, human, parameter_table
+from hrm.info import documented, human
+from hrm.models.accounting import effective_depth, flops_per_token, parameter_table
 
 
 def row(path: Path) -> str:

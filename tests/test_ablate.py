@@ -8,7 +8,7 @@ import pytest
 
 from hrm.cli import UsageError
 from hrm.config import load_config_file, resolve_config
-from hrm.info import parameter_table
+from hrm.models.accounting import parameter_table
 from hrm.training.checkpoint import CHECKPOINT_DIR
 from hrm.training.loop import train
 from hrm.training.metrics import read_metrics

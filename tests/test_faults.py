@@ -1,6 +1,7 @@
 """Faults a long run survives: SIGTERM/SIGINT, a second process on the run dir, non-finite steps, lr at step 0."""
 
 import dataclasses
+import gc
 import json
 import os
 import random
@@ -19,7 +20,7 @@ import hrm
 from hrm.config import ConfigError, TrainConfig
 from hrm.train import parse_command_line
 from hrm.training.checkpoint import CHECKPOINT_DIR, damage, finished_steps
-from hrm.training.faults import LOCK_FILE, RunLock, TrainingError
+from hrm.training.faults import LOCK_FILE, RunLock, StopSignals, TrainingError, remember_interrupts
 from hrm.training.loop import train
 from hrm.training.metrics import read_metrics
 from hrm.training.optimizer import learning_rate_schedule
@@ -235,6 +236,27 @@ def test_sigint_during_start_up_is_quiet_as_sigterm_is(tmp_path):
         assert not (run_dir / LOCK_FILE).exists()
         assert all(damage(run_dir / CHECKPOINT_DIR / str(s)) is None for s in finished_steps(run_dir))
     assert 2 in finished_steps(run_dir)
+
+
+def test_a_ctrl_c_that_cpython_swallows_in_a_gc_callback_still_stops_the_run(monkeypatch):
+    """A Ctrl-C raised inside a garbage-collection callback (XLA registers one; setup collects often) is ignored by
+    CPython: hrm.train's hook remembers it, quietly, and the run's stop signals see it as received."""
+    other = []
+    monkeypatch.setattr(sys, "unraisablehook", remember_interrupts(other.append))
+
+    def interrupted(phase, info):
+        if phase == "start":
+            raise KeyboardInterrupt
+
+    gc.callbacks.append(interrupted)
+    try:
+        gc.collect()  # CPython calls the callback, which raises; it hands the exception to sys.unraisablehook
+    finally:
+        gc.callbacks.remove(interrupted)
+    assert other == [] and StopSignals().received == signal.SIGINT
+    assert StopSignals().received == 0  # remembered once
+    sys.unraisablehook(type("Unraisable", (), {"exc_value": ValueError("x")})())
+    assert len(other) == 1  # any other ignored exception still reaches the previous hook
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 import hrm.training.loop as loop
 from hrm.config import resolve_config
 from hrm.data import DataError
-from hrm.models import build_model
+from hrm.models import FAMILIES, accounting, build_model
 from hrm.models.lm import head_logits
 from hrm.training.faults import TrainingError
 from hrm.training.memory import train_step_memory
@@ -139,6 +139,41 @@ def test_epochs_compile_the_train_step_once(tmp_path, monkeypatch):
     config.train.epochs = 0.01
     loop.train(config, tmp_path, quiet)
     assert len(calls) == 1
+
+
+def test_setup_builds_one_abstract_model_one_parameter_table_and_compiles_once(tmp_path, monkeypatch):
+    """The run plan: the model is built once abstractly (shapes, shardings, the compiled step) and once for real
+    (the sharded init); the parameters are counted once (the size check and MFU share it); the train step and
+    the evaluation compile once each, with --epochs too. A resume builds only the abstract model."""
+    builds, tables, compiles, in_table = [], [], [], []
+
+    class Counted(FAMILIES["mamba"]):  # every model build, abstract or real, constructs its family's class
+        def __init__(self, *args, **kwargs):
+            if not in_table:
+                builds.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setitem(FAMILIES, "mamba", Counted)
+    real_table = accounting.full_parameter_table  # parameter_table's shapes-only 1- and 2-layer models
+
+    def table(cfg):
+        tables.append(1)
+        in_table.append(1)
+        try:
+            return real_table(cfg)
+        finally:
+            in_table.clear()
+
+    monkeypatch.setattr(accounting, "full_parameter_table", table)
+    real_compile = jax.stages.Lowered.compile
+    monkeypatch.setattr(jax.stages.Lowered, "compile", lambda *a, **k: compiles.append(1) or real_compile(*a, **k))
+    config = small_config(steps=4, save_every=2)
+    config.train.epochs = 0.01
+    loop.train(config, tmp_path, quiet, stop_at_step=2)
+    assert (len(builds), len(tables), len(compiles)) == (2, 2, 2)
+    builds.clear()
+    loop.train(config, tmp_path, quiet, stop_at_step=3)
+    assert len(builds) == 1
 
 
 def test_a_resume_restores_without_initialising_a_state(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 
 from hrm.cli import UsageError
 from hrm.config import Config, ConfigError, load_config_file
-from hrm.train import build_config, parse_command_line
+from hrm.train import parse_command_line
 from hrm.training.checkpoint import CHECKPOINT_DIR, CheckpointError
 from hrm.training.loop import train, training_tokens
 from hrm.training.metrics import read_metrics
@@ -183,7 +183,10 @@ def test_resume_points_and_settings(tmp_path):
         with pytest.raises(CheckpointError, match=message):
             resume_point(bad)
     # a new preset and overrides apply; the model, tokenizer and row length stay the resumed run's
-    resumed = build_config("configs/tiny.py", [("train.warmup_steps", "7")], "careful", resume=str(tmp_path / "a"))
+    resumed, _ = parse_command_line(
+        ["--config", "configs/tiny.py", "--training_preset", "careful", "--config.train.warmup_steps=7"]
+        + ["--resume", str(tmp_path / "a")]
+    )
     assert resumed.model == Config.load_json(tmp_path / "a" / "config.json").model
     assert (resumed.train.steps, resumed.train.lr, resumed.train.warmup_steps, resumed.data.seq_len) == (
         200_000,
@@ -307,12 +310,12 @@ def test_an_unreadable_data_file_is_skipped_and_counted(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["tiny", "tiny_hybrid", "tiny_recursive", "tiny_pattern"])
 def test_the_size_check_counts_parameters_exactly(name):
-    """hrm.info.parameter_table extrapolates from 1- and 2-layer shapes; it equals tracing every layer."""
+    """parameter_table extrapolates from 1- and 2-layer shapes; it equals tracing every layer."""
     from hrm.config import resolve_config
-    from hrm.info import _full_parameter_table, parameter_table
+    from hrm.models.accounting import full_parameter_table, parameter_table
 
     model = resolve_config(load_config_file(ROOT / "configs" / f"{name}.py")).model
-    assert parameter_table(model) == _full_parameter_table(model)
+    assert parameter_table(model) == full_parameter_table(model)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Where training text comes from. Each source yields ``Document``s and counts what it skips.
 
-Sources (flags as the trainer guide names them, README.md "Training"):
+Sources (the flags README.md "Training" documents):
 - ``data_dir``: every .txt/.py/.md/.json file below a folder (JSON: the text of its string values);
 - ``data_path``: dialogue JSONL, one ``{"context": [turns], "response": str, "source": str}`` a line;
 - ``dataset``: a local .jsonl/.json/.parquet/.csv file, a ``datasets.save_to_disk`` folder, or a
@@ -18,27 +18,18 @@ import collections
 import csv
 import dataclasses
 import json
+import os
+import socket
 import sysconfig
 from pathlib import Path
 from typing import Iterator
 
-from hrm.errors import UserError
+from hrm.data import synthetic
+from hrm.data.documents import SYNTHETIC_PREFIX, DataError, Document
 
 TEXT_SUFFIXES = (".txt", ".py", ".md", ".json")
 TABLE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 COLUMN_SEPARATOR = "\n\n"
-SYNTHETIC_PREFIX = "synthetic:"  # --dataset synthetic:NAME, hrm/data/synthetic.py
-
-
-class DataError(UserError):
-    """A data problem the user can fix; the message is one line naming it."""
-
-
-@dataclasses.dataclass
-class Document:
-    text: str
-    prompt_chars: int = 0  # the first prompt_chars characters are context (no loss if completion_only)
-    plain: bool = False  # from a source without prompts (text files, one column): completion_only cannot apply
 
 
 class Skipped:
@@ -266,15 +257,12 @@ def is_saved_dataset(folder: Path) -> bool:
 def offline_hub(name: str) -> None:
     """Without a network, put the hub libraries in offline mode (a cached dataset still loads, anything else
     fails at once instead of retrying each request)."""
-    import os
-    import socket
-
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
         return
     try:
         socket.create_connection(HUB_HOST, timeout=3).close()
     except OSError:
-        import datasets
+        import datasets  # optional (the hf extra); _hf_rows imported it already
         import huggingface_hub
 
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -337,9 +325,7 @@ def iter_documents(cfg, skipped: Skipped) -> Iterator[Document]:
         elif kind == "data_path":
             yield from dialogue_documents(location, skipped)
         elif location.startswith(SYNTHETIC_PREFIX):
-            from hrm.data.synthetic import documents
-
-            yield from documents(location, cfg.synthetic)
+            yield from synthetic.documents(location, cfg.synthetic)
         else:
             yield from column_documents(location, cfg.dataset_split, cfg.text_column, skipped)
 

@@ -34,8 +34,8 @@ from typing import Callable
 
 import numpy as np
 
-from hrm.data.sources import SYNTHETIC_PREFIX as PREFIX
-from hrm.data.sources import DataError, Document
+from hrm.data.documents import SYNTHETIC_PREFIX as PREFIX
+from hrm.data.documents import DataError, Document
 
 TRAIN_STREAM, TEST_STREAM = 0, 1
 FINAL_ANSWER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")

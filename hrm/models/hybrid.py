@@ -11,7 +11,7 @@ from flax import nnx
 from hrm.config import ModelConfig
 from hrm.models.attention import MLP, MultiScaleAttention
 from hrm.models.dropout import dropout
-from hrm.models.lm import LanguageModel, ResidualBlock, Work, residual_dtype
+from hrm.models.lm import ForwardApplications, LanguageModel, ResidualBlock, residual_dtype
 from hrm.models.mamba import Mamba
 from hrm.models.recursive import RecursiveProcessor
 
@@ -61,9 +61,9 @@ class HybridRecursiveLM(LanguageModel):
         )
 
     @staticmethod
-    def work(cfg: ModelConfig) -> Work:
+    def forward_applications(cfg: ModelConfig) -> ForwardApplications:
         n, scales = cfg.n_layers, cfg.attention_scales
-        return Work(
+        return ForwardApplications(
             n,
             f"{n} layers, each Mamba + recursive transform x {cfg.max_recursion_depth} + attention at "
             f"scales {','.join(map(str, scales))}",
@@ -101,9 +101,9 @@ class HybridPatternLM(LanguageModel):
         super().__init__(cfg, lambda rngs: [make(c, rngs) for c in cfg.layer_pattern], rngs=rngs)
 
     @staticmethod
-    def work(cfg: ModelConfig) -> Work:
+    def forward_applications(cfg: ModelConfig) -> ForwardApplications:
         mamba, attention = cfg.layer_pattern.count("M"), cfg.layer_pattern.count("A")
-        return Work(
+        return ForwardApplications(
             cfg.n_layers,
             f"{cfg.n_layers} layers '{cfg.layer_pattern}' ({mamba} Mamba, {attention} attention)",
             {},

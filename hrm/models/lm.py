@@ -64,12 +64,12 @@ class ResidualBlock(nnx.Module):
         return x.astype(self.residual_dtype) + out.astype(self.residual_dtype), cache
 
 
-class Work(NamedTuple):
-    """What one token's forward pass applies, per family (``hrm.info`` counts FLOPs from it)."""
+class ForwardApplications(NamedTuple):
+    """What one token's forward pass applies, per family (``hrm.models.accounting`` counts FLOPs from it)."""
 
     depth: int  # effective layers
     description: str  # how they are made up, for a reader
-    weight_reuse: dict[str, int]  # component (hrm.info.component_of) → applications; 1 when absent
+    weight_reuse: dict[str, int]  # component (accounting.component_of) → applications; 1 when absent
     scans: int  # selective-scan applications
     attention: float  # full-context attention applications (a 1/s-pooled scale counts 1/s)
 
@@ -111,9 +111,9 @@ class LanguageModel(nnx.Module):
         return tuple(layer.init_cache(batch) for layer in self.layers)
 
     @staticmethod
-    def work(cfg: ModelConfig) -> Work:
+    def forward_applications(cfg: ModelConfig) -> ForwardApplications:
         """The family's per-token work; ``MambaLM``'s here, the other families override it."""
-        return Work(cfg.n_layers, f"{cfg.n_layers} Mamba layers", {}, cfg.n_layers, 0.0)
+        return ForwardApplications(cfg.n_layers, f"{cfg.n_layers} Mamba layers", {}, cfg.n_layers, 0.0)
 
     def __call__(self, tokens: jax.Array, cache=None, segment_ids=None, lengths=None):
         """tokens (batch, length) int → (logits (batch, length, vocab) float32, the updated decode cache).

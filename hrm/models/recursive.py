@@ -14,7 +14,15 @@ from flax import nnx
 from hrm.config import ModelConfig
 from hrm.models.attention import MLP
 from hrm.models.dropout import dropout, fold_in_dropout_key
-from hrm.models.lm import LanguageModel, ResidualBlock, Work, record_probe, rematerialised, residual_dtype, rms
+from hrm.models.lm import (
+    ForwardApplications,
+    LanguageModel,
+    ResidualBlock,
+    record_probe,
+    rematerialised,
+    residual_dtype,
+    rms,
+)
 from hrm.models.mamba import Mamba
 from hrm.models.segments import document_starts, real_positions
 
@@ -180,9 +188,9 @@ class RecursiveSSM(LanguageModel):
         self.adapters = DepthAdapters(cfg, rngs=rngs)
 
     @staticmethod
-    def work(cfg: ModelConfig) -> Work:
+    def forward_applications(cfg: ModelConfig) -> ForwardApplications:
         n, depth = cfg.n_layers, cfg.recurrent_depth
-        return Work(
+        return ForwardApplications(
             n * depth, f"{n} physical blocks x {depth} depths = {n * depth} layers", {"mamba": depth}, n * depth, 0.0
         )
 

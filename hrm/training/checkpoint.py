@@ -17,6 +17,7 @@ names (and ``latest``) are accepted wherever a step is (``resolve_step``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import hashlib
 import json
@@ -30,6 +31,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from hrm.config import Config, ConfigError
 from hrm.errors import UserError
@@ -422,12 +424,8 @@ class Checkpoints:
     def _prune(self) -> None:
         """Delete committed steps other than the newest ``keep`` and the best and final ones."""
         finished = [s for s in self.all_steps() if (checkpoint_root(self.run_dir) / str(s)).is_dir()]
-        infos = {s: step_info(self.run_dir, s) for s in finished}
-        keep = set(sorted(finished)[-self.keep :])
-        evaluated = [(info["eval_loss"], s) for s, info in infos.items() if info.get("eval_loss") is not None]
-        keep |= {min(evaluated)[1]} if evaluated else set()
-        finals = [s for s, info in infos.items() if info.get("final")]
-        keep |= {max(finals)} if finals else set()
+        names = named_steps(self.run_dir, finished)
+        keep = set(sorted(finished)[-self.keep :]) | {names[name] for name in ("best", "final") if name in names}
         for step in finished:
             if step not in keep:
                 self.mgr.delete(step)
@@ -466,8 +464,6 @@ class Checkpoints:
 
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -494,14 +490,8 @@ def _restore_state(mgr, run_dir: Path, step: int, abstract_state, data_iterator=
 
 def restore_state(run_dir: Path, step: int, abstract_state, data_iterator=None):
     """The train state (and data position) at ``step`` of another run, read-only (``--resume PATH``)."""
-    mgr = ocp.CheckpointManager(
-        checkpoint_root(run_dir),
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None),
-    )
-    try:
+    with read_only_manager(run_dir) as mgr:
         return _restore_state(mgr, Path(run_dir), step, abstract_state, data_iterator)
-    finally:
-        mgr.close()
 
 
 def restore_params(run_dir: Path, abstract_params, step: int | str | None = None, log=warn):
@@ -521,6 +511,19 @@ def restore_params(run_dir: Path, abstract_params, step: int | str | None = None
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     leaves = [jax.device_put(saved[_key(path)].astype(a.dtype, copy=False), device) for path, a in wanted]
     return jax.tree_util.tree_unflatten(treedef, leaves), step
+
+
+@contextlib.contextmanager
+def read_only_manager(run_dir: Path):
+    """An orbax manager over another run's checkpoints that never writes, creates or prunes there; closed on exit."""
+    mgr = ocp.CheckpointManager(
+        checkpoint_root(run_dir),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None),
+    )
+    try:
+        yield mgr
+    finally:
+        mgr.close()
 
 
 def read_run_config(run_dir: Path, log=warn) -> Config:

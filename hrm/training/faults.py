@@ -21,6 +21,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from hrm.config import ConfigError
 from hrm.errors import UserError
@@ -35,11 +36,30 @@ class TrainingError(UserError):
     exit_code = 1
 
 
+_SWALLOWED: list[int] = []  # Ctrl-Cs whose KeyboardInterrupt CPython could not raise (see remember_interrupts)
+
+
+def remember_interrupts(default):
+    """A ``sys.unraisablehook`` that remembers a KeyboardInterrupt CPython could only ignore, silently: a Ctrl-C
+    that arrives while a garbage-collection callback runs (XLA registers one; setup collects often while it traces
+    and compiles) is raised inside it, and CPython prints and drops such exceptions, so the run would go on as if
+    never interrupted. ``StopSignals.install`` then stops at the first step, as a Ctrl-C during training does."""
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _SWALLOWED.append(signal.SIGINT)
+        else:
+            default(unraisable)
+
+    return hook
+
+
 class StopSignals:
-    """Turns SIGTERM/SIGINT into a flag (``received``: the signal number, 0 before any) while installed."""
+    """Turns SIGTERM/SIGINT into a flag (``received``: the signal number, 0 before any) while installed; a Ctrl-C
+    swallowed before (``remember_interrupts``) counts as received."""
 
     def __init__(self):
-        self.received = 0
+        self.received = _SWALLOWED.pop() if _SWALLOWED else 0
         self._previous = {}
 
     def install(self) -> "StopSignals":
@@ -64,7 +84,6 @@ def agreed_signal(local: int) -> int:
     it at the same steps (the loop's log steps)."""
     if jax.process_count() == 1:
         return local
-    from jax.experimental import multihost_utils
 
     return int(np.max(multihost_utils.process_allgather(np.int32(local))))
 

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from hrm import kernels
 from hrm.config import Config, ConfigError
-from hrm.models import build_model
-from hrm.training.state import eval_sums, init_train_state, make_train_step
+from hrm.models.accounting import parameter_table
+from hrm.training.state import abstract_train_state, eval_sums, make_train_step
 
 GIB = 2**30
 MIB = 2**20
@@ -123,12 +122,6 @@ def train_step_memory(config: Config, micro_batch_size: int | None = None, devic
     )
 
 
-def abstract_train_state(config: Config):
-    """(graphdef, the train state's shapes and dtypes): nothing is allocated or initialised."""
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config.model)))
-    return graphdef, jax.eval_shape(lambda: init_train_state(config)[1])
-
-
 def _compiled_bytes(compiled) -> tuple[int, int]:
     """(arguments + outputs - aliased + temporaries, temporaries) of a compiled function, per device."""
     analysis = compiled.memory_analysis()
@@ -190,12 +183,11 @@ def memory_budget() -> tuple[int, str]:
     )
 
 
-def check_parameters_fit(config: Config, devices: int = 1) -> int:
-    """The parameter count (from shapes, ``hrm.info.parameter_table``); a ``ConfigError`` before anything is
-    traced or allocated when their weights, gradients and optimizer moments alone exceed ``memory_budget``."""
-    from hrm.info import parameter_table
-
-    n_params = sum(parameter_table(config.model).values())
+def check_parameters_fit(config: Config, devices: int = 1, n_params: int | None = None) -> int:
+    """The parameter count (``n_params``, else from shapes, ``parameter_table``); a ``ConfigError`` before anything
+    is traced or allocated when their weights, gradients and optimizer moments alone exceed ``memory_budget``."""
+    if n_params is None:
+        n_params = sum(parameter_table(config.model).values())
     need = n_params * TRAIN_BYTES_PER_PARAM // (devices if config.train.shard_params else 1)
     budget, what = memory_budget()
     if need > budget:
@@ -229,7 +221,7 @@ def _code_fingerprint() -> str:
     paths = [
         *(hrm_dir / "models").rglob("*.py"),
         *(hrm_dir / "training").rglob("*.py"),
-        hrm_dir / "config.py",
+        *(hrm_dir / "config").rglob("*.py"),
         *kernels_dir.rglob("*.py"),
     ]
     digest = hashlib.sha256()

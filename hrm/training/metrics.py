@@ -8,7 +8,10 @@ import os
 import sys
 from pathlib import Path
 
+from tensorboardX import SummaryWriter
 from tqdm import tqdm
+
+from hrm.training.monitor import require_wandb
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -47,8 +50,6 @@ class MetricsWriter:
         if not enabled:
             return
         if wandb_config is not None:
-            from hrm.training.monitor import require_wandb
-
             self.wandb = require_wandb().init(
                 project="hrm", name=Path(run_dir).name, dir=str(run_dir), config=wandb_config, resume="allow"
             )
@@ -56,7 +57,6 @@ class MetricsWriter:
         tmp = self.path.with_name(METRICS_FILE + ".tmp")  # rewritten whole: repaired, never half-written
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.path)
-        from tensorboardX import SummaryWriter
 
         self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1)
         if sys.stderr.isatty():

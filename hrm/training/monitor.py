@@ -1,6 +1,6 @@
 """What a log step records beyond the loss: model-FLOPs utilisation, activation norms, optional wandb.
 
-- MFU: training model FLOPs per token (3x the forward's, ``hrm.info.flops_per_token``; recomputation under
+- MFU: training model FLOPs per token (3x the forward's, ``hrm.models.accounting``; recomputation under
   ``model.remat`` is not model FLOPs) x tokens/s / the devices' dense peak FLOP/s. Peaks are the vendors'
   datasheet figures for the devices in ``PEAK_TFLOPS``; anywhere else (CPUs, unknown devices) MFU is "n/a".
 - Activation norms: the models sow the RMS of the residual stream after every layer (``act_rms``) and of the
@@ -14,6 +14,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from hrm.errors import UsageError
+from hrm.models.accounting import flops_per_token, parameter_table
+from hrm.training.state import sown_values
 
 # Dense (no sparsity) peak TFLOP/s per device: (bf16 with fp32 accumulation, fp32 matmuls as XLA runs them:
 # TF32 on NVIDIA Ampere and later, bf16 passes on TPUs). NVIDIA's H100/H200, A100, L4, A10 and RTX 4090/3090
@@ -46,19 +50,19 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
     return None
 
 
-def training_flops_per_token(config) -> int:
-    """Model FLOPs of one trained token: forward + backward = 3x the forward (hrm.info.flops_per_token)."""
-    from hrm.info import flops_per_token, parameter_table
-
-    return 3 * flops_per_token(config.model, parameter_table(config.model), config.data.seq_len)
+def training_flops_per_token(config, parameters: dict[str, int] | None = None) -> int:
+    """Model FLOPs of one trained token: forward + backward = 3x the forward (``flops_per_token``); ``parameters``
+    per component when the caller has them (``parameter_table``)."""
+    parameters = parameter_table(config.model) if parameters is None else parameters
+    return 3 * flops_per_token(config.model, parameters, config.data.seq_len)
 
 
 class Utilisation:
     """``mfu(tokens_per_sec)`` for the run's model on the local devices (None where the peak is unknown)."""
 
-    def __init__(self, config):
+    def __init__(self, config, parameters: dict[str, int] | None = None):
         device = jax.devices()[0]
-        self.flops_per_token = training_flops_per_token(config)
+        self.flops_per_token = training_flops_per_token(config, parameters)
         peak = peak_flops(device.device_kind, config.model.dtype)
         self.peak = None if peak is None else peak * jax.device_count()
         self.device = f"{jax.device_count()} x {device.device_kind}"
@@ -79,8 +83,6 @@ def activation_norms(graphdef, params, batch) -> dict[str, jax.Array]:
     """``act_rms_layer_<i>`` (the residual stream after each layer, in order of application: a recursive model's
     depths one after another) and ``state_rms_depth_<k>`` (the recursion state after depth k, averaged over
     layers) of a full forward of ``batch``."""
-    from hrm.training.state import sown_values
-
     model = nnx.merge(graphdef, params)
     _, sown = nnx.capture(model.features, nnx.Intermediate)(batch["inputs"], segment_ids=batch.get("segment_ids"))
     values = sown_values(sown)
@@ -111,10 +113,8 @@ def make_probe(graphdef, params_sharding, batch_sharding):
 
 def require_wandb():
     """The ``wandb`` module, or a one-line ``UsageError`` saying how to install it."""
-    from hrm.cli import UsageError
-
     try:
-        import wandb
+        import wandb  # optional (the wandb extra): imported only for --wandb
     except ImportError:
         raise UsageError(
             "--wandb needs the wandb package: pip install wandb (WANDB_MODE=offline logs without a "

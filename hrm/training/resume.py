@@ -1,7 +1,8 @@
 """``--resume PATH``: which run and step a new run directory continues from.
 
-PATH is a run directory (its latest checkpoint) or one step of it, ``DIR/checkpoints/N``; the documents'
-``DIR/step_N`` spelling (the trainer guide's "--resume ./checkpoints/x/step_5000") is read as ``DIR/checkpoints/N``.
+PATH is a run directory (its latest checkpoint) or one step of it, ``DIR/checkpoints/N``. ``DIR/step_N`` is read
+as ``DIR/checkpoints/N`` too: commands written for the design documents' trainer (docs/MODELS.md "Documented
+sizes"; README.md "Training") spell a step that way, e.g. ``--resume ./checkpoints/x/step_5000``.
 The new run restores that step's weights, optimizer, step count and data position (hrm/training/loop.py).
 """
 

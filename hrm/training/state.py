@@ -33,6 +33,15 @@ def init_train_state(config: Config):
     return graphdef, state
 
 
+def abstract_train_state(config: Config):
+    """(graphdef, the train state's shapes and dtypes) from one abstract model (``nnx.eval_shape``): nothing is
+    allocated or initialised."""
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(config.model, seed=config.train.seed)))
+    params = nnx.to_pure_dict(params)
+    opt_state = jax.eval_shape(make_optimizer(config.train).init, params)
+    return graphdef, {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "opt_state": opt_state}
+
+
 def forward_terms(graphdef, params, batch, dropout_rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """(cross-entropy summed over the unmasked targets, sown values) of one batch; with ``dropout_rng`` the
     model's dropout is on (hrm/models/dropout.py), as in training.
