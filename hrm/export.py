@@ -73,11 +73,11 @@ def load_final(path: str | Path):
     from safetensors import safe_open
     from safetensors.numpy import load_file
 
-    from hrm.training.checkpoint import CheckpointError
+    from hrm.training.checkpoint import CheckpointError, saved_config
     from hrm.training.state import abstract_params
 
     path = Path(path)
-    config = Config.load_json(path / CONFIG_FILE)
+    config = saved_config(json.loads((path / CONFIG_FILE).read_text()))
     if config.data.tokenizer == TOKENIZER_FILE:
         config.data.tokenizer = str(path / TOKENIZER_FILE)
     tensors = load_file(path / WEIGHTS_FILE)
