@@ -14,34 +14,15 @@ from hrm.models import FAMILIES, build_model
 from hrm.models.lm import stack_layer_params, unstack_layer_params
 from hrm.training.loop import train
 from tests.helpers import ROOT
+from tests.test_families import SMALL as FAMILY_CONFIGS
+from tests.test_families import VOCAB
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
-VOCAB = 48
 SMALL = {
     "mamba": ModelConfig(d_model=32, n_layers=3, d_state=8, vocab_size=VOCAB),
-    "hybrid_recursive": ModelConfig(
-        family="hybrid_recursive", d_model=32, n_layers=2, d_state=8, n_heads=4, max_cache_len=64, vocab_size=VOCAB
-    ),
-    "hybrid_pattern": ModelConfig(
-        family="hybrid_pattern",
-        d_model=32,
-        n_layers=4,
-        layer_pattern="AMAM",
-        d_state=8,
-        n_heads=4,
-        max_cache_len=64,
-        vocab_size=VOCAB,
-    ),
-    "recursive_ssm": ModelConfig(
-        family="recursive_ssm",
-        d_model=32,
-        n_layers=3,
-        d_state=8,
-        recurrent_depth=2,
-        adapter_rank=2,
-        checkpoint_segments=2,  # a segment of 2 blocks, then one of 1
-        vocab_size=VOCAB,
-    ),
+    "hybrid_recursive": FAMILY_CONFIGS["hybrid_recursive"],
+    "hybrid_pattern": dataclasses.replace(FAMILY_CONFIGS["hybrid_pattern"], n_layers=4, layer_pattern="AMAM"),
+    "recursive_ssm": FAMILY_CONFIGS["recursive_ssm"],  # 3 blocks in segments of 2: a segment of 2, then of 1
 }
 SCANNED = list(SMALL)
 
