@@ -13,5 +13,8 @@ DOCUMENTED_SOURCE = "docs/MODELS.md, documented sizes, 'hybrid-medium'"
 
 
 def get_config():
-    model = ModelConfig(family="hybrid_recursive", d_model=768, n_layers=12, n_heads=12, max_recursion_depth=3)
-    return documented_size_config(model, accumulation_steps=32)
+    model = ModelConfig(
+        family="hybrid_recursive", d_model=768, n_layers=12, n_heads=12, max_recursion_depth=3, remat="block"
+    )
+    # micro-batch 4 x 8 with remat inside the scanned layers (hrm.memtest, docs/BENCHMARKS.md "Scanned layer stacks")
+    return documented_size_config(model, accumulation_steps=8)

@@ -13,5 +13,8 @@ DOCUMENTED_SOURCE = "docs/MODELS.md, documented sizes, 'hybrid-small-mini'"
 
 
 def get_config():
-    model = ModelConfig(family="hybrid_recursive", d_model=576, n_layers=9, n_heads=9, max_recursion_depth=3)
-    return documented_size_config(model, accumulation_steps=32)
+    model = ModelConfig(
+        family="hybrid_recursive", d_model=576, n_layers=9, n_heads=9, max_recursion_depth=3, remat="block"
+    )
+    # micro-batch 4 x 8 with remat inside the scanned layers (hrm.memtest, docs/BENCHMARKS.md "Scanned layer stacks")
+    return documented_size_config(model, accumulation_steps=8)

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from hrm.config import Config, DataConfig, ModelConfig
+from hrm.models.lm import stack_layer_params, unstack_layer_params
 from hrm.models.mamba import d_inner, dt_rank
 from hrm.training.checkpoint import CONFIG_FILE, CheckpointError
 from hrm.training.state import abstract_params
@@ -129,7 +130,7 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
 
 def params_from_tensors(cfg: ModelConfig, tensors: dict, embedding: str, path: Path) -> dict:
     """hrm's parameter pure dict from PyTorch-named tensors; every expected tensor must be there, and no other."""
-    expected = abstract_params(Config(model=cfg))
+    expected = abstract_params(Config(model=dataclasses.replace(cfg, scan_layers=False)))  # the per-layer names
     params, unused = {}, set(tensors) - ({"lm_head.weight"} if cfg.tie_embeddings else set())
     for name, hrm_path, (to_hrm, _) in tensor_map(cfg, embedding):
         target = _get(expected, hrm_path)
@@ -151,7 +152,7 @@ def params_from_tensors(cfg: ModelConfig, tensors: dict, embedding: str, path: P
             f"'{path}' has tensors a Mamba v1 model does not ({', '.join(sorted(unused)[:3])}"
             f"{', ...' if len(unused) > 3 else ''}); hrm loads Mamba v1 checkpoints only"
         )
-    return params
+    return stack_layer_params(params) if cfg.scan_layers else params
 
 
 def _sizes(tensors: dict, embedding: str, path: Path) -> dict:
@@ -268,6 +269,8 @@ def save_transformers(cfg: ModelConfig, params: dict, out: str | Path, eos_id: i
 
     hrm keeps a conv bias parameter even with ``conv_bias=False`` (zeros at init); one that training moved off
     zero is written, with ``use_conv_bias`` on, so the exported model computes what the run does."""
+    if cfg.scan_layers:
+        params = unstack_layer_params(params)
     moved = any(np.any(np.asarray(layer["mixer"]["conv_bias"])) for layer in params["layers"].values())
     cfg = dataclasses.replace(cfg, conv_bias=cfg.conv_bias or moved)
     out = Path(out)

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from hrm.config import Config
-from hrm.training.checkpoint import CheckpointError
+from hrm.training.checkpoint import CheckpointError, saved_config
 from hrm.training.state import abstract_params
 
 WEIGHTS_FILE = "model.safetensors"
@@ -62,7 +62,7 @@ def is_final_folder(path: str | Path) -> bool:
 def load_final(path: str | Path):
     """(Config, params, step) of a final-weights folder; a tokenizer.json in it is used by its full path."""
     path = Path(path)
-    config = Config.load_json(path / CONFIG_FILE)
+    config = saved_config(json.loads((path / CONFIG_FILE).read_text()))
     if config.data.tokenizer == TOKENIZER_FILE:
         config.data.tokenizer = str(path / TOKENIZER_FILE)
     tensors = load_file(path / WEIGHTS_FILE)

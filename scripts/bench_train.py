@@ -1,13 +1,13 @@
 """Training-step throughput per selective-scan backend, side by side in one run.
 
     python scripts/bench_train.py --config configs/tiny.py [--backends pallas,sequential,chunked] [--steps 10]
-        [--set model.dtype=bfloat16 ...]
+        [--layers scanned,unrolled] [--set model.dtype=bfloat16 ...]
 
-For each backend: the jitted train step (forward, backward, AdamW update) of the config's model on a
-fixed random batch, compiled and warmed up first.  Then ``--steps`` rounds, each timing one step of every
-backend in turn (to ``block_until_ready``), so that a machine whose load changes (a shared CPU) slows all
-backends alike; each backend's time is its median over the rounds.  Prints seconds per step, tokens/s,
-and each backend's speed relative to the first one.
+For each backend (and each layer stack of ``--layers``: ``model.scan_layers`` on or off): the jitted train
+step (forward, backward, AdamW update) of the config's model on a fixed random batch, compiled and warmed up
+first.  Then ``--steps`` rounds, each timing one step of every variant in turn (to ``block_until_ready``), so
+that a machine whose load changes (a shared CPU) slows all variants alike; each variant's time is its median
+over the rounds.  Prints seconds per step, tokens/s, and each variant's speed relative to the first one.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/tiny.py")
     parser.add_argument("--backends", default="pallas,sequential,chunked")
     parser.add_argument("--steps", type=int, default=10, help="timed rounds (one step of every backend each)")
+    parser.add_argument("--layers", default="scanned", help="scanned, unrolled or both (model.scan_layers)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     args = parser.parse_args()
     config = load_config_file(args.config)
@@ -75,21 +76,25 @@ def main() -> None:
         f"config {config.name} (batch {config.train.batch_size} x {config.data.seq_len}, {config.model.dtype}) "
         f"on {jax.devices()[0].platform}, median of {args.steps} interleaved rounds:"
     )
-    backends = args.backends.split(",")
+    variants = [(b, layers) for b in args.backends.split(",") for layers in args.layers.split(",")]
     runners = {
-        b: Runner(dataclasses.replace(config, model=dataclasses.replace(config.model, scan_backend=b)))
-        for b in backends
+        (b, layers): Runner(
+            dataclasses.replace(
+                config, model=dataclasses.replace(config.model, scan_backend=b, scan_layers=layers == "scanned")
+            )
+        )
+        for b, layers in variants
     }
-    times = {b: [] for b in backends}
+    times = {v: [] for v in variants}
     for _ in range(args.steps):
-        for backend, runner in runners.items():
-            times[backend].append(runner.step())
+        for variant, runner in runners.items():
+            times[variant].append(runner.step())
     first = None
-    for backend in backends:
-        seconds = statistics.median(times[backend])
+    for backend, layers in variants:
+        seconds = statistics.median(times[backend, layers])
         rate = tokens_per_step / seconds
         first = first or rate
-        print(f"  {backend:<11} {seconds:8.3f} s/step  {rate:10,.0f} tokens/s  {rate / first:5.2f}x")
+        print(f"  {backend:<11} {layers:<9} {seconds:8.3f} s/step  {rate:10,.0f} tokens/s  {rate / first:5.2f}x")
 
 
 if __name__ == "__main__":

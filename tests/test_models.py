@@ -19,7 +19,7 @@ def small_model(**overrides):
 
 
 def test_initialisation_follows_the_reference():
-    cfg, model = small_model()
+    cfg, model = small_model(scan_layers=False)  # a scanned model stacks these same layers (tests/test_scan_layers.py)
     mixer = model.layers[0].mixer
     di, n, r = 64, 8, math.ceil(32 / 16)
     np.testing.assert_allclose(jnp.exp(mixer.A_log[...]), np.tile(np.arange(1, n + 1), (di, 1)), rtol=1e-6)

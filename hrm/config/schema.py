@@ -15,7 +15,7 @@ Dtype = Literal["float32", "bfloat16"]
 LogitsDtype = Literal["auto", "float32", "bfloat16"]
 ScanBackend = Literal[BACKENDS]  # kernels.selective_scan's backends
 # model.remat: what each layer keeps for the backward pass (hrm.models.lm.REMAT_POLICIES maps them to jax's).
-Remat = Literal["none", "block", "dots_saveable", "dots_with_no_batch_dims_saveable"]
+Remat = Literal["none", "block", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_named", "save_projections"]
 
 
 @dataclasses.dataclass
@@ -65,7 +65,11 @@ class ModelConfig:
     dropout: float = 0.0  # residual dropout on every branch (Mamba, attention, MLP, recursion, fusion)
     # while training; never in evaluation or decoding; 0 = none
     remat: Remat = "none"  # rematerialise each layer in the backward pass: "none", "block" (keep only
-    # its input) or a jax.checkpoint_policies name (dots_with_no_batch_dims_saveable)
+    # its input), a jax.checkpoint_policies name (dots_with_no_batch_dims_saveable) or a named policy:
+    # "save_named" keeps the values the layers tag (layer input, in/out projections, attention output, conv
+    # output, dt), "save_projections" the same less the conv output and dt (recomputed in the backward)
+    scan_layers: bool = True  # run the repeated layers under nnx.scan, parameters stacked on a leading layer
+    # axis (compile time flat in depth, remat XLA honours); False: the unrolled Python loop (debugging)
 
 
 @dataclasses.dataclass

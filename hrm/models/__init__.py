@@ -19,7 +19,7 @@ from flax import nnx
 
 from hrm.config import ConfigError, ModelConfig
 from hrm.models.hybrid import HybridPatternLM, HybridRecursiveLM
-from hrm.models.lm import MambaLM
+from hrm.models.lm import MambaLM, per_layer, stack_layer_params, unstack_layer_params
 from hrm.models.recursive import RecursiveSSM
 
 FAMILIES = {
@@ -40,3 +40,12 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> nnx.Module:
 
 def count_params(model: nnx.Module) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def relayout_layers(params: dict, like: dict, cfg: ModelConfig) -> dict:
+    """``params`` of a ``cfg`` model with its layers in the layout (stacked or per-layer, ``model.scan_layers``)
+    of ``like``: a fine-tuning start from a run saved in the other layout."""
+    if per_layer(params) == per_layer(like):
+        return params
+    size = FAMILIES[cfg.family].unit_size(cfg) or 1
+    return unstack_layer_params(params, size) if per_layer(like) else stack_layer_params(params, size)

@@ -8,6 +8,7 @@ Shapes come from ``nnx.eval_shape``: nothing is allocated, so the largest config
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import defaultdict
 
 import jax
@@ -43,7 +44,7 @@ def component_of(path) -> str:
     if any("norm" in n for n in modules) or names[-1] == "scale" and "adapters" not in modules:
         return "norms"
     if names[0] == "layers":
-        key = [n for n in names if isinstance(n, str)][1]
+        key = [n for n in names if isinstance(n, str) and not re.fullmatch(r"layer\d+", n)][1]  # past a scanned unit's
         return LAYER_COMPONENTS.get(key, key)
     if names[0] == "embed":
         return "embedding (tied head)"

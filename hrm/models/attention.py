@@ -36,6 +36,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from hrm.config import ModelConfig
 from hrm.models.mamba import torch_default_init
@@ -65,9 +66,9 @@ def resize_kv_caches(cache, length: int):
     def fit(buffers: dict) -> dict:
         out = {}
         for s, buffer in buffers.items():
-            slots = kv_slots(length, s)
-            pad = [(0, 0), (0, max(slots - buffer.shape[1], 0))] + [(0, 0)] * (buffer.ndim - 2)
-            out[s] = jnp.pad(buffer[:, :slots], pad)
+            slots = kv_slots(length, s)  # buffers are (batch, [layer,] slots, heads, head_dim)
+            pad = [(0, 0)] * (buffer.ndim - 3) + [(0, max(slots - buffer.shape[-3], 0)), (0, 0), (0, 0)]
+            out[s] = jnp.pad(buffer[..., :slots, :, :], pad)
         return out
 
     resize = lambda kv: kv._replace(keys=fit(kv.keys), values=fit(kv.values)) if isinstance(kv, KVCache) else kv
@@ -78,14 +79,15 @@ def park_rows(cache, idle):
     """``cache`` with the rows where ``idle`` (batch,) is true set back to position 0: a batch's cached attention
     reads keys up to its furthest row (``cached_attention``), so a free serving slot that kept counting would
     make every row read the whole buffer. A parked row's keys and values are garbage until it is replaced."""
-    park = lambda kv: kv._replace(pos=jnp.where(idle, 0, kv.pos)) if isinstance(kv, KVCache) else kv
+    rows = lambda pos: idle.reshape(idle.shape + (1,) * (pos.ndim - 1))  # pos (batch,) or (batch, layer)
+    park = lambda kv: kv._replace(pos=jnp.where(rows(kv.pos), 0, kv.pos)) if isinstance(kv, KVCache) else kv
     return jax.tree.map(park, cache, is_leaf=lambda x: isinstance(x, KVCache))
 
 
 def kv_cache_length(cache) -> int | None:
     """The positions the KV buffers of a model's decode cache hold; None for a cache without attention."""
     kvs = [x for x in jax.tree.leaves(cache, is_leaf=lambda x: isinstance(x, KVCache)) if isinstance(x, KVCache)]
-    return min(buffer.shape[1] * s for s, buffer in kvs[0].keys.items()) if kvs else None
+    return min(buffer.shape[-3] * s for s, buffer in kvs[0].keys.items()) if kvs else None
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -399,7 +401,7 @@ class MultiScaleAttention(nnx.Module):
             out = sum(w.astype(o.dtype) * o for w, o in zip(weights, outs))
         else:
             out = outs[0]
-        return self.out_proj(out.reshape(b, l, d)), new_cache
+        return checkpoint_name(self.out_proj(out.reshape(b, l, d)), "attention_out"), new_cache
 
     def _extend_cache(self, cache: KVCache, k, v, q_pos, lengths=None):
         """Write a chunk's keys and values (b, l, h, dh) at positions ``q_pos`` (b, l) into the cache, of which

@@ -11,7 +11,7 @@ from flax import nnx
 from hrm.config import ModelConfig
 from hrm.models.attention import MLP, MultiScaleAttention
 from hrm.models.dropout import dropout
-from hrm.models.lm import ForwardApplications, LanguageModel, ResidualBlock, residual_dtype
+from hrm.models.lm import ForwardApplications, LanguageModel, ResidualBlock, record_probe, residual_dtype, rms, unit_key
 from hrm.models.mamba import Mamba
 from hrm.models.recursive import RecursiveProcessor
 
@@ -89,8 +89,54 @@ class AttentionLayer(nnx.Module):
         return x, cache
 
 
+def pattern_period(pattern: str) -> int:
+    """The length of the shortest unit that repeats to make ``pattern`` ("AMAM" → 2); its length when none does."""
+    n = len(pattern)
+    return next(p for p in range(1, n + 1) if n % p == 0 and pattern[:p] * (n // p) == pattern)
+
+
+class PatternUnit(nnx.Module):
+    """Consecutive layers of a repeating pattern, applied in order: what ``nnx.scan`` repeats. A full forward
+    records the residual stream's RMS after each of its layers (``probe_act_rms``, in layer order)."""
+
+    def __init__(self, layers: list):
+        # attributes, not an nnx.List: nnx.capture marks modules with a string key, which a List's integer keys
+        # cannot be sorted with inside nnx.scan
+        self.size = len(layers)
+        for i, layer in enumerate(layers):
+            setattr(self, unit_key(i), layer)
+
+    @property
+    def layers(self) -> list:
+        return [getattr(self, unit_key(i)) for i in range(self.size)]
+
+    def init_cache(self, batch: int):
+        return tuple(layer.init_cache(batch) for layer in self.layers)
+
+    def __call__(self, x, cache=None, segment_ids=None, lengths=None):
+        new = []
+        for i, layer in enumerate(self.layers):
+            x, layer_cache = layer(x, None if cache is None else cache[i], segment_ids=segment_ids, lengths=lengths)
+            new.append(layer_cache)
+            if cache is None:
+                record_probe(self, "probe_act_rms", rms(x))
+        return x, None if cache is None else tuple(new)
+
+
 class HybridPatternLM(LanguageModel):
-    """Layers from ``layer_pattern``: ``M`` a Mamba residual block, ``A`` an AttentionLayer."""
+    """Layers from ``layer_pattern``: ``M`` a Mamba residual block, ``A`` an AttentionLayer.
+
+    With ``model.scan_layers`` the pattern's shortest repeating unit ("AM" of "AMAMAM") is one ``PatternUnit``
+    and the repeats are scanned; a pattern that does not repeat stays a Python loop over its layers."""
+
+    @staticmethod
+    def unit_size(cfg: ModelConfig) -> int | None:
+        period = pattern_period(cfg.layer_pattern)
+        return period if period < len(cfg.layer_pattern) else None
+
+    @staticmethod
+    def group(layers: list, size: int) -> list:
+        return [PatternUnit(layers[lo : lo + size]) for lo in range(0, len(layers), size)]
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         def make(letter, rngs):

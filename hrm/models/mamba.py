@@ -13,6 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from hrm import kernels
 from hrm.config import ModelConfig
@@ -100,7 +101,7 @@ class Mamba(nnx.Module):
         """
         batch, _, _ = x.shape
         cache = cache if cache is not None else self.init_cache(batch)
-        xs, z = jnp.split(self.in_proj(x), 2, axis=-1)
+        xs, z = jnp.split(checkpoint_name(self.in_proj(x), "in_proj"), 2, axis=-1)
 
         # Causal depthwise conv: the cache holds the d_conv - 1 inputs before this chunk.
         window = jnp.concatenate([cache.conv.astype(xs.dtype), xs], axis=1)
@@ -118,7 +119,7 @@ class Mamba(nnx.Module):
                 * (padded[:, i : i + length] == segment_ids)[..., None].astype(xs.dtype)
                 for i in range(k)
             )
-        xc = jax.nn.silu(xc + self.conv_bias[...].astype(xs.dtype))
+        xc = checkpoint_name(jax.nn.silu(xc + self.conv_bias[...].astype(xs.dtype)), "conv_out")
         real = None if lengths is None else real_positions(lengths, length)[..., None]
         if real is None:
             new_conv = window[:, window.shape[1] - (k - 1) :]
@@ -128,7 +129,7 @@ class Mamba(nnx.Module):
 
         n, r = self.cfg.d_state, dt_rank(self.cfg)
         dt_low, B, C = jnp.split(self.x_proj(xc), [r, r + n], axis=-1)
-        dt = dt_low @ self.dt_proj.kernel[...].astype(dt_low.dtype)  # bias is applied inside the scan
+        dt = checkpoint_name(dt_low @ self.dt_proj.kernel[...].astype(dt_low.dtype), "dt")  # bias: in the scan
         if real is not None:
             dt = jnp.where(real, dt, -jnp.inf)
         y, ssm = kernels.selective_scan(
@@ -147,4 +148,4 @@ class Mamba(nnx.Module):
             backend=self.cfg.scan_backend if x.shape[1] > 1 else "sequential",
             chunk=self.cfg.scan_chunk or None,
         )
-        return self.out_proj(y), MambaCache(conv=new_conv, ssm=ssm)
+        return checkpoint_name(self.out_proj(y), "out_proj"), MambaCache(conv=new_conv, ssm=ssm)

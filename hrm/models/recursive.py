@@ -18,10 +18,14 @@ from hrm.models.lm import (
     ForwardApplications,
     LanguageModel,
     ResidualBlock,
+    checkpointed,
+    collecting,
+    put_layer,
     record_probe,
     rematerialised,
     residual_dtype,
     rms,
+    take_layer,
 )
 from hrm.models.mamba import Mamba
 from hrm.models.segments import document_starts, real_positions
@@ -116,16 +120,20 @@ class RecursiveProcessor(nnx.Module):
         return (u.astype(jnp.float32) + state).astype(u.dtype), cache
 
     def _record_gate(self, w):
+        sow = (lambda name, value: record_probe(self, name, value)) if collecting() else self._sow
         prior = depth_prior(self.depth, self.cfg.ponder_prior)
         log_w = jnp.log(jnp.maximum(w, 1e-9))
         entropy = -jnp.sum(w * log_w, axis=-1)
         kl = jnp.sum(w * (log_w - jnp.log(prior)), axis=-1)
         if self.cfg.gate_reg_weight:
-            self.sow(nnx.Intermediate, "aux_loss", self.cfg.gate_reg_weight * jnp.mean(kl))
-        self.sow(nnx.Intermediate, "metric_gate_entropy", jnp.mean(entropy))
+            sow("aux_loss", self.cfg.gate_reg_weight * jnp.mean(kl))
+        sow("metric_gate_entropy", jnp.mean(entropy))
         mean_w = jnp.mean(w, axis=(0, 1))
         for k in range(self.depth):
-            self.sow(nnx.Intermediate, f"metric_gate_depth_{k + 1}", mean_w[k])
+            sow(f"metric_gate_depth_{k + 1}", mean_w[k])
+
+    def _sow(self, name, value):
+        self.sow(nnx.Intermediate, name, value)
 
     def sow(self, *args, **kwargs):
         """``nnx.Module.sow``, quietly. Training collects these values with ``nnx.capture``
@@ -196,12 +204,17 @@ class RecursiveSSM(LanguageModel):
 
     def init_cache(self, batch: int):
         depth = self.cfg.recurrent_depth
+        if self.scanned:  # (batch, depth, block, ...)
+            one = self.layers.init_cache(batch)
+            return jax.tree.map(lambda a: jnp.zeros((a.shape[0], depth, self.n_stacked) + a.shape[1:], a.dtype), one)
         return tuple(
             jax.tree.map(lambda a: jnp.repeat(a[:, None], depth, axis=1), layer.init_cache(batch))
             for layer in self.layers
         )
 
     def body(self, x, cache=None, segment_ids=None, lengths=None):
+        if self.scanned:
+            return self.scanned_body(x, cache, segment_ids, lengths)
         n, seg = len(self.layers), self.cfg.checkpoint_segments
         caches = None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), tuple(cache))
         segments = tuple(tuple(self.layers[lo : lo + seg]) for lo in range(0, n, seg))
@@ -239,3 +252,62 @@ class RecursiveSSM(LanguageModel):
             record_probe(self, "probe_act_rms", jnp.ravel(norms))
             record_probe(self, "probe_state_rms", norms[:, -1])
         return x, None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), new_caches)
+
+    def scanned_body(self, x, cache=None, segment_ids=None, lengths=None):
+        """``body`` with the stacked blocks under ``lax.scan`` inside the depth scan: one traced block whatever
+        ``n_layers``. A full forward scans segments of ``checkpoint_segments`` blocks, each under ``model.remat``
+        (a shorter last one when they do not divide ``n_layers``); decoding carries the depth's
+        (batch, block, ...) cache through the blocks."""
+        cfg, n, seg = self.cfg, self.n_stacked, self.cfg.checkpoint_segments
+        graphdef, blocks = nnx.split(self.layers)
+        x = x.astype(residual_dtype(cfg))
+        depths = (self.adapters.per_depth(), jnp.arange(cfg.recurrent_depth))
+
+        if cache is not None:
+
+            def block_cached(carry, xs):
+                (x, caches), (state, i) = carry, xs
+                x, block_cache = nnx.merge(graphdef, state)(x, take_layer(caches, i), segment_ids, lengths)
+                return (x.astype(residual_dtype(cfg)), put_layer(caches, block_cache, i)), None
+
+            def depth_cached(x, xs):
+                adapter, depth_caches = xs
+                carry = (DepthAdapters.apply(x, adapter), depth_caches)
+                return jax.lax.scan(block_cached, carry, (blocks, jnp.arange(n)))[0]
+
+            caches = jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), cache)  # (depth, batch, block, ...)
+            x, caches = jax.lax.scan(depth_cached, x, (depths[0], caches))
+            return x, jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), caches)
+
+        def block(x, xs):
+            state, i = xs
+            with fold_in_dropout_key(i):
+                return nnx.merge(graphdef, state)(x, segment_ids=segment_ids)[0], None
+
+        segment = checkpointed(lambda x, states, index: jax.lax.scan(block, x, (states, index))[0], cfg)
+        whole = (n // seg) * seg
+        split = lambda a, lo, hi: jax.tree.map(lambda v: v[lo:hi], a)
+        full = jax.tree.map(lambda v: v.reshape((n // seg, seg) + v.shape[1:]), split(blocks, 0, whole))
+        index = jnp.arange(n)
+
+        def over_segments(x, xs):
+            x = segment(x, *xs)
+            return x, rms(x)
+
+        def over_depth(x, xs):
+            adapter, depth = xs
+            x = DepthAdapters.apply(x, adapter)
+            norms = []
+            with fold_in_dropout_key(depth):
+                if whole:
+                    x, norms = jax.lax.scan(over_segments, x, (full, index[:whole].reshape(n // seg, seg)))
+                    norms = [norms]
+                if whole < n:
+                    x = segment(x, split(blocks, whole, n), index[whole:])
+                    norms.append(rms(x)[None])
+            return x, jnp.concatenate(norms)
+
+        x, norms = jax.lax.scan(over_depth, x, depths)
+        record_probe(self, "probe_act_rms", jnp.ravel(norms))  # after each segment, depth-major
+        record_probe(self, "probe_state_rms", norms[:, -1])
+        return x, None

@@ -526,6 +526,16 @@ def read_only_manager(run_dir: Path):
         mgr.close()
 
 
+def saved_config(raw: dict) -> Config:
+    """The Config a run or a final-weights folder saved. One written before ``model.scan_layers`` existed holds
+    per-layer parameters, so it reads as ``scan_layers=False``: its weights load as saved and a resumed run keeps
+    that layout (``--init_from`` converts between the two, ``relayout_layers``)."""
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if isinstance(model, dict) and "scan_layers" not in model:
+        raw = {**raw, "model": {**model, "scan_layers": False}}
+    return Config.from_dict(raw)
+
+
 def read_run_config(run_dir: Path, log=warn) -> Config:
     """The run's config; if ``config.json`` is damaged, the copy in the newest step's manifest (said in one line)."""
     run_dir = Path(run_dir)
@@ -534,14 +544,14 @@ def read_run_config(run_dir: Path, log=warn) -> Config:
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"'{run_dir}' has no {CONFIG_FILE}; pass the --output_dir of an hrm.train run")
     try:
-        return Config.load_json(run_dir / CONFIG_FILE)
+        return saved_config(json.loads((run_dir / CONFIG_FILE).read_text()))
     except (ValueError, OSError) as error:  # JSONDecodeError and ConfigError are ValueErrors
         problem = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     for step in reversed(finished_steps(run_dir)):
         saved = step_info(run_dir, step).get("config")
         if saved is not None:
             try:
-                config = Config.from_dict(saved)
+                config = saved_config(saved)
             except ConfigError:
                 continue
             log(f"'{run_dir / CONFIG_FILE}' is damaged ({problem}); using the copy saved with step {step}")

@@ -30,6 +30,7 @@ from hrm.data import (
     tokenized_corpus,
     training_batches,
 )
+from hrm.models import relayout_layers
 from hrm.models.accounting import parameter_table
 from hrm.tokenizer import get_tokenizer
 from hrm.training import checkpoint, faults, memory, runinfo
@@ -533,11 +534,14 @@ def with_initial_params(state: dict, init_from: Path, log) -> dict:
     """``state`` with the parameters of ``init_from``'s latest checkpoint (fine-tuning: weights only; the step,
     the optimizer and the data start afresh)."""
     shapes = lambda params: jax.tree.map(lambda x: x.shape, params)
-    if shapes(abstract_params(checkpoint.read_run_config(init_from))) != shapes(state["params"]):
+    saved = checkpoint.read_run_config(init_from)
+    source = abstract_params(saved)  # its layers stacked or not (model.scan_layers)
+    if shapes(relayout_layers(source, state["params"], saved.model)) != shapes(state["params"]):
         raise ConfigError(
             f"--init_from '{init_from}' holds a model of other shapes than this run's config.model; "
             f"keep its model settings (drop the model.* overrides that change sizes)"
         )
-    params, step = checkpoint.restore_params(init_from, state["params"])
+    params, step = checkpoint.restore_params(init_from, source)
+    params = relayout_layers(params, state["params"], saved.model)
     log(f"initialised the weights from {init_from / checkpoint.CHECKPOINT_DIR / str(step)}")
     return {**state, "params": jax.device_put(params, jax.tree.map(lambda x: x.sharding, state["params"]))}

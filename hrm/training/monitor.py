@@ -91,7 +91,8 @@ def activation_norms(graphdef, params, batch) -> dict[str, jax.Array]:
         for i, value in enumerate(jnp.concatenate([jnp.ravel(v) for v in values["probe_act_rms"]])):
             out[f"act_rms_layer_{i + 1}"] = value
     if "probe_state_rms" in values:
-        per_depth = jnp.mean(jnp.stack([jnp.ravel(v) for v in values["probe_state_rms"]]), axis=0)
+        rows = [jnp.reshape(v, (-1, v.shape[-1])) for v in values["probe_state_rms"]]  # (layers, depth) each
+        per_depth = jnp.mean(jnp.concatenate(rows), axis=0)
         for k, value in enumerate(per_depth):
             out[f"state_rms_depth_{k + 1}"] = value
     return out

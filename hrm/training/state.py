@@ -57,7 +57,7 @@ def forward_terms(graphdef, params, batch, dropout_rng: jax.Array | None = None)
     project = lambda x, head: head_logits(x, head, model.cfg)
     ce_sum = chunked_cross_entropy(features, model.head_weight(), batch["targets"], batch["mask"], project=project)
     sown = sown_values(sown_state)
-    values = {"aux_loss": sum(sown.pop("aux_loss"))} if "aux_loss" in sown else {}
+    values = {"aux_loss": sum(jnp.sum(v) for v in sown.pop("aux_loss"))} if "aux_loss" in sown else {}
     values.update(
         {name[len("metric_") :]: jnp.mean(jnp.stack(v)) for name, v in sown.items() if name.startswith("metric_")}
     )
