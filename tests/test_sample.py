@@ -221,7 +221,7 @@ def test_saved_state_continues_like_the_whole_prompt(run_dir, tmp_path, capsys):
 def test_chat_carries_the_conversation_through_stdin(run_dir):
     """Two turns and commands over stdin; the second reply equals a greedy continuation of the whole
     dialogue (template of hrm.data.sources), so the state was carried, not re-read."""
-    from hrm.data.sources import dialogue_prompt
+    from hrm.chat_template import dialogue_prompt
 
     result = run_module(
         "hrm.sample",
