@@ -12,7 +12,7 @@ donated: its buffers are updated in place, so a call costs what its steps read, 
 buffer.
 
 Sampling settings are per row (``Sampling``), as are the PRNG keys (a row's key is folded with its own
-step count), so a row's tokens never depend on the other rows of its batch: ``hrm.serve`` adds and
+step count), so a row's tokens never depend on the other rows of its batch: ``hrm.serving.engine`` adds and
 removes rows between steps (continuous batching) on the same state.
 
 Attention families keep a KV buffer (``hrm.models.attention``): it is sized to the next power of two of
@@ -85,11 +85,10 @@ class Sampling:
 
 
 def check_request(max_new_tokens, seed) -> None:
-    """``max_new_tokens`` a count and ``seed`` a seed jax takes (an integer in [0, 2**32))."""
+    """``max_new_tokens`` a count and ``seed`` a seed (``check_seed``: the server's rule too)."""
     if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise SamplingError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise SamplingError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    check_seed(seed)
 
 
 def token_array(token_ids) -> np.ndarray:

@@ -17,10 +17,11 @@ import pytest
 
 import hrm
 from hrm.chat_template import dialogue_prompt
-from hrm.config import Config, DataConfig, ModelConfig
+from hrm.config import Config, DataConfig
 from hrm.export import save_final
 from hrm.training.state import init_model
 from tests.helpers import ROOT
+from tests.test_engine import MODELS
 
 pytest.importorskip("fastapi")
 KEY = "test-key"
@@ -31,7 +32,7 @@ def model_dir(tmp_path_factory):
     """A small byte-level mamba straight from initialisation, as an hrm.export folder."""
     config = Config(
         name="serve",
-        model=ModelConfig(d_model=32, n_layers=2, d_state=8, vocab_size=264),
+        model=MODELS["mamba"],
         data=DataConfig(tokenizer="byte", seq_len=32),
     )
     _, params = init_model(config)
@@ -395,16 +396,7 @@ def attention_dir(tmp_path_factory):
     """A small byte-level hybrid_pattern model (attention then Mamba) with a KV cache of 256 positions."""
     config = Config(
         name="serve-attention",
-        model=ModelConfig(
-            family="hybrid_pattern",
-            layer_pattern="AM",
-            d_model=32,
-            n_layers=2,
-            d_state=8,
-            n_heads=4,
-            max_cache_len=256,
-            vocab_size=264,
-        ),
+        model=MODELS["attention"],
         data=DataConfig(tokenizer="byte", seq_len=32),
     )
     _, params = init_model(config)

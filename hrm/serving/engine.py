@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from hrm.decoding import TextStream
-from hrm.inference import MIN_CACHE, Sampling, SamplingArrays, prefill_chunks, put_rows, take_rows
+from hrm.inference import MIN_CACHE, Sampling, SamplingArrays, prefill_chunks, put_rows, row_key, take_rows
 from hrm.models.attention import park_rows
 
 MIN_CHUNK = 16  # the shortest prefill chunk (shorter prompts are padded to it: fewer programs)
@@ -151,6 +151,7 @@ class BatchEngine:
     def warmup(self, log=lambda line: None) -> int:
         """Compile every bucket's programs now (before serving); returns how many were built."""
         keys = [k for k in self.programs() if k not in self.ready]
+        row_key(0, 1)  # a request's PRNG key is made eagerly (its few programs are built here too)
         for i, key in enumerate(keys):
             self._build(key)
             if (i + 1) % 10 == 0 or i + 1 == len(keys):
@@ -192,9 +193,12 @@ class BatchEngine:
         self.ready.add(key)
 
     def _missing(self, keys: list[tuple]) -> list[tuple]:
-        """The programs of ``keys`` not compiled yet; each is queued on the compile thread (once)."""
+        """The programs of ``keys`` not compiled yet; each is queued on the compile thread (once). A compile that
+        failed raises its error (the rows that need it fail, not wait for ever)."""
         missing = [k for k in keys if k not in self.ready]
         for key in missing:
+            if key in self._compiling and self._compiling[key].done() and self._compiling[key].exception():
+                raise self._compiling[key].exception()
             if key not in self._compiling:
                 future = self._compiler.submit(self._build, key)
                 future.add_done_callback(lambda _: self.pending.put(_WAKE))
@@ -277,17 +281,16 @@ class BatchEngine:
 
     def _join(self, rows: list[Row]) -> None:
         """Admit ``rows`` now if their programs are compiled, else let them wait for the compile thread."""
-        keys, _ = self._admission(rows)
-        if self._missing(keys):
-            # the rows whose own programs are ready may still join (one slow shape does not hold the rest)
-            ready = [r for r in rows if not self._missing(self._admission([r])[0])]
-            if ready and not self._missing(self._admission(ready)[0]):
-                self.waiting += [r for r in rows if r not in ready]
-                rows = ready
-            else:
-                self.waiting += rows
-                return
         try:
+            if self._missing(self._admission(rows)[0]):
+                # the rows whose own programs are ready may still join (one slow shape does not hold the rest)
+                ready = [r for r in rows if not self._missing(self._admission([r])[0])]
+                if ready and not self._missing(self._admission(ready)[0]):
+                    self.waiting += [r for r in rows if r not in ready]
+                    rows = ready
+                else:
+                    self.waiting += rows
+                    return
             self._admit(rows)
         except Exception as error:  # these requests fail, the server keeps serving
             for row in rows:
@@ -360,7 +363,10 @@ class BatchEngine:
             return
         live = [i for i, r in enumerate(self.slots) if r is not None]
         rows = [self.slots[i] for i in live]
-        if self._missing([("gather", len(self.slots), target), self._decode_key(target, rows)]):
+        try:
+            if self._missing([("gather", len(self.slots), target), self._decode_key(target, rows)]):
+                return
+        except Exception:  # a program that failed to compile: keep the slots as they are
             return
         index = np.asarray(live + [live[0]] * (target - len(live)), np.int32)
         self.state = self._gather(self.state, index)
