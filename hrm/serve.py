@@ -1,5 +1,6 @@
-"""python -m hrm.serve --checkpoint DIR [--host 127.0.0.1] [--port 8000] [--api_key KEY] [--no-warmup]: an
-OpenAI-compatible HTTP server (FastAPI on uvicorn) over one continuously batched decode loop.
+"""python -m hrm.serve --checkpoint DIR: an OpenAI-compatible HTTP server over one continuously batched decode loop.
+
+FastAPI on uvicorn; README.md lists every flag ([--host 127.0.0.1] [--port 8000] [--api_key KEY] [--no-warmup] ...).
 
 The command line only: the engine is ``hrm.serving.engine``, the request bodies ``hrm.serving.schemas``, the
 HTTP app ``hrm.serving.app`` (README.md lists the endpoints and fields).
