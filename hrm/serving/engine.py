@@ -11,8 +11,9 @@ batch-mates.
 Shapes come in buckets, so the programs are few and known in advance: slots and rows admitted together in powers
 of two up to ``max_batch``, prompts fed in power-of-two chunks from ``MIN_CHUNK`` to ``prefill_chunk``, one KV
 buffer of the model's whole context (allocated once; cached attention's cost follows positions, not the buffer),
-and sampling settings always in one layout (penalty columns and ``BIAS_WIDTH`` logit-bias entries). ``warmup``
-compiles every bucket's programs before serving. A request whose programs are not compiled yet (no warm-up, or a
+and sampling settings always in one layout (penalty columns and ``BIAS_WIDTH`` logit-bias entries; an all-greedy
+batch has its own decode program, which skips sampling). ``warmup`` compiles every bucket's programs before
+serving. A request whose programs are not compiled yet (no warm-up, or a
 logit_bias wider than ``BIAS_WIDTH``) waits while a compile thread builds them, and the other rows keep
 decoding: the decode thread never compiles.
 """
@@ -143,7 +144,7 @@ class BatchEngine:
         sizes = buckets(self.max_batch)
         chunks = [c for c in (1 << i for i in range(self.prefill_chunk.bit_length())) if c >= MIN_CHUNK]
         keys = [("prefill", r, c) for r in sizes for c in chunks]
-        keys += [("decode", s, BIAS_WIDTH) for s in sizes]
+        keys += [("decode", s, greedy, BIAS_WIDTH) for s in sizes for greedy in (True, False)]
         keys += [("gather", a, b) for a in sizes for b in sizes]
         keys += [("insert", s, r) for s in sizes for r in sizes if r <= s]
         return keys + ([("park", s) for s in sizes] if self.kv else [])
@@ -178,10 +179,9 @@ class BatchEngine:
             rows, chunk = shape
             self._rows(rows, chunk)
         elif kind == "decode":
-            slots, width = shape
-            self.generator.decode(
-                self.params, self._rows(slots), self._settings([Sampling()] * slots, width), 1, False, False
-            )
+            slots, greedy, width = shape
+            settings = self._settings([Sampling(0.0 if greedy else 1.0)] * slots, width)
+            self.generator.decode(self.params, self._rows(slots), settings, 1, greedy_only=greedy)
         elif kind == "gather":
             before, after = shape
             self._gather(self._rows(before), np.zeros(after, np.int32))
@@ -208,7 +208,8 @@ class BatchEngine:
     def _decode_key(self, slots: int, rows: list[Row | None]) -> tuple:
         live = [r.sampling for r in rows if r is not None]
         width = max([BIAS_WIDTH] + [len(s.logit_bias) for s in live])
-        return ("decode", slots, 1 << (width - 1).bit_length())
+        greedy = all(s.temperature == 0 for s in live)  # a greedy batch skips sampling (most of a small step)
+        return ("decode", slots, greedy, 1 << (width - 1).bit_length())
 
     def _admission(self, rows: list[Row]) -> tuple[list[tuple], int]:
         """(programs, slots): what admitting ``rows`` together runs, and the slot count after it."""
@@ -321,15 +322,14 @@ class BatchEngine:
 
     def _step(self) -> None:
         slots = len(self.slots)
-        _, _, width = self._decode_key(slots, self.slots)
+        _, _, greedy, width = self._decode_key(slots, self.slots)
         settings = self._settings([r.sampling if r else Sampling(0.0) for r in self.slots], width)
         self.max_active = max(self.max_active, self.active)
         try:
             if self.kv and None in self.slots:  # free slots stay at position 0
                 idle = np.asarray([r is None for r in self.slots])
                 self.state = self.state._replace(cache=self._park(self.state.cache, idle))
-            # one program for greedy and sampling rows alike (the sampling a greedy batch skips costs little)
-            tokens, self.state = self.generator.decode(self.params, self.state, settings, 1, greedy_only=False)
+            tokens, self.state = self.generator.decode(self.params, self.state, settings, 1, greedy_only=greedy)
         except Exception as error:  # fail the rows in flight, keep serving
             for row in filter(None, self.slots):
                 _fail(row, error)
