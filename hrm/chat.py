@@ -1,6 +1,6 @@
 """An interactive conversation (``python -m hrm.sample --chat``) that carries the recurrent state.
 
-Turns use the dialogue template training uses for ``--data_path`` data (``hrm.data.sources.dialogue_prompt``:
+Turns use the dialogue template training uses for ``--data_path`` data (``hrm.chat_template.dialogue_prompt``:
 each turn on its own line, the reply follows and ends at end-of-text). Each turn feeds only the new text on
 top of the state after the previous reply, never the conversation again; the end-of-text token that closes a
 reply is not fed (in training it starts a new document), the next turn continues after a newline instead.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hrm.data.sources import dialogue_prompt
+from hrm.chat_template import dialogue_prompt
 from hrm.decoding import TextStream
 from hrm.inference import DecodeState, Sampling, SamplingArrays, SamplingError, kv_positions, row_key
 

@@ -1,5 +1,5 @@
 """Text on top of ``hrm.inference``: streamed text with stop strings, saved decode states (prefix caching)
-and the decode benchmark. Used by ``hrm.sample``, ``hrm.chat`` and ``hrm.serve``."""
+and the decode benchmark. Used by ``hrm.sample``, ``hrm.chat`` and ``hrm.serving``."""
 
 from __future__ import annotations
 

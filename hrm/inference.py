@@ -12,7 +12,7 @@ donated: its buffers are updated in place, so a call costs what its steps read, 
 buffer.
 
 Sampling settings are per row (``Sampling``), as are the PRNG keys (a row's key is folded with its own
-step count), so a row's tokens never depend on the other rows of its batch: ``hrm.serve`` adds and
+step count), so a row's tokens never depend on the other rows of its batch: ``hrm.serving.engine`` adds and
 removes rows between steps (continuous batching) on the same state.
 
 Attention families keep a KV buffer (``hrm.models.attention``): it is sized to the next power of two of
@@ -85,11 +85,10 @@ class Sampling:
 
 
 def check_request(max_new_tokens, seed) -> None:
-    """``max_new_tokens`` a count and ``seed`` a seed jax takes (an integer in [0, 2**32))."""
+    """``max_new_tokens`` a count and ``seed`` a seed (``check_seed``: the server's rule too)."""
     if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise SamplingError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise SamplingError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    check_seed(seed)
 
 
 def token_array(token_ids) -> np.ndarray:
@@ -122,10 +121,12 @@ class SamplingArrays(NamedTuple):
     bias_values: jax.Array | None = None
 
     @classmethod
-    def of(cls, rows: Sequence[Sampling]) -> "SamplingArrays":
+    def of(cls, rows: Sequence[Sampling], penalties: bool = False, bias_width: int = 0) -> "SamplingArrays":
+        """``penalties``: carry the penalty columns even when no row uses them; ``bias_width``: the least bias
+        width. A server passes both so that its rows' settings never change which program decodes."""
         column = lambda get, dtype: jnp.asarray([get(r) for r in rows], dtype)
-        penalised = any(r.frequency_penalty or r.presence_penalty for r in rows)
-        width = max(len(r.logit_bias) for r in rows) if rows else 0
+        penalised = penalties or any(r.frequency_penalty or r.presence_penalty for r in rows)
+        width = max([bias_width] + [len(r.logit_bias) for r in rows])
         bias_ids = bias_values = None
         if width:
             width = 1 << (width - 1).bit_length()
@@ -214,19 +215,21 @@ def row_key(seed: int, row: int = 0) -> jax.Array:
     return jax.random.key_data(jax.random.fold_in(jax.random.key(seed), row))
 
 
-def prefill_chunks(length: int, largest: int = MAX_CHUNK) -> list[int]:
+def prefill_chunks(length: int, largest: int = MAX_CHUNK, smallest: int = 1) -> list[int]:
     """The chunk lengths that feed a prompt of ``length`` tokens: whole ``largest``s (a power of two), then the
-    rest padded to the next power of two (300 → [512], 2049 → [1024, 1024, 1]); prompts with the same chunks
-    share a batch."""
+    rest padded to the next power of two, at least ``smallest`` (300 → [512], 2049 → [1024, 1024, 1]); prompts
+    with the same chunks share a batch."""
     rest = length % largest
-    return [largest] * (length // largest) + ([1 << (rest - 1).bit_length()] if rest else [])
+    return [largest] * (length // largest) + ([max(smallest, 1 << (rest - 1).bit_length())] if rest else [])
 
 
-def padded_chunks(prompts: Sequence[Sequence[int]], largest: int = MAX_CHUNK) -> Iterator[tuple[jax.Array, np.ndarray]]:
+def padded_chunks(
+    prompts: Sequence[Sequence[int]], largest: int = MAX_CHUNK, smallest: int = 1
+) -> Iterator[tuple[jax.Array, np.ndarray]]:
     """``prompts`` right-padded with 0 and cut into the longest one's ``prefill_chunks``: (tokens (batch, n),
     real (batch,): each row's real tokens in the chunk) per chunk."""
     lengths = np.array([len(p) for p in prompts])
-    chunks = prefill_chunks(int(lengths.max()), largest)
+    chunks = prefill_chunks(int(lengths.max()), largest, smallest)
     tokens = np.zeros((len(prompts), sum(chunks)), np.int32)
     for row, ids in enumerate(prompts):
         tokens[row, : len(ids)] = ids
@@ -247,6 +250,16 @@ def feed(model, tokens, cache, lengths):
 
 def stack_rows(states: Sequence[DecodeState]) -> DecodeState:
     return jax.tree.map(lambda *rows: jnp.concatenate(rows), *states)
+
+
+def take_rows(state: DecodeState, index) -> DecodeState:
+    """Rows ``index`` (an int array) of ``state``, in that order (a row may repeat)."""
+    return jax.tree.map(lambda a: a[index], state)
+
+
+def put_rows(state: DecodeState, index, rows: DecodeState) -> DecodeState:
+    """``state`` with row ``index[i]`` replaced by row i of ``rows``; an index past the end drops its row."""
+    return jax.tree.map(lambda a, r: a.at[index].set(r, mode="drop"), state, rows)
 
 
 class Generator:
@@ -339,21 +352,27 @@ class Generator:
 
     # --- prefill and decode -------------------------------------------------------------------------------
 
-    def prefill(self, params, prompts: Sequence[Sequence[int]], cache, logits):
+    def prefill(self, params, prompts: Sequence[Sequence[int]], cache, logits, chunks=(MAX_CHUNK, 1)):
         """(logits (batch, vocab), cache) after feeding ``prompts[i]`` to row i of ``cache``, all rows at once:
-        right-padded, in the longest prompt's ``prefill_chunks``. ``logits`` are kept for a row whose prompt is
-        empty (a saved state continued as it is)."""
-        for tokens, real in padded_chunks(prompts):
+        right-padded, in the longest prompt's ``prefill_chunks`` (``chunks``: their largest and smallest length).
+        ``logits`` are kept for a row whose prompt is empty (a saved state continued as it is)."""
+        for tokens, real in padded_chunks(prompts, *chunks):
             chunk_logits, cache = self._extend(params, tokens, cache, jnp.asarray(real, jnp.int32))
             logits = jnp.where(jnp.asarray(real > 0)[:, None], chunk_logits, logits)
         return logits, cache
 
     def start_rows(
-        self, params, prompts: Sequence[Sequence[int]], length: int, key_data, prefix: DecodeState | None = None
+        self,
+        params,
+        prompts: Sequence[Sequence[int]],
+        length: int,
+        key_data,
+        prefix: DecodeState | None = None,
+        chunks=(MAX_CHUNK, 1),
     ) -> DecodeState:
         """A ``DecodeState`` whose row i has read ``prompts[i]`` (after ``prefix``, a one-row saved state, when
         given; it is copied, never consumed), with KV buffers of ``length`` positions and PRNG key data
-        ``key_data`` (batch, 2); the prompts are prefilled as one padded batch."""
+        ``key_data`` (batch, 2); the prompts are prefilled as one padded batch in ``chunks`` (``prefill``)."""
         for ids in prompts:
             self.check_ids(params, ids)
         batch, vocab = len(prompts), self._cfg.vocab_size
@@ -361,27 +380,38 @@ class Generator:
             if not all(prompts):
                 raise SamplingError("every prompt needs at least one token")
             cache = self._empty(params, batch, length)
-            logits, seen = jnp.zeros((batch, vocab), jnp.float32), jnp.zeros((batch, vocab), bool)
+            logits, seen = jnp.zeros((batch, vocab), jnp.float32), np.zeros((batch, vocab), bool)
         else:
             rows = lambda a: jnp.repeat(a, batch, axis=0)  # a new array, even for one row
             cache = resize_kv_caches(jax.tree.map(rows, prefix.cache), length)
-            logits, seen = rows(prefix.logits), rows(prefix.seen)
-        logits, cache = self.prefill(params, prompts, cache, logits)
+            logits, seen = rows(prefix.logits), np.repeat(np.asarray(prefix.seen), batch, axis=0)
+        logits, cache = self.prefill(params, prompts, cache, logits, chunks)
+        # marked on the host: a device scatter would compile once per total prompt length
         rows_of_ids = np.repeat(np.arange(batch), [len(ids) for ids in prompts])
-        seen = seen.at[rows_of_ids, np.concatenate([np.asarray(ids, np.int32) for ids in prompts])].set(True)
+        seen[rows_of_ids, np.concatenate([np.asarray(ids, np.int32) for ids in prompts])] = True
         return DecodeState(
             logits,
             cache,
-            seen,
+            jnp.asarray(seen),
             jnp.zeros((batch, vocab), jnp.int32),
             jnp.asarray(key_data, jnp.uint32).reshape(batch, 2),
             jnp.zeros((batch,), jnp.int32),
         )
 
-    def decode(self, params, state: DecodeState, settings: SamplingArrays, steps: int, keep_input: bool = False):
+    def decode(
+        self,
+        params,
+        state: DecodeState,
+        settings: SamplingArrays,
+        steps: int,
+        keep_input: bool = False,
+        greedy_only: bool | None = None,
+    ):
         """(tokens (batch, steps) numpy, state after them). ``state`` is consumed (donated: the KV buffers are
-        updated in place) unless ``keep_input``, which copies it instead (a chat that may step back)."""
-        greedy_only = bool(np.all(np.asarray(settings.temperature) == 0))
+        updated in place) unless ``keep_input``, which copies it instead (a chat that may step back).
+        ``greedy_only``: skip sampling (default: when every row is greedy; False keeps one program for both)."""
+        if greedy_only is None:
+            greedy_only = bool(np.all(np.asarray(settings.temperature) == 0))
         run = self._decode_keeping_input if keep_input else self._decode
         tokens, state = run(params, state, settings, steps, greedy_only)
         return np.asarray(tokens), state

@@ -221,7 +221,7 @@ def test_saved_state_continues_like_the_whole_prompt(run_dir, tmp_path, capsys):
 def test_chat_carries_the_conversation_through_stdin(run_dir):
     """Two turns and commands over stdin; the second reply equals a greedy continuation of the whole
     dialogue (template of hrm.data.sources), so the state was carried, not re-read."""
-    from hrm.data.sources import dialogue_prompt
+    from hrm.chat_template import dialogue_prompt
 
     result = run_module(
         "hrm.sample",
@@ -281,8 +281,8 @@ def test_python_api_type_errors_are_hrm_errors_with_a_message(run_dir):
     for call, message in [
         (lambda: model.logits([[1.7, 2.2]]), "token ids must be integers, got float64 values such as 1.7"),
         (lambda: model.logits([[1, 2], [3]]), "token ids must be a rectangular list of integers"),
-        (lambda: model.generate("hi", seed=2**70), f"seed must be an integer in [0, 2**32), got {2**70}"),
-        (lambda: model.generate("hi", seed=-1), "seed must be an integer in [0, 2**32), got -1"),
+        (lambda: model.generate("hi", seed=2**70), f"seed must be an integer in [-2**63, 2**63), got {2**70}"),
+        (lambda: model.generate("hi", seed=1.5), "seed must be an integer in [-2**63, 2**63), got 1.5"),
         (lambda: model.generate("hi", max_new_tokens=2.5), "max_new_tokens must be an integer >= 0, got 2.5"),
         (lambda: model.generate(123), "prompts must be a string or a non-empty list of strings, got 123"),
         (lambda: model.generate(["a", 5]), "prompts must be a string or a non-empty list of strings"),

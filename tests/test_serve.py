@@ -16,11 +16,12 @@ import urllib.request
 import pytest
 
 import hrm
-from hrm.config import Config, DataConfig, ModelConfig
-from hrm.data.sources import dialogue_prompt
+from hrm.chat_template import dialogue_prompt
+from hrm.config import Config, DataConfig
 from hrm.export import save_final
 from hrm.training.state import init_model
 from tests.helpers import ROOT
+from tests.test_engine import MODELS
 
 pytest.importorskip("fastapi")
 KEY = "test-key"
@@ -31,7 +32,7 @@ def model_dir(tmp_path_factory):
     """A small byte-level mamba straight from initialisation, as an hrm.export folder."""
     config = Config(
         name="serve",
-        model=ModelConfig(d_model=32, n_layers=2, d_state=8, vocab_size=264),
+        model=MODELS["mamba"],
         data=DataConfig(tokenizer="byte", seq_len=32),
     )
     _, params = init_model(config)
@@ -53,8 +54,8 @@ def serving(folder, *flags):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 900  # a warm-up compiles before it listens
+    while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(url + "/health", timeout=1)
             break
@@ -69,7 +70,8 @@ def serving(folder, *flags):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    yield from serving(model_dir, "--max_tokens_limit", "4000")
+    """Without warm-up: each new shape is compiled the first time it comes (off the decode thread)."""
+    yield from serving(model_dir, "--max_tokens_limit", "4000", "--no-warmup")
 
 
 def call(url, path, body=None, key=KEY, raw=None):
@@ -227,11 +229,11 @@ def test_a_real_internal_error_is_a_json_500(model_dir):
     """A bug (not the request's fault) still answers JSON, never starlette's plain-text page."""
     import asyncio
 
-    from hrm import serve
+    from hrm.serving.app import Server, create_app
 
-    server = serve.Server(loaded(model_dir), "m")
+    server = Server(loaded(model_dir), "m")
     server.prompt_ids = lambda prompt: 1 / 0
-    app = serve.create_app(server)
+    app = create_app(server)
     sent, inbox = [], [{"type": "http.request", "body": b'{"prompt": "x"}', "more_body": False}]
 
     async def receive():
@@ -394,16 +396,7 @@ def attention_dir(tmp_path_factory):
     """A small byte-level hybrid_pattern model (attention then Mamba) with a KV cache of 256 positions."""
     config = Config(
         name="serve-attention",
-        model=ModelConfig(
-            family="hybrid_pattern",
-            layer_pattern="AM",
-            d_model=32,
-            n_layers=2,
-            d_state=8,
-            n_heads=4,
-            max_cache_len=256,
-            vocab_size=264,
-        ),
+        model=MODELS["attention"],
         data=DataConfig(tokenizer="byte", seq_len=32),
     )
     _, params = init_model(config)
@@ -412,15 +405,18 @@ def attention_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def attention_server(attention_dir):
-    yield from serving(attention_dir, "--max_batch", "4")
+    """Warmed up: every program of 4 slots and chunks up to 64 tokens is compiled before it listens."""
+    yield from serving(attention_dir, "--max_batch", "4", "--prefill_chunk", "64", "--warmup")
 
 
 def test_an_attention_model_serves_joins_leaves_grows_its_kv_buffer_and_reuses_slots(attention_server, attention_dir):
     """Ten requests of different prompt and output lengths on 4 slots: rows join and leave mid-batch, slots are
-    reused, the KV buffer holds a 150-token prompt + 30 tokens past the first 64 positions, and every greedy answer is
-    what generate gives alone; a request past the 256-position cache is refused up front."""
+    reused, the KV buffer holds a 150-token prompt (three chunks) + 30 tokens, and every greedy answer is what
+    generate gives alone, with no program compiled after the warm-up; a request past the 256-position cache is
+    refused up front."""
     work = [("a", 4), ("def f(x):", 40), ("x" * 150, 30), ("import os", 9), ("b", 60)] * 2
     want = {(p, n): expected(attention_dir, p, n) for p, n in set(work)}
+    compiles = call(attention_server, "/health")[1]["compiles"]
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         answers = list(
             pool.map(
@@ -434,6 +430,7 @@ def test_an_attention_model_serves_joins_leaves_grows_its_kv_buffer_and_reuses_s
     assert [body["choices"][0]["text"] for _, body in answers] == [want[w] for w in work]
     health = call(attention_server, "/health")[1]
     assert health["max_active_rows"] > 1 and health["active_rows"] == 0
+    assert health["compiles"] == compiles  # every shape was in the warmed buckets
     status, answer = call(attention_server, "/v1/completions", {"prompt": "x" * 250, "max_tokens": 10})
     assert status == 400 and "context of 256" in answer["error"]["message"]
 
@@ -465,13 +462,13 @@ def test_free_slots_are_parked_at_position_zero(attention_dir):
     import jax
     import numpy as np
 
-    from hrm import serve
     from hrm.decoding import TextStream
     from hrm.inference import Sampling, row_key
     from hrm.models.attention import KVCache
+    from hrm.serving.engine import BatchEngine, Row
 
     model, events = loaded(attention_dir), []
-    make = lambda prompt, n: serve.Row(
+    make = lambda prompt, n: Row(
         model.tokenizer.encode(prompt),
         n,
         Sampling(0.0),
@@ -479,14 +476,14 @@ def test_free_slots_are_parked_at_position_zero(attention_dir):
         TextStream(model.tokenizer),
         events.append,
     )
-    engine = serve.BatchEngine(model, max_batch=2)
-    engine._admit([make("x" * 100, 3), make("a", 40)])  # driven by hand: no decode thread
+    engine = BatchEngine(model, max_batch=4)
+    engine._admit([make("x" * 100, 3), make("a", 40), make("b", 40), make("c", 40)])  # by hand: no decode thread
     for _ in range(10):
         engine._step()
-    assert engine.slots[0] is None and engine.slots[1] is not None
+    assert engine.slots[0] is None and all(engine.slots[1:])  # 3 live rows: the 4-slot bucket stays
     kv = next(
         x
         for x in jax.tree.leaves(engine.state.cache, is_leaf=lambda x: isinstance(x, KVCache))
         if isinstance(x, KVCache)
     )
-    assert np.asarray(kv.pos).tolist() == [1, 1 + 10]  # parked (then one step), and the live row's own
+    assert np.asarray(kv.pos).tolist() == [1] + [1 + 10] * 3  # parked (then one step), and the live row's own

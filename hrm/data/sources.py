@@ -24,6 +24,7 @@ import sysconfig
 from pathlib import Path
 from typing import Iterator
 
+from hrm.chat_template import dialogue_prompt
 from hrm.data import synthetic
 from hrm.data.documents import SYNTHETIC_PREFIX, DataError, Document
 
@@ -150,12 +151,6 @@ def dialogue_documents(path: str, skipped: Skipped) -> Iterator[Document]:
             continue
         prompt = dialogue_prompt(context)
         yield Document(prompt + response, prompt_chars=len(prompt))
-
-
-def dialogue_prompt(turns: list[str]) -> str:
-    """The dialogue template: each context turn on its own line, the response follows (then end-of-text).
-    Training's ``data_path`` documents and chat/serving prompts (hrm.chat, hrm.serve) both use it."""
-    return "".join(turn + "\n" for turn in turns)
 
 
 def check_readable(path: Path, flag: str) -> None:
