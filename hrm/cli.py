@@ -8,7 +8,7 @@ import signal
 import sys
 
 from hrm.errors import UsageError, UserError
-from kernels import BackendUnavailable  # kernels/ stays free of hrm imports, so its error is not a UserError
+from hrm.kernels import BackendUnavailable  # kernels/ stays free of hrm imports, so its error is not a UserError
 
 __all__ = ["ArgumentParser", "UsageError", "add_config_source", "run_main"]
 

@@ -27,12 +27,12 @@ import jax.numpy as jnp
 import jaxlib
 from flax import nnx
 
-import kernels
+from hrm import kernels
 from hrm.cli import ArgumentParser, run_main
 from hrm.config import ModelConfig
+from hrm.kernels import check
+from hrm.kernels.selective_scan import GPU_PLATFORMS
 from hrm.models import build_model
-from kernels import check
-from kernels.selective_scan import GPU_PLATFORMS
 
 DTYPES = ("float32", "bfloat16")
 DT_RANGES = ((1e-4, 1e-1), (1e-4, 1e-3))  # the Mamba init's range and its small end, where softplus is hard

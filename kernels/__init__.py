@@ -1,6 +1,6 @@
 """Selective-scan kernels for hrm (no Flax, no hrm imports)."""
 
-from kernels.selective_scan import (
+from .selective_scan import (
     BACKENDS,
     BackendUnavailable,
     banner,

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels import reference
+from . import reference
 
 # Relative error bounds, outputs and gradients alike: float32 computes in float32 (measured: <= 3.1e-7 at
 # the default shape, every backend); bfloat16 inputs and outputs carry 8 mantissa bits (<= 2.5e-3).

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kernels import reference
+from . import reference
 
 MIN_CHUNK, MAX_CHUNK = 16, 1024  # the range a configured chunk length may take (hrm.config validates it)
 

@@ -61,7 +61,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from kernels import reference
+from . import reference
 
 F32 = jnp.float32
 

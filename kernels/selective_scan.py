@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels import chunked_scan, reference
+from . import chunked_scan, reference
 
 BACKENDS = ("auto", "reference", "sequential", "chunked", "pallas")
 GPU_PLATFORMS = ("gpu", "cuda", "rocm")
@@ -33,7 +33,7 @@ def _platform() -> str:
 
 def _implementation(name: str):
     if name == "pallas":
-        from kernels.pallas_scan import pallas_scan  # noqa: PLC0415 (lazy: imports jax.experimental.pallas)
+        from .pallas_scan import pallas_scan  # noqa: PLC0415 (lazy: imports jax.experimental.pallas)
 
         return pallas_scan
     if name == "chunked":
@@ -67,7 +67,7 @@ SELF_CHECK_RESETS = ((0, 37), (1, 0), (1, 64))
 
 def _pallas_kernel(platform: str):
     """The Pallas scan as ``platform`` runs it: compiled on GPU, interpreted elsewhere."""
-    from kernels.pallas_scan import pallas_scan  # noqa: PLC0415
+    from .pallas_scan import pallas_scan  # noqa: PLC0415
 
     return functools.partial(pallas_scan, interpret=platform not in GPU_PLATFORMS)
 
@@ -92,7 +92,7 @@ def pallas_self_check(platform: str, dtype: str = "float32") -> str | None:
     Compiles it and compares a small, padded problem with packed-document resets against the chunked scan
     (outputs, last state and every gradient, ``kernels.check`` tolerances: 1e-5 float32, 1e-2 bfloat16).
     Runs once per process and dtype, eagerly even when first asked inside a jit trace."""
-    from kernels import check  # noqa: PLC0415
+    from . import check  # noqa: PLC0415
 
     reset = np.zeros(SELF_CHECK_SHAPE[:2], bool)
     reset[tuple(zip(*SELF_CHECK_RESETS))] = True

@@ -41,7 +41,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import kernels  # noqa: E402
+from hrm import kernels  # noqa: E402
 
 BACKENDS = ("reference", "sequential", "chunked", "pallas")
 GRAD_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")

@@ -5,6 +5,7 @@ import errno
 import json
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -75,9 +76,17 @@ def overwrite_bytes(path):
     path.write_bytes(bytes(data))
 
 
+def overwrite_bytes_throughout(path):
+    """8 bytes every 4 KiB changed, the size kept: whatever array orbax packed where, its values change."""
+    data = bytearray(path.read_bytes())
+    for start in range(0, len(data), 4096):
+        data[start : start + 8] = bytes(b ^ 0xFF for b in data[start : start + 8])
+    path.write_bytes(bytes(data))
+
+
 CORRUPTIONS = {
     "truncated array file": lambda run: truncate(largest_array_file(run, 6)),
-    "overwritten bytes in an array file": lambda run: overwrite_bytes(largest_array_file(run, 6)),
+    "overwritten bytes in an array file": lambda run: overwrite_bytes_throughout(largest_array_file(run, 6)),
     "deleted _METADATA": lambda run: (step_dir(run, 6) / "state" / "_METADATA").unlink(),
     "garbage in the data-iterator JSON": lambda run: (step_dir(run, 6) / "data" / "process_0-of-1.json").write_text(
         "{garbage"
@@ -88,7 +97,8 @@ CORRUPTIONS = {
 @pytest.mark.parametrize("kind", CORRUPTIONS)
 def test_a_damaged_step_is_named_and_loading_falls_back(copy, kind):
     CORRUPTIONS[kind](copy)
-    problem = damage(step_dir(copy, 6))
+    assert damage(step_dir(copy, 6)) is not None  # a resume's check: every file
+    problem = damage(step_dir(copy, 6), checkpoint.PARAMS)  # a model load's: file sizes and the params' checksums
     assert problem is not None
     with pytest.raises(
         CheckpointError,
@@ -101,6 +111,28 @@ def test_a_damaged_step_is_named_and_loading_falls_back(copy, kind):
     assert warnings == [f"checkpoint step 6 in '{copy}' is damaged ({problem}); trying an older step"]
     if kind == "truncated array file":
         assert hrm.load(copy).step == 4
+
+
+def test_a_model_load_checks_the_parameters_checksums_without_hashing_the_steps_files(copy, monkeypatch):
+    """orbax packs params and optimizer state into shared files: a load verifies the params it reads by their
+    own checksums (the manifest's ``arrays``) and never hashes the optimizer state."""
+    manifest = checkpoint.read_manifest(step_dir(copy, 6))
+    assert sorted(manifest["arrays"]) == sorted(
+        jax.tree_util.keystr(path, simple=True, separator=".")
+        for path, _ in jax.tree_util.tree_flatten_with_path(
+            checkpoint.read_numpy_state(step_dir(copy, 6), checkpoint.PARAMS)
+        )[0]
+    )
+    hashed = []
+    monkeypatch.setattr(checkpoint, "_file_digest", lambda path: hashed.append(path))
+    assert damage(step_dir(copy, 6), checkpoint.PARAMS) is None
+    assert hrm.load(copy).step == 6
+    overwrite_bytes_throughout(largest_array_file(copy, 6))  # the same size: only a checksum can tell
+    problem = damage(step_dir(copy, 6), checkpoint.PARAMS)
+    assert problem is not None
+    assert problem.startswith("parameter params.") or problem.startswith("its parameters cannot be read")
+    assert hrm.load(copy).step == 4
+    assert hashed == []
 
 
 def test_resume_falls_back_to_the_newest_good_step_and_repairs_metrics(run_dir, copy):

@@ -97,7 +97,8 @@ def test_cli_config_errors_are_one_line_with_exit_code_2():
 @pytest.mark.slow
 def test_an_installed_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
     """A regular (non-editable) install has no checkout beside it: ``--model_size`` must find the configs the
-    wheel installs as ``hrm.configs``, and the console scripts must be declared."""
+    wheel installs as ``hrm.configs``, the kernels import as ``hrm.kernels``, the wheel claims no top-level
+    name but ``hrm``, and the console scripts must be declared."""
     import importlib
     import os
     import shutil
@@ -113,11 +114,13 @@ def test_an_installed_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
         capture_output=True,
         timeout=300,
     )
-    (wheel,) = (tmp_path / "wheel").glob("hrm-*.whl")
+    (wheel,) = (tmp_path / "wheel").glob("hrm_mamba-*.whl")  # the distribution's own name (PyPI's hrm is another)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    assert (site / "hrm/configs/hybrid_small.py").is_file() and not (site / "configs").exists()
-    entry_points = next(site.glob("hrm-*.dist-info/entry_points.txt")).read_text()
+    (dist_info,) = site.glob("hrm_mamba-*.dist-info")
+    assert sorted(p.name for p in site.iterdir()) == sorted(["hrm", dist_info.name])  # no other top-level name
+    assert (site / "hrm/configs/hybrid_small.py").is_file() and (site / "hrm/kernels/selective_scan.py").is_file()
+    entry_points = (dist_info / "entry_points.txt").read_text()
     scripts = dict(
         line.split(" = ") for line in entry_points.split("[console_scripts]")[1].split("\n") if " = " in line
     )
@@ -127,14 +130,16 @@ def test_an_installed_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
         assert callable(getattr(importlib.import_module(module), function)), target
     env = {**os.environ, "PYTHONPATH": str(site), "JAX_PLATFORMS": "cpu"}
     script = (
-        "import hrm.info, sys; print(hrm.info.__file__); sys.argv[1:] = ['--model_size', 'hybrid-small']; "
+        "import hrm.info, hrm.kernels, sys; print(hrm.info.__file__, hrm.kernels.__file__); "
+        "sys.argv[1:] = ['--model_size', 'hybrid-small']; "
         "hrm.info.cli()"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(str(site)) and "documented size: 75.00M" in result.stdout
+    files = result.stdout.split("\n")[0].split()
+    assert all(f.startswith(str(site)) for f in files) and "documented size: 75.00M" in result.stdout
 
 
 def test_every_numeric_field_has_a_range_and_refuses_negatives_nan_and_infinity():

@@ -9,16 +9,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hrm.kernels.chunked_scan import chunked_scan
+from hrm.kernels.pallas_scan import pallas_scan
 
-import kernels
-from hrm import doctor
+from hrm import doctor, kernels
 from hrm.cli import run_main
 from hrm.training.loop import train
-from kernels.chunked_scan import chunked_scan
-from kernels.pallas_scan import pallas_scan
 from tests.helpers import fresh_rng, numpy_scan, random_inputs, rel_err, small_config
 
-dispatch = importlib.import_module("kernels.selective_scan")  # the module (the package exports the function)
+dispatch = importlib.import_module("hrm.kernels.selective_scan")  # the module (the package exports the function)
 
 on_gpu = pytest.mark.skipif(
     jax.default_backend() != "gpu", reason="needs a CUDA GPU: JAX_PLATFORMS=cuda python -m pytest -m gpu"

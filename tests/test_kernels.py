@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hrm.kernels import check, reference
+from hrm.kernels.chunked_scan import chunked_scan, default_chunk
 
-import kernels
-from kernels import check, reference
-from kernels.chunked_scan import chunked_scan, default_chunk
+from hrm import kernels
 from tests.helpers import fresh_rng, numpy_scan, random_inputs, rel_err
 
 
@@ -260,7 +260,7 @@ def test_scan_chunk_setting_is_validated_and_reaches_the_model(monkeypatch):
         config.model.scan_chunk = bad
         with pytest.raises(ConfigError, match=r"'model.scan_chunk' must be 0 \(automatic\) or in \[16, 1024\]"):
             validate(config)
-    dispatch = importlib.import_module("kernels.selective_scan")
+    dispatch = importlib.import_module("hrm.kernels.selective_scan")
     implementation, chunks = dispatch._implementation, []
     spy = lambda name: lambda *a, **kw: chunks.append(kw.get("chunk")) or implementation(name)(*a, **kw)
     monkeypatch.setattr(dispatch, "_implementation", spy)

@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hrm.kernels import check, reference
+from hrm.kernels import pallas_scan as ps
 
-import kernels
-from kernels import check, reference
-from kernels import pallas_scan as ps
+from hrm import kernels
 from tests.helpers import fresh_rng, numpy_scan, random_inputs, rel_err
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from hrm.config.parse import build
-from kernels import BACKENDS
+from hrm.kernels import BACKENDS
 
 Family = Literal["mamba", "hybrid_recursive", "recursive_ssm", "hybrid_pattern"]  # hrm.models.FAMILIES
 Dtype = Literal["float32", "bfloat16"]

@@ -9,8 +9,8 @@ import typing
 
 from hrm.config.parse import ConfigError, coerce
 from hrm.config.schema import VOCAB_MULTIPLE, Config, ModelConfig
+from hrm.kernels.chunked_scan import MAX_CHUNK, MIN_CHUNK
 from hrm.tokenizer import get_tokenizer, padded_vocab_size
-from kernels.chunked_scan import MAX_CHUNK, MIN_CHUNK
 
 
 def resolve_config(config: Config) -> Config:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import kernels
+from hrm import kernels
 from hrm.config import ModelConfig
 from hrm.models.segments import document_starts, last_real, real_positions
 

@@ -2,10 +2,11 @@
 
 Layout: ``DIR/config.json`` (the run's config) and ``DIR/checkpoints/<step>/`` with items ``state`` (step,
 params, opt_state, non-finite step counters) and ``data`` (iterator position), plus ``hrm_manifest.json``: the
-size and SHA-256 of every file of the step, its eval loss, whether it is the run's final step, and a copy of
-the config. orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it when complete; the manifest
-is written inside that folder before the rename (orbax's post-finalization callback), so a finished step always
-has one. Leftover temporary folders of killed saves are removed when a writer opens the run.
+size and SHA-256 of every file of the step and of every parameter array's values, its eval loss, whether it is
+the run's final step, and a copy of the config. orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and
+renames it when complete; the manifest is written inside that folder before the rename (orbax's
+post-finalization callback), so a finished step always has one. Leftover temporary folders of killed saves are
+removed when a writer opens the run.
 
 Loading verifies the manifest: a damaged step (a truncated, overwritten or deleted file) is named, and
 resuming moves it to ``DIR/damaged/`` and falls back to the newest good step. Retention keeps the newest
@@ -44,6 +45,7 @@ STEP_NAMES = ("latest", "best", "final")
 # Written by orbax after the manifest (the commit marker, the commit timestamp): not covered by the checksums.
 UNHASHED_FILES = {MANIFEST_FILE, "commit_success.txt", "_CHECKPOINT_METADATA"}
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+PARAMS = ("params",)  # what a model load reads of a step (``damage`` checks only that)
 
 
 def is_disk_full(error: Exception) -> bool:
@@ -87,10 +89,34 @@ def _hashed_files(step_dir: Path) -> list[Path]:
     )
 
 
+def _key(path) -> str:
+    """A tree path as ``params.layers.0.mixer.D`` (orbax restores integer keys as strings)."""
+    return jax.tree_util.keystr(path, simple=True, separator=".")
+
+
+def _array_digests(tree) -> dict[str, str]:
+    """SHA-256 of each array of a numpy tree (dtype, shape and values), keyed by its path (``params.embed...``).
+    orbax's OCDBT format packs params and optimizer state into shared files, so a model load, which reads only
+    the params, checks these instead of hashing every file of the step."""
+    digests = {}
+    for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        value = np.ascontiguousarray(value)
+        digest = hashlib.sha256(f"{value.dtype.str}{value.shape}".encode())
+        digest.update(value.data)
+        digests[_key(path)] = digest.hexdigest()
+    return digests
+
+
 def write_manifest(step_dir: Path, info: dict) -> None:
-    """``info`` plus the size and SHA-256 of every file under ``step_dir`` (the step's own folder)."""
+    """``info`` plus the size and SHA-256 of every file under ``step_dir`` (the step's own folder) and of every
+    parameter array (read back from what was written)."""
     files = {str(p.relative_to(step_dir)): [p.stat().st_size, _file_digest(p)] for p in _hashed_files(step_dir)}
-    (step_dir / MANIFEST_FILE).write_text(json.dumps({**info, "files": files}, indent=1) + "\n")
+    manifest = {**info, "files": files}
+    try:
+        manifest["arrays"] = _array_digests(read_numpy_state(step_dir, PARAMS))
+    except KeyError:  # a state without params (not a model's train state): its files' checksums only
+        pass
+    (step_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def read_manifest(step_dir: Path) -> dict | None:
@@ -106,24 +132,66 @@ def read_manifest(step_dir: Path) -> dict | None:
 
 def damage(step_dir: Path, parts: tuple[str, ...] | None = None) -> str | None:
     """What is wrong with a finished step (a missing, resized or changed file), or None when it checks out.
-    A step without a manifest (saved before checksums existed) cannot be checked file by file: the ``parts`` of
-    its train state that will be read (None: all of it; ``("params",)`` for a model load) are read instead, and
-    unreadable or non-finite values are its damage."""
+    ``parts``: what of the train state will be read: None (a resume: every file's checksum) or ``PARAMS`` (a
+    model load: file sizes and the parameter arrays' checksums, ``read_params``; the optimizer state is not
+    read). A step without a manifest (saved before checksums existed) cannot be checked file by file: the
+    ``parts`` that will be read are read instead, and unreadable or non-finite values are its damage."""
+    if parts == PARAMS:
+        return read_params(step_dir)[0]
     try:
         manifest = read_manifest(step_dir)
     except (ValueError, OSError) as error:
         return f"unreadable {MANIFEST_FILE}: {error}"
     if manifest is None:
         return _unverified_damage(step_dir, parts)
-    for name, (size, digest) in sorted(manifest["files"].items()):
+    return _size_damage(step_dir, manifest) or _file_damage(step_dir, manifest)
+
+
+def _size_damage(step_dir: Path, manifest: dict) -> str | None:
+    for name, (size, _) in sorted(manifest["files"].items()):
         path = step_dir / name
         if not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, {size} were saved"
-        if _file_digest(path) != digest:
+    return None
+
+
+def _file_damage(step_dir: Path, manifest: dict) -> str | None:
+    for name, (_, digest) in sorted(manifest["files"].items()):
+        if _file_digest(step_dir / name) != digest:
             return f"{name} does not match its checksum"
     return None
+
+
+def read_params(step_dir: Path) -> tuple[str | None, dict | None]:
+    """(damage, params as numpy arrays): a model load's check and read in one pass over the params only.
+    Steps with parameter checksums (the manifest's ``arrays``) are checked as they are read; older manifests
+    by every file's checksum; manifest-less steps by their values (``_unverified_damage``)."""
+    try:
+        manifest = read_manifest(step_dir)
+    except (ValueError, OSError) as error:
+        return f"unreadable {MANIFEST_FILE}: {error}", None
+    if manifest is None:
+        problem = _unverified_damage(step_dir, PARAMS)
+    else:
+        problem = _size_damage(step_dir, manifest)
+        if problem is None and not isinstance(manifest.get("arrays"), dict):
+            problem = _file_damage(step_dir, manifest)
+    if problem is not None:
+        return problem, None
+    try:
+        params = read_numpy_state(step_dir, PARAMS)
+    except Exception as error:  # orbax/tensorstore raise many types for a damaged step
+        return f"its parameters cannot be read ({type(error).__name__})", None
+    if manifest is not None and isinstance(saved := manifest.get("arrays"), dict):
+        digests = _array_digests(params)
+        if digests.keys() != saved.keys():
+            return f"its parameters are not the {len(saved)} arrays that were saved", None
+        changed = [key for key in sorted(saved) if digests[key] != saved[key]]
+        if changed:
+            return f"parameter {changed[0]} does not match its checksum", None
+    return None, params["params"]
 
 
 def verified(step_dir: Path) -> bool:
@@ -203,14 +271,16 @@ def _available(run_dir: Path) -> str:
     )
 
 
-PARAMS = ("params",)  # what a model load reads of a step (resolve_step checks only that of a manifest-less one)
-
-
 def resolve_step(run_dir: str | Path, step: int | str | None = None, log=warn, parts=PARAMS) -> int:
     """The checkpoint step of a run directory that ``step`` names: None or ``latest`` (the newest step that
     checks out; a damaged newer step is reported through ``log``), ``best``, ``final`` or a number.
     Raises ``CheckpointError`` (one line: the problem and the available steps) for a missing, unknown,
     negative or damaged step. ``parts``: what of the train state will be read (``damage``; None: all of it)."""
+    return _resolve(run_dir, step, log, lambda step_dir: (damage(step_dir, parts), None))[0]
+
+
+def _resolve(run_dir: str | Path, step: int | str | None, log, check) -> tuple[int, object]:
+    """``resolve_step`` with ``check(step_dir) -> (damage, value)``: the step and its check's value."""
     run_dir = Path(run_dir)
     steps = finished_steps(run_dir)
     if not steps:
@@ -220,9 +290,9 @@ def resolve_step(run_dir: str | Path, step: int | str | None = None, log=warn, p
         )
     if step is None or step == "latest":
         for candidate in reversed(steps):
-            problem = damage(checkpoint_root(run_dir) / str(candidate), parts)
+            problem, value = check(checkpoint_root(run_dir) / str(candidate))
             if problem is None:
-                return candidate
+                return candidate, value
             log(f"checkpoint step {candidate} in '{run_dir}' is damaged ({problem}); trying an older step")
         raise CheckpointError(f"every checkpoint in '{checkpoint_root(run_dir)}' is damaged; retrain")
     if isinstance(step, str) and not step.lstrip("-").isdigit():
@@ -238,13 +308,13 @@ def resolve_step(run_dir: str | Path, step: int | str | None = None, log=warn, p
         resolved = int(step)
         if resolved not in steps:
             raise CheckpointError(f"'{run_dir}' has no checkpoint at step {resolved}; {_available(run_dir)}")
-    problem = damage(checkpoint_root(run_dir) / str(resolved), parts)
+    problem, value = check(checkpoint_root(run_dir) / str(resolved))
     if problem is not None:
         raise CheckpointError(
             f"checkpoint step {resolved} in '{run_dir}' is damaged ({problem}); pass another "
             f"--step: {_available(run_dir)}"
         )
-    return resolved
+    return resolved, value
 
 
 # --- the run's checkpoints ---------------------------------------------------------------------------------
@@ -425,23 +495,22 @@ def restore_state(run_dir: Path, step: int, abstract_state, data_iterator=None):
 
 
 def restore_params(run_dir: Path, abstract_params, step: int | str | None = None, log=warn):
-    """Only the model parameters of the latest good (or given: number or name) step of a run directory."""
+    """Only the model parameters of the latest good (or given: number or name) step of a run directory, checked
+    as they are read (``read_params``) and placed on the first device in ``abstract_params``' dtypes."""
     run_dir = Path(run_dir)
-    step = resolve_step(run_dir, step, log)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)
-    with read_only_manager(run_dir) as mgr:
-        restored = mgr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item={"params": target},
-                    partial_restore=True,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}),
-                )
-            ),
+    step, params = _resolve(run_dir, step, log, read_params)
+    saved = {_key(path): x for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    wanted, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
+    if saved.keys() != {_key(path) for path, _ in wanted} or any(
+        saved[_key(path)].shape != tuple(a.shape) for path, a in wanted
+    ):
+        raise CheckpointError(
+            f"checkpoint step {step} in '{run_dir}' holds parameters of other names or shapes than its "
+            f"{CONFIG_FILE}'s model; it was written by another hrm version: retrain or convert it"
         )
-    return restored["state"]["params"], step
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    leaves = [jax.device_put(saved[_key(path)].astype(a.dtype, copy=False), device) for path, a in wanted]
+    return jax.tree_util.tree_unflatten(treedef, leaves), step
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import kernels
+from hrm import kernels
 from hrm.config import DEFAULT_SAFETY_MARGIN_MB, Config, ConfigError, resolve_config
 from hrm.data import (
     check_data_fingerprint,

@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-import kernels
+from hrm import kernels
 from hrm.config import Config, ConfigError
 from hrm.models.accounting import parameter_table
 from hrm.training.state import abstract_train_state, eval_sums, make_train_step
