@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,7 @@ class Sampling:
     presence_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
 
-    def check(self) -> "Sampling":
+    def check(self) -> Sampling:
         finite = lambda x: x is None or math.isfinite(x)
         for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
             if not finite(getattr(self, name)):
@@ -121,7 +122,7 @@ class SamplingArrays(NamedTuple):
     bias_values: jax.Array | None = None
 
     @classmethod
-    def of(cls, rows: Sequence[Sampling], penalties: bool = False, bias_width: int = 0) -> "SamplingArrays":
+    def of(cls, rows: Sequence[Sampling], penalties: bool = False, bias_width: int = 0) -> SamplingArrays:
         """``penalties``: carry the penalty columns even when no row uses them; ``bias_width``: the least bias
         width. A server passes both so that its rows' settings never change which program decodes."""
         column = lambda get, dtype: jnp.asarray([get(r) for r in rows], dtype)

@@ -10,7 +10,8 @@ the ``top`` best (ids, log-probabilities) come back.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

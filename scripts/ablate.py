@@ -285,7 +285,7 @@ def main(argv: list[str]) -> None:
         rows.append(run_one(config, out / config.name, budget, args.examples, args.extrapolate_length))
     task_sizes = ", ".join(f"{k} {v}" for k, v in (("length", length), ("targets", targets), ("vocab", vocab)) if v)
     command = "python scripts/ablate.py " + " ".join(argv)
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     (out / "results.json").write_text(
         json.dumps(
             {"command": command, "task": task, "budget": args.budget, "machine": machine(), "date": when, "rows": rows},

@@ -57,7 +57,7 @@ def main():
         "model load before: every file's SHA-256, then the params": [],
         "model load (restore_params: params read once, checked by their checksums)": [],
     }
-    for repeat in range(args.repeats):
+    for _ in range(args.repeats):
         run_dir = Path(args.dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         mgr = checkpoint.Checkpoints(run_dir, keep=1)

@@ -250,7 +250,7 @@ def test_packed_rows_never_target_across_a_segment_boundary(tmp_path):
     batch = split_batch(next(iter(training_batches(cfg, corpus, 64, seed=0))))
     assert batch["inputs"].shape == (64, 16)
     assert not np.any(batch["mask"] & (batch["segment_ids"] == 0))  # padding is never trained
-    for row, segments, mask in zip(batch["inputs"], batch["segment_ids"], batch["mask"]):
+    for segments, mask in zip(batch["segment_ids"], batch["mask"]):
         for s in np.flatnonzero(np.diff(segments)) + 1:  # no target is predicted from another piece
             assert not mask[s - 1]
     np.testing.assert_array_equal(batch["targets"][:, :-1], batch["inputs"][:, 1:])
@@ -443,7 +443,7 @@ def qa_corpus(tmp_path, rows, seq_len):
 def test_completion_only_keeps_the_end_of_the_prompt_with_its_answer(tmp_path):
     """A prompt longer than a row: the answer's row holds the prompt's end (left truncation), and no row
     trains an answer token without the prompt before it, nor carries only prompt."""
-    rows = [("question %d: " % i + "why " * (5 + 4 * i), "ok %d" % i) for i in range(6)]  # prompts 17..42 tokens
+    rows = [(f"question {i}: " + "why " * (5 + 4 * i), f"ok {i}") for i in range(6)]  # prompts 17..42 tokens
     cfg, corpus = qa_corpus(tmp_path, rows, seq_len=16)
     row_len = cfg.seq_len + 1
     documents = [corpus.document(i) for i in range(len(corpus))]

@@ -28,6 +28,7 @@ MODELS = {
     ),
 }
 NO_EOS = ((256, -100.0),)  # the byte tokenizer's end-of-text biased off: a row runs to its max_tokens
+GREEDY = Sampling(0.0)
 
 
 def load(family: str) -> LoadedModel:
@@ -43,7 +44,7 @@ def model(request):
 class Request:
     """A row submitted to ``engine``, its events kept; ``result()`` waits for its end."""
 
-    def __init__(self, engine, prompt: str, max_tokens: int, sampling=Sampling(0.0), seed: int = 0):
+    def __init__(self, engine, prompt: str, max_tokens: int, sampling: Sampling = GREEDY, seed: int = 0):
         self.events, self.steps_at_first = queue.Queue(), None
         self.engine, self.text = engine, ""
         tokenizer = engine.model.tokenizer

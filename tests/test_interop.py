@@ -138,7 +138,7 @@ def write_tokenizer(folder):
 def test_folder_tokenizer_is_used(tmp_path):
     reference_model(tie=True).save_pretrained(tmp_path)
     with pytest.raises(hrm.tokenizer.TokenizerError, match="tokenizer.json"):
-        hrm.load(tmp_path).tokenizer
+        _ = hrm.load(tmp_path).tokenizer
     tok = write_tokenizer(tmp_path)
     model = hrm.load(tmp_path)
     assert model.tokenizer.encode("hello world") == tok.encode("hello world").ids

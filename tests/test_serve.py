@@ -61,7 +61,7 @@ def serving(folder, *flags):
             break
         except OSError:
             if process.poll() is not None:
-                raise AssertionError(process.stdout.read())
+                raise AssertionError(process.stdout.read()) from None
             time.sleep(0.2)
     yield url
     process.terminate()

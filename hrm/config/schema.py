@@ -136,14 +136,14 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "Config":
+    def from_dict(cls, raw: dict) -> Config:
         return build(cls, raw, prefix="")
 
     def save_json(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load_json(cls, path: Path) -> "Config":
+    def load_json(cls, path: Path) -> Config:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 

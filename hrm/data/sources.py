@@ -21,8 +21,8 @@ import json
 import os
 import socket
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from hrm.chat_template import dialogue_prompt
 from hrm.data import synthetic

@@ -158,7 +158,7 @@ class Server:
         sequences = [row.ids + out for row, out in zip(rows, outputs)]
         scores = scoring.score(self.model, sequences, top)
         objects = []
-        for row, out, seq, got, prompt_text in zip(rows, outputs, sequences, scores, prompt_texts):
+        for row, seq, got, prompt_text in zip(rows, sequences, scores, prompt_texts):
             first = 0 if echo else len(row.ids)
             tokens = [decode([t]) for t in seq[first:]]
             token_logprobs, top_logprobs = [], []

@@ -24,7 +24,7 @@ import concurrent.futures
 import dataclasses
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np

@@ -62,7 +62,7 @@ class StopSignals:
         self.received = _SWALLOWED.pop() if _SWALLOWED else 0
         self._previous = {}
 
-    def install(self) -> "StopSignals":
+    def install(self) -> StopSignals:
         try:
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -109,7 +109,7 @@ class RunLock:
         self.path = Path(run_dir) / (LOCK_FILE if process_index == 0 else f"{LOCK_FILE}.{process_index}")
         self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

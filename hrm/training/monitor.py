@@ -120,5 +120,5 @@ def require_wandb():
         raise UsageError(
             "--wandb needs the wandb package: pip install wandb (WANDB_MODE=offline logs without a "
             "network); or drop --wandb, metrics.jsonl and tensorboard (tb/) have the same records"
-        )
+        ) from None
     return wandb
