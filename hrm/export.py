@@ -1,6 +1,6 @@
 """python -m hrm.export --checkpoint RUN_DIR --out DIR [--step N] [--format hrm|hf|stablehlo]
 
-- ``hrm`` (default): the final-weights folder a trainer ships (as the trainer guide's): ``DIR/config.json`` (the run's
+- ``hrm`` (default): the final-weights folder a trainer ships (``hrm.weights``): ``DIR/config.json`` (the run's
   config), ``DIR/model.safetensors`` (every parameter in its stored dtype, named by its path in the model,
   e.g. ``layers.0.mixer.in_proj.kernel``) and the tokenizer description (``DIR/tokenizer.json`` copied when
   the run used one, else the tokenizer's name in config.json's ``data.tokenizer``). ``hrm.load``,

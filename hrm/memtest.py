@@ -22,8 +22,8 @@ from hrm.config import (
 )
 from hrm.training.memory import GIB, MIB, cached_train_step_memory, gpu_config, largest_micro_batch, parse_vram
 
-# The documented VRAM figure per config (docs/BENCHMARKS.md: the trainer guide's tables, the upper end of each
-# range; the source projects for the others), in GB (GiB); --test_all checks every config against it.
+# The VRAM figure each config is sized for (docs/MODELS.md "Documented sizes": the upper end of each range), in
+# GB (GiB); --test_all checks every config against it.
 DOCUMENTED_VRAM_GB = {
     "mamba_small": 6,
     "mamba_medium_lite": 10,

@@ -2,7 +2,7 @@
 
 Endpoints: ``POST /v1/completions`` (with ``logprobs`` and ``echo``, scored by ``hrm.scoring``) and
 ``POST /v1/chat/completions`` (OpenAI's shapes, ``stream`` as server-sent events ending ``data: [DONE]``),
-``POST /generate {prompt, max_tokens, temperature}`` → ``{"response": ...}`` (the documents' example),
+``POST /generate {prompt, max_tokens, temperature}`` → ``{"response": ...}`` (a minimal FastAPI deployment's shape),
 ``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info`` (lm-eval's remote tokenizer), ``GET /health``,
 ``GET /v1/models``, ``GET /v1/models/{id}``. A request's fault is a 4xx, a bug a 500, both with an OpenAI-style
 error body (``{"error": {"message", "type", "param", "code"}}``).

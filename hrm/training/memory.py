@@ -55,8 +55,8 @@ class StepMemory:
 
 
 def parse_vram(text: str) -> int:
-    """Bytes from the documents' --vram forms: "24gb", "24", "20.5" (GB, i.e. GiB: GPU memory sizes are
-    powers of two), also "16GiB" and "16384MB"."""
+    """Bytes from a --vram figure as README.md "Memory" writes it: "24gb", "24", "20.5" (GB, i.e. GiB: GPU
+    memory sizes are powers of two), also "16GiB" and "16384MB"."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(gb|gib|g|mb|mib|m)?\s*", str(text).lower())
     if not match or float(match.group(1)) <= 0:
         raise ConfigError(f"--vram expects a size such as 24gb, 24 or 20.5 (GB), got {text!r}")
