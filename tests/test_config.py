@@ -120,6 +120,8 @@ def test_an_installed_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
     (dist_info,) = site.glob("hrm_mamba-*.dist-info")
     assert sorted(p.name for p in site.iterdir()) == sorted(["hrm", dist_info.name])  # no other top-level name
     assert (site / "hrm/configs/hybrid_small.py").is_file() and (site / "hrm/kernels/selective_scan.py").is_file()
+    packages = {p.parent.relative_to(ROOT) for p in (ROOT / "hrm").rglob("__init__.py")}
+    assert all((site / package / "__init__.py").is_file() for package in packages), packages  # every subpackage
     entry_points = (dist_info / "entry_points.txt").read_text()
     scripts = dict(
         line.split(" = ") for line in entry_points.split("[console_scripts]")[1].split("\n") if " = " in line
