@@ -76,17 +76,19 @@ def overwrite_bytes(path):
     path.write_bytes(bytes(data))
 
 
-def overwrite_bytes_throughout(path):
-    """8 bytes every 4 KiB changed, the size kept: whatever array orbax packed where, its values change."""
-    data = bytearray(path.read_bytes())
-    for start in range(0, len(data), 4096):
-        data[start : start + 8] = bytes(b ^ 0xFF for b in data[start : start + 8])
-    path.write_bytes(bytes(data))
+def overwrite_bytes_throughout(step):
+    """8 bytes every 4 KiB of every array data file changed, the sizes kept: whatever array orbax packed where,
+    its values change."""
+    for path in (step / "state").rglob("d/*"):
+        data = bytearray(path.read_bytes())
+        for start in range(0, len(data), 4096):
+            data[start : start + 8] = bytes(b ^ 0xFF for b in data[start : start + 8])
+        path.write_bytes(bytes(data))
 
 
 CORRUPTIONS = {
     "truncated array file": lambda run: truncate(largest_array_file(run, 6)),
-    "overwritten bytes in an array file": lambda run: overwrite_bytes_throughout(largest_array_file(run, 6)),
+    "overwritten bytes in an array file": lambda run: overwrite_bytes_throughout(step_dir(run, 6)),
     "deleted _METADATA": lambda run: (step_dir(run, 6) / "state" / "_METADATA").unlink(),
     "garbage in the data-iterator JSON": lambda run: (step_dir(run, 6) / "data" / "process_0-of-1.json").write_text(
         "{garbage"
@@ -127,7 +129,7 @@ def test_a_model_load_checks_the_parameters_checksums_without_hashing_the_steps_
     monkeypatch.setattr(checkpoint, "_file_digest", lambda path: hashed.append(path))
     assert damage(step_dir(copy, 6), checkpoint.PARAMS) is None
     assert hrm.load(copy).step == 6
-    overwrite_bytes_throughout(largest_array_file(copy, 6))  # the same size: only a checksum can tell
+    overwrite_bytes_throughout(step_dir(copy, 6))  # the same sizes: only a checksum can tell
     problem = damage(step_dir(copy, 6), checkpoint.PARAMS)
     assert problem is not None
     assert problem.startswith("parameter params.") or problem.startswith("its parameters cannot be read")

@@ -272,4 +272,5 @@ def test_scan_chunk_setting_is_validated_and_reaches_the_model(monkeypatch):
         validate(config)
         logits[backend] = build_model(config.model, 0)(tokens)[0]
     assert rel_err(logits["chunked"], logits["sequential"]) < 1e-5
-    assert chunks == [None, None, 16, 16]  # two layers each; the chunked scan got model.scan_chunk
+    # each traced layer body (one for scanned layers, one per layer unrolled): the chunked scan got model.scan_chunk
+    assert set(chunks) == {None, 16} and chunks == sorted(chunks, key=lambda c: c is not None)

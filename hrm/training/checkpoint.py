@@ -112,10 +112,13 @@ def write_manifest(step_dir: Path, info: dict) -> None:
     parameter array (read back from what was written)."""
     files = {str(p.relative_to(step_dir)): [p.stat().st_size, _file_digest(p)] for p in _hashed_files(step_dir)}
     manifest = {**info, "files": files}
-    try:
-        manifest["arrays"] = _array_digests(read_numpy_state(step_dir, PARAMS))
-    except KeyError:  # a state without params (not a model's train state): its files' checksums only
-        pass
+    # Reading the params back is an orbax restore, whose multi-process barriers would run on process 0 alone
+    # here: multi-process runs keep the files' checksums only (their loads hash every file).
+    if jax.process_count() == 1:
+        try:
+            manifest["arrays"] = _array_digests(read_numpy_state(step_dir, PARAMS))
+        except KeyError:  # a state without params (not a model's train state): its files' checksums only
+            pass
     (step_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
