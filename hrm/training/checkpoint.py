@@ -146,7 +146,7 @@ def damage(step_dir: Path, parts: tuple[str, ...] | None = None) -> str | None:
     except (ValueError, OSError) as error:
         return f"unreadable {MANIFEST_FILE}: {error}"
     if manifest is None:
-        return _unverified_damage(step_dir, parts)
+        return _unverified_read(step_dir, parts)[0]
     return _size_damage(step_dir, manifest) or _file_damage(step_dir, manifest)
 
 
@@ -170,24 +170,24 @@ def _file_damage(step_dir: Path, manifest: dict) -> str | None:
 def read_params(step_dir: Path) -> tuple[str | None, dict | None]:
     """(damage, params as numpy arrays): a model load's check and read in one pass over the params only.
     Steps with parameter checksums (the manifest's ``arrays``) are checked as they are read; older manifests
-    by every file's checksum; manifest-less steps by their values (``_unverified_damage``)."""
+    by every file's checksum; manifest-less steps by their values (``_unverified_read``)."""
     try:
         manifest = read_manifest(step_dir)
     except (ValueError, OSError) as error:
         return f"unreadable {MANIFEST_FILE}: {error}", None
-    if manifest is None:
-        problem = _unverified_damage(step_dir, PARAMS)
-    else:
-        problem = _size_damage(step_dir, manifest)
-        if problem is None and not isinstance(manifest.get("arrays"), dict):
-            problem = _file_damage(step_dir, manifest)
+    if manifest is None:  # checked by the values it reads: read once
+        problem, state = _unverified_read(step_dir, PARAMS)
+        return problem, None if problem else state["params"]
+    problem = _size_damage(step_dir, manifest)
+    if problem is None and not isinstance(manifest.get("arrays"), dict):
+        problem = _file_damage(step_dir, manifest)
     if problem is not None:
         return problem, None
     try:
         params = read_numpy_state(step_dir, PARAMS)
     except Exception as error:  # orbax/tensorstore raise many types for a damaged step
         return f"its parameters cannot be read ({type(error).__name__})", None
-    if manifest is not None and isinstance(saved := manifest.get("arrays"), dict):
+    if isinstance(saved := manifest.get("arrays"), dict):
         digests = _array_digests(params)
         if digests.keys() != saved.keys():
             return f"its parameters are not the {len(saved)} arrays that were saved", None
@@ -202,17 +202,17 @@ def verified(step_dir: Path) -> bool:
     return (Path(step_dir) / MANIFEST_FILE).is_file()
 
 
-def _unverified_damage(step_dir: Path, parts: tuple[str, ...] | None) -> str | None:
-    """A manifest-less step's damage: state that cannot be read, or values that are not all finite (overwritten
-    bytes decode as NaN and garbage; a resume from them trains only skipped steps)."""
+def _unverified_read(step_dir: Path, parts: tuple[str, ...] | None) -> tuple[str | None, dict | None]:
+    """(damage, state read) of a manifest-less step: state that cannot be read, or values that are not all
+    finite (overwritten bytes decode as NaN and garbage; a resume from them trains only skipped steps)."""
     what = "parameters" if parts == ("params",) else "train state"
     try:
         state = read_numpy_state(step_dir, parts)
     except Exception as error:  # orbax/tensorstore raise many types for a damaged step
-        return f"no {MANIFEST_FILE}, and its {what} cannot be read ({type(error).__name__})"
+        return f"no {MANIFEST_FILE}, and its {what} cannot be read ({type(error).__name__})", None
     floats = [x for x in jax.tree.leaves(state) if np.issubdtype(np.asarray(x).dtype, np.floating)]
     bad = sum(int(np.size(x) - np.isfinite(x).sum()) for x in floats)
-    return f"no {MANIFEST_FILE}, and {bad:,} values of its {what} are not finite" if bad else None
+    return (f"no {MANIFEST_FILE}, and {bad:,} values of its {what} are not finite" if bad else None), state
 
 
 def read_numpy_state(step_dir: Path, parts: tuple[str, ...] | None = None) -> dict:
