@@ -176,6 +176,24 @@ def test_setup_builds_one_abstract_model_one_parameter_table_and_compiles_once(t
     assert len(builds) == 1
 
 
+def test_a_vram_search_keeps_the_step_it_chose_instead_of_compiling_it_again(tmp_path, monkeypatch):
+    """--vram where the search measures the run's own program (on a GPU, or here: "auto" takes the Pallas kernel
+    for float32 on CPU too): the plan's step is the search's compile at the chosen micro-batch, not a second
+    compile of it; a later plan (the estimates cached on disk) compiles the step and the evaluation once."""
+    monkeypatch.setenv("HRM_CACHE_DIR", str(tmp_path / "cache"))
+    compiles = []
+    real_compile = jax.stages.Lowered.compile
+    monkeypatch.setattr(jax.stages.Lowered, "compile", lambda *a, **k: compiles.append(1) or real_compile(*a, **k))
+    config = resolve_config(small_config())
+    corpus = loop.read_corpus(config, quiet)
+    plan = loop.plan_run(config, corpus, loop.VramRequest(vram_bytes=2**40), quiet)
+    # everything fits: the binary search over micro-batches 1, 2, 4 measures 2 and 4 (step + evaluation)
+    assert (plan.micro_batch, len(compiles)) == (4, 4)
+    compiles.clear()
+    assert loop.plan_run(config, corpus, loop.VramRequest(vram_bytes=2**40), quiet).micro_batch == 4
+    assert len(compiles) == 2
+
+
 def test_a_resume_restores_without_initialising_a_state(tmp_path, monkeypatch):
     loop.train(small_config(steps=4, save_every=2), tmp_path, quiet, stop_at_step=2)
     monkeypatch.setattr(loop, "init_train_state", lambda *a: pytest.fail("initialised a state to restore into"))

@@ -100,8 +100,10 @@ class VramRequest:
     safety_margin_mb: float = DEFAULT_SAFETY_MARGIN_MB
 
 
-def fit_batch_to_vram(config: Config, request: VramRequest, log) -> Config:
-    """The config with the largest micro-batch that fits the requested memory (the global batch kept)."""
+def fit_batch_to_vram(config: Config, request: VramRequest, log, compile_at=None) -> Config:
+    """The config with the largest micro-batch that fits the requested memory (the global batch kept).
+    ``compile_at(config) -> StepMemory`` measures a micro-batch not yet in the estimate cache
+    (``memory.cached_train_step_memory``)."""
     vram = request.vram_bytes or memory.device_memory_limit()
     if vram is None:
         log(
@@ -111,7 +113,7 @@ def fit_batch_to_vram(config: Config, request: VramRequest, log) -> Config:
         )
         return config
     budget = vram - int(request.safety_margin_mb * memory.MIB)
-    config, step = memory.fit_to_vram(config, budget, jax.device_count())
+    config, step = memory.fit_to_vram(config, budget, jax.device_count(), compile_at)
     log(
         f"vram: micro-batch {step.micro_batch_size} x {step.accumulation_steps} accumulation = global batch "
         f"{config.train.batch_size}; {step.total_bytes / memory.GIB:.2f} GB per device of "
@@ -155,8 +157,25 @@ def plan_run(config: Config, corpus, vram: VramRequest | None = None, log=print)
         config = with_epoch_steps(config, epoch_tokens, log)
     parameters = parameter_table(config.model)
     memory.check_parameters_fit(config, jax.device_count(), n_params=sum(parameters.values()))
+    mesh = data_mesh()
+    graphdef, shapes = abstract_train_state(config)  # the micro-batch changes the step, not the state
+    state_sharding = state_shardings(shapes, mesh, config.train.shard_params)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_sharding)
+    searched = {}  # accumulation -> the run's (step, evaluation, memory) the --vram search compiled: kept
+    requested = config
+
+    def compile_at(candidate: Config) -> memory.StepMemory:
+        run_config = dataclasses.replace(requested, train=candidate.train)
+        searched[run_config.train.accumulation_steps] = compiled = _compile_steps(
+            graphdef, run_config, abstract, state_sharding, mesh
+        )
+        return compiled[2]
+
     if vram is not None:
-        config = fit_batch_to_vram(config, vram, log)
+        # The search measures the program a GPU runs (``memory.gpu_config``); where that is this run's program
+        # (on a GPU, or a named scan backend) its compiles are the run's own and the chosen one is kept.
+        same_program = _resolved_backend(memory.gpu_config(config)) == _resolved_backend(config)
+        config = fit_batch_to_vram(config, vram, log, compile_at if same_program else None)
     t = config.train
     if (t.batch_size // t.accumulation_steps) % jax.device_count():
         raise ConfigError(
@@ -164,12 +183,16 @@ def plan_run(config: Config, corpus, vram: VramRequest | None = None, log=print)
             f"{t.accumulation_steps}) must be a multiple of the {jax.device_count()} devices; "
             f"change --config.train.batch_size or --config.train.accumulation_steps"
         )
-    mesh = data_mesh()
-    graphdef, shapes = abstract_train_state(config)
-    state_sharding = state_shardings(shapes, mesh, t.shard_params)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_sharding)
-    step_fn, eval_fn = compile_steps(graphdef, config, abstract, state_sharding, mesh)  # checks their memory
+    if t.accumulation_steps in searched:
+        step_fn, eval_fn, step_memory = searched[t.accumulation_steps]
+        memory.check_step_fits(step_memory, config)
+    else:
+        step_fn, eval_fn = compile_steps(graphdef, config, abstract, state_sharding, mesh)  # checks their memory
     return RunPlan(config, parameters, epoch_tokens, mesh, graphdef, state_sharding, abstract, step_fn, eval_fn)
+
+
+def _resolved_backend(config: Config) -> str:
+    return kernels.resolve_backend(config.model.scan_backend, dtype=config.model.dtype)
 
 
 def read_corpus(config: Config, log):
@@ -477,6 +500,13 @@ def compile_steps(graphdef, config: Config, abstract_state, state_sharding, mesh
     """(train step, evaluation) compiled ahead of time for the run's shapes and shardings, after checking XLA's
     memory estimate of both (``memory.check_step_fits``; the evaluation at one micro-batch beside the resident
     train state): nothing is allocated yet. The evaluation returns ``eval_sums`` of one micro-batch."""
+    compiled, compiled_eval, step_memory = _compile_steps(graphdef, config, abstract_state, state_sharding, mesh)
+    memory.check_step_fits(step_memory, config)
+    return compiled, compiled_eval
+
+
+def _compile_steps(graphdef, config: Config, abstract_state, state_sharding, mesh: Mesh):
+    """``compile_steps`` without the check: (train step, evaluation, their ``memory.StepMemory``)."""
     sharded, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     t = config.train
     micro = t.batch_size // t.accumulation_steps
@@ -495,20 +525,17 @@ def compile_steps(graphdef, config: Config, abstract_state, state_sharding, mesh
         abstract_state["params"], memory.abstract_batch(micro, config.data.seq_len, sharded)
     ).compile()
     devices = mesh.shape["data"]
-    memory.check_step_fits(
-        memory.step_memory(
-            compiled,
-            abstract_state,
-            batch,
-            micro // devices,
-            t.accumulation_steps,
-            config.data.seq_len,
-            compiled_eval,
-            devices if t.shard_params else 1,
-        ),
-        config,
+    step_memory = memory.step_memory(
+        compiled,
+        abstract_state,
+        batch,
+        micro // devices,
+        t.accumulation_steps,
+        config.data.seq_len,
+        compiled_eval,
+        devices if t.shard_params else 1,
     )
-    return compiled, compiled_eval
+    return compiled, compiled_eval, step_memory
 
 
 def training_tokens(cfg_data, corpus) -> int:

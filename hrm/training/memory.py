@@ -239,9 +239,12 @@ def _cache_path(config: Config, micro_batch_size: int | None, devices: int) -> P
     return root / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
-def cached_train_step_memory(config: Config, micro_batch_size: int | None = None, devices: int = 1) -> StepMemory:
+def cached_train_step_memory(
+    config: Config, micro_batch_size: int | None = None, devices: int = 1, compile_at=None
+) -> StepMemory:
     """``train_step_memory``, remembered on disk per config, micro-batch and device count (a compile takes
-    seconds to a minute)."""
+    seconds to a minute). ``compile_at(config at the micro-batch) -> StepMemory`` measures a miss instead
+    (the training plan's own compile, whose program it keeps)."""
     micro = micro_batch_size or config.train.batch_size // config.train.accumulation_steps
     config = dataclasses.replace(
         config, train=dataclasses.replace(config.train, accumulation_steps=max(1, config.train.batch_size // micro))
@@ -251,7 +254,7 @@ def cached_train_step_memory(config: Config, micro_batch_size: int | None = None
         return StepMemory(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         pass
-    memory = train_step_memory(config, micro, devices)
+    memory = compile_at(config) if compile_at else train_step_memory(config, micro, devices)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(memory.to_dict()))
@@ -265,7 +268,7 @@ def micro_batch_candidates(global_batch: int, devices: int = 1) -> list[int]:
     return [m for m in range(devices, global_batch + 1, devices) if global_batch % m == 0]
 
 
-def largest_micro_batch(config: Config, budget_bytes: int, devices: int = 1) -> StepMemory | None:
+def largest_micro_batch(config: Config, budget_bytes: int, devices: int = 1, compile_at=None) -> StepMemory | None:
     """The step memory at the largest micro-batch that fits ``budget_bytes`` per device, keeping the global
     batch (None when even the smallest does not fit); a binary search over ``micro_batch_candidates``
     (memory grows with the micro-batch): about log2(#candidates) compiles."""
@@ -273,7 +276,7 @@ def largest_micro_batch(config: Config, budget_bytes: int, devices: int = 1) -> 
     best, lo, hi = None, 0, len(candidates) - 1
     while lo <= hi:
         mid = (lo + hi) // 2
-        memory = cached_train_step_memory(config, candidates[mid], devices)
+        memory = cached_train_step_memory(config, candidates[mid], devices, compile_at)
         if memory.peak_bytes <= budget_bytes:
             best, lo = memory, mid + 1
         else:
@@ -281,12 +284,13 @@ def largest_micro_batch(config: Config, budget_bytes: int, devices: int = 1) -> 
     return best
 
 
-def fit_to_vram(config: Config, budget_bytes: int, devices: int = 1) -> tuple[Config, StepMemory]:
+def fit_to_vram(config: Config, budget_bytes: int, devices: int = 1, compile_at=None) -> tuple[Config, StepMemory]:
     """``config`` with the largest micro-batch (and the accumulation that keeps its global batch) whose train
-    step fits ``budget_bytes`` per device; a ``ConfigError`` naming the need and the budget when none does."""
-    best = largest_micro_batch(gpu_config(config), budget_bytes, devices)
+    step fits ``budget_bytes`` per device; a ``ConfigError`` naming the need and the budget when none does.
+    ``compile_at``: see ``cached_train_step_memory``."""
+    best = largest_micro_batch(gpu_config(config), budget_bytes, devices, compile_at)
     if best is None:
-        need = cached_train_step_memory(gpu_config(config), devices, devices)
+        need = cached_train_step_memory(gpu_config(config), devices, devices, compile_at)
         raise ConfigError(
             f"{config.name} does not fit: its train step or evaluation needs {need.peak_bytes / GIB:.2f} GB per "
             f"device even at micro-batch {devices} (seq_len {config.data.seq_len}), the budget is "
