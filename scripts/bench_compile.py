@@ -2,11 +2,14 @@
 
 For each config: its train step (optimizer, accumulation, remat, GPU scan backend, as ``hrm.memtest`` compiles
 it) lowered from ``jax.ShapeDtypeStruct`` inputs and compiled, with ``model.scan_layers`` true and false, and
-the scanned step of a 2-layer model of the same width (the target: scanned within 1.5x of it, flat in depth).
+the scanned step of a 2-layer model of the same width (the target: scanned within 1.5x of it, flat in depth),
+and of a "2-unit" model: the scanned unit twice (hybrid_pattern: its repeating unit, "AMAM" of "AM" x 8;
+recursive_ssm: 2 remat segments of 2 blocks), the same nested scans at the smallest depth — "2-layer" is a
+plain unrolled "AM" and one segment for those two families, a different program rather than a shallower one.
 Each compile runs in its own process under ``--timeout`` seconds (an unrolled ``recursive_48x5`` takes minutes on
 a loaded 2-core CPU); a timed-out one prints "> T s".
 
-    python scripts/bench_compile.py [--configs mamba_xxlarge,hybrid_large] [--timeout 600] [--variants scanned,2-layer]
+    python scripts/bench_compile.py [--configs hybrid_large] [--timeout 600] [--variants scanned,2-unit]
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sys
 import time
 
 CONFIGS = ("mamba_xxlarge", "hybrid_large", "hybrid_amam_1b", "recursive_48x5")
-VARIANTS = ("unrolled", "scanned", "2-layer")
+VARIANTS = ("unrolled", "scanned", "2-layer", "2-unit")
 
 
 def two_layers(model):
@@ -30,6 +33,18 @@ def two_layers(model):
     if model.family == "recursive_ssm":
         change["checkpoint_segments"] = min(model.checkpoint_segments, 2)
     return dataclasses.replace(model, **change)
+
+
+def two_units(model):
+    """The scanned structure at its smallest depth: each scan over 2 of its units."""
+    from hrm.models.hybrid import pattern_period
+
+    if model.family == "hybrid_pattern":
+        unit = model.layer_pattern[: pattern_period(model.layer_pattern)]
+        return dataclasses.replace(model, n_layers=2 * len(unit), layer_pattern=unit * 2)
+    if model.family == "recursive_ssm":
+        return dataclasses.replace(model, n_layers=4, checkpoint_segments=2)
+    return two_layers(model)
 
 
 def compile_seconds(name: str, variant: str) -> dict:
@@ -45,6 +60,8 @@ def compile_seconds(name: str, variant: str) -> dict:
     model = dataclasses.replace(config.model, scan_layers=variant != "unrolled")
     if variant == "2-layer":
         model = two_layers(model)
+    if variant == "2-unit":
+        model = two_units(model)
     config = dataclasses.replace(config, model=model)
     t = config.train
     graphdef, state = abstract_train_state(config)

@@ -4,9 +4,10 @@
 import pytest
 
 import hrm
-from hrm import export
+from hrm import export, exported
 from hrm.config import Config, DataConfig, ModelConfig
 from hrm.exported import ExportedDecoder
+from hrm.models import per_layer
 from hrm.training.state import init_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
@@ -38,3 +39,31 @@ def test_exported_decode_reproduces_generate(tmp_path, capsys):
     for settings in (dict(temperature=0.0), dict(temperature=1.0, top_p=0.9, seed=5)):
         want = model.generator.generate_ids(model.params, prompts, 9, **settings)
         assert decoder.generate_ids(prompts, 9, **settings) == want
+
+
+def test_a_scanned_stack_exports_and_decodes_like_generate(tmp_path):
+    """``model.scan_layers`` (the default): "AMAM" scans its "AM" unit, so the exported prefill and decode step
+    carry stacked (batch, layer, ...) Mamba states and KV caches through the scan, and still reproduce
+    ``generate``."""
+    config = Config(
+        model=ModelConfig(
+            family="hybrid_pattern",
+            layer_pattern="AMAM",
+            d_model=32,
+            n_layers=4,
+            d_state=8,
+            n_heads=4,
+            max_cache_len=32,
+            vocab_size=264,
+            scan_layers=True,
+        ),
+        data=DataConfig(tokenizer="byte"),
+    )
+    _, params = init_model(config)
+    export.save_final(config, params, tmp_path / "final")
+    loaded = hrm.load(tmp_path / "final")
+    assert loaded.config.model.scan_layers and not per_layer(loaded.params)
+    exported.export_decoding(loaded, tmp_path / "stablehlo", batch=2, chunk=4)
+    prompts = [[10, 20, 30, 40, 50], [5, 6]]
+    want = loaded.generator.generate_ids(loaded.params, prompts, 6, temperature=0.0)
+    assert ExportedDecoder(tmp_path / "stablehlo").generate_ids(prompts, 6, temperature=0.0) == want
