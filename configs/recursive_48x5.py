@@ -3,7 +3,9 @@
 Documents: no parameter count; ours: 65.6M. 48 Mamba blocks of d 384 (d_state 16) stored once, per-depth
 scale/shift adapters (5 x 2 x 384) and rank-8 adapters (5 x 2 x 384 x 8), and the tied GPT-2 embedding (the source
 uses GPT2TokenizerFast). Remat every 8 blocks (the source's --checkpoint_segments 8). The source trains with batch
-1 x 16 accumulation at lr 3e-4 on sequences of 256, as this config does.
+1 x 16 accumulation at lr 3e-4 on sequences of 256; this config keeps its global batch of 16 rows and lr, in one
+micro-batch of 16 (no accumulation): the largest that fits its 6 GB (``python -m hrm.memtest``,
+docs/BENCHMARKS.md): the same update, computed in one pass instead of 16 sequential ones.
 """
 
 from hrm.config import ModelConfig, documented_size_config
@@ -22,4 +24,4 @@ def get_config():
         checkpoint_segments=8,
         remat="block",
     )
-    return documented_size_config(model, seq_len=256, batch_size=16, accumulation_steps=16)
+    return documented_size_config(model, seq_len=256, batch_size=16, accumulation_steps=1)
