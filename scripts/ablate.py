@@ -184,7 +184,7 @@ def machine() -> str:
     )
 
 
-PLOTS_EXTRA = "pip install 'hrm[plots]' (matplotlib)"
+PLOTS_EXTRA = "pip install 'hrm-mamba[plots]' (matplotlib)"
 
 
 def can_plot() -> bool:

@@ -134,7 +134,7 @@ def test_ablate_without_matplotlib_says_so_first_and_still_writes_the_table(tmp_
     )
     out = capsys.readouterr().out.splitlines()
     assert out[0] == (
-        "note: no loss curves without matplotlib (pip install 'hrm[plots]' (matplotlib)); the results table is "
+        "note: no loss curves without matplotlib (pip install 'hrm-mamba[plots]' (matplotlib)); the results table is "
         "still written"
     )  # before the first run starts
     assert out[1].startswith("== ablate_mamba")
