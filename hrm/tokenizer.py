@@ -93,7 +93,9 @@ class TokenizersEncoding:
         try:
             import tokenizers
         except ImportError:
-            raise TokenizerError(f"tokenizer '{path}' needs the tokenizers package: pip install 'hrm-mamba[hf]'") from None
+            raise TokenizerError(
+                f"tokenizer '{path}' needs the tokenizers package: pip install 'hrm-mamba[hf]'"
+            ) from None
         try:
             self.tokenizer = tokenizers.Tokenizer.from_file(path)
         except Exception as error:
