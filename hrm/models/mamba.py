@@ -65,9 +65,8 @@ class Mamba(nnx.Module):
             out_init = nnx.initializers.variance_scaling(1 / (3 * cfg.n_layers), "fan_in", "uniform")
         self.in_proj = linear(d, 2 * di, use_bias=cfg.bias, kernel_init=torch_default_init)
         self.conv_kernel = nnx.Param(_uniform(-(k**-0.5), k**-0.5)(rngs.params(), (k, di)))
-        self.conv_bias = nnx.Param(
-            _uniform(-(k**-0.5), k**-0.5)(rngs.params(), (di,)) if cfg.conv_bias else jnp.zeros((di,))
-        )
+        if cfg.conv_bias:  # absent when off (mamba-ssm's ``conv_bias`` flag: nn.Conv1d(bias=False))
+            self.conv_bias = nnx.Param(_uniform(-(k**-0.5), k**-0.5)(rngs.params(), (di,)))
         self.x_proj = linear(di, r + 2 * n, use_bias=False, kernel_init=torch_default_init)
         self.dt_proj = linear(
             r, di, use_bias=True, kernel_init=_uniform(-(r**-0.5), r**-0.5), bias_init=_dt_bias_init(cfg)
@@ -119,7 +118,9 @@ class Mamba(nnx.Module):
                 * (padded[:, i : i + length] == segment_ids)[..., None].astype(xs.dtype)
                 for i in range(k)
             )
-        xc = checkpoint_name(jax.nn.silu(xc + self.conv_bias[...].astype(xs.dtype)), "conv_out")
+        if self.cfg.conv_bias:
+            xc = xc + self.conv_bias[...].astype(xs.dtype)
+        xc = checkpoint_name(jax.nn.silu(xc), "conv_out")
         real = None if lengths is None else real_positions(lengths, length)[..., None]
         if real is None:
             new_conv = window[:, window.shape[1] - (k - 1) :]
