@@ -40,6 +40,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from hrm.config import ModelConfig
 from hrm.models.mamba import torch_default_init
+from hrm.models.params import linear, no_decay
 from hrm.models.segments import last_real, positions_in_segment
 
 NEG_INF = -1e30
@@ -324,15 +325,13 @@ class MultiScaleAttention(nnx.Module):
         self.head_dim = cfg.d_model // cfg.n_heads
         self.block_size = block_size
         dtype = jnp.dtype(cfg.dtype)
-        linear = lambda init: nnx.Linear(
-            cfg.d_model, cfg.d_model, use_bias=False, dtype=dtype, kernel_init=init, rngs=rngs
-        )
-        self.q_proj = linear(torch_default_init)
-        self.k_proj = linear(torch_default_init)
-        self.v_proj = linear(torch_default_init)
-        self.out_proj = linear(out_init(cfg))
+        dense = lambda init: linear(cfg.d_model, cfg.d_model, use_bias=False, dtype=dtype, kernel_init=init, rngs=rngs)
+        self.q_proj = dense(torch_default_init)
+        self.k_proj = dense(torch_default_init)
+        self.v_proj = dense(torch_default_init)
+        self.out_proj = dense(out_init(cfg))
         if len(self.scales) > 1:
-            self.scale_logits = nnx.Param(jnp.zeros((len(self.scales),), jnp.float32))
+            self.scale_logits = no_decay(jnp.zeros((len(self.scales),), jnp.float32))
 
     def init_cache(self, batch: int, length: int | None = None) -> KVCache:
         """An empty cache of ``length`` positions (default ``model.max_cache_len``)."""
@@ -436,8 +435,8 @@ class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.dtype)
         hidden = cfg.mlp_ratio * cfg.d_model
-        self.fc1 = nnx.Linear(cfg.d_model, hidden, dtype=dtype, kernel_init=torch_default_init, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, cfg.d_model, dtype=dtype, kernel_init=out_init(cfg), rngs=rngs)
+        self.fc1 = linear(cfg.d_model, hidden, dtype=dtype, kernel_init=torch_default_init, rngs=rngs)
+        self.fc2 = linear(hidden, cfg.d_model, dtype=dtype, kernel_init=out_init(cfg), rngs=rngs)
 
     def init_cache(self, batch: int):
         return None

@@ -28,6 +28,7 @@ from hrm.models.lm import (
     take_layer,
 )
 from hrm.models.mamba import Mamba
+from hrm.models.params import linear, no_decay, rms_norm
 from hrm.models.segments import document_starts, real_positions
 
 
@@ -86,10 +87,8 @@ class RecursiveProcessor(nnx.Module):
         self.cfg = cfg
         dtype = jnp.dtype(cfg.dtype)
         self.depth = cfg.max_recursion_depth
-        self.gate_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
-        self.gate = nnx.Linear(
-            cfg.d_model, self.depth, dtype=jnp.float32, kernel_init=nnx.initializers.zeros, rngs=rngs
-        )
+        self.gate_norm = rms_norm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
+        self.gate = linear(cfg.d_model, self.depth, dtype=jnp.float32, kernel_init=nnx.initializers.zeros, rngs=rngs)
         self.transform = ResidualBlock(cfg, MLP(cfg, rngs=rngs), rngs=rngs)  # norm → MLP (residual unused)
 
     def init_cache(self, batch: int):
@@ -154,8 +153,8 @@ class DepthAdapters(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         depth, d, r = cfg.recurrent_depth, cfg.d_model, cfg.adapter_rank
-        self.scale = nnx.Param(jnp.zeros((depth, d), jnp.float32))
-        self.shift = nnx.Param(jnp.zeros((depth, d), jnp.float32))
+        self.scale = no_decay(jnp.zeros((depth, d), jnp.float32))
+        self.shift = no_decay(jnp.zeros((depth, d), jnp.float32))
         if r:
             self.lora_a = nnx.Param(jax.random.normal(rngs.params(), (depth, d, r)) * d**-0.5)
             self.lora_b = nnx.Param(jnp.zeros((depth, r, d), jnp.float32))
