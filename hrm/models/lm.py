@@ -54,10 +54,6 @@ def collect_sown():
         _collectors.pop()
 
 
-def collecting() -> bool:
-    return bool(_collectors)
-
-
 def record_probe(module: nnx.Module, name: str, value: jax.Array) -> None:
     """Sow ``value`` for the activation probe's ``nnx.capture``; nothing outside a capture (flax's
     ``Module.sow`` would otherwise keep it on the module, flax/nnx/module.py ``sow``)."""

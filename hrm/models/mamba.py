@@ -17,11 +17,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from hrm import kernels
 from hrm.config import ModelConfig
-from hrm.models.params import linear, no_decay
+from hrm.models.params import linear, no_decay, out_init, torch_default_init
 from hrm.models.segments import document_starts, last_real, real_positions
-
-# PyTorch's default Linear/Conv init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-torch_default_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 class MambaCache(NamedTuple):
@@ -61,9 +58,6 @@ class Mamba(nnx.Module):
         self.cfg = cfg
         dtype = jnp.dtype(cfg.dtype)
         dense = lambda i, o, **kw: linear(i, o, dtype=dtype, rngs=rngs, **kw)
-        out_init = torch_default_init
-        if cfg.rescale_prenorm_residual:
-            out_init = nnx.initializers.variance_scaling(1 / (3 * cfg.n_layers), "fan_in", "uniform")
         self.in_proj = dense(d, 2 * di, use_bias=cfg.bias, kernel_init=torch_default_init)
         self.conv_kernel = nnx.Param(_uniform(-(k**-0.5), k**-0.5)(rngs.params(), (k, di)))
         if cfg.conv_bias:  # absent when off (mamba-ssm's ``conv_bias`` flag: nn.Conv1d(bias=False))
@@ -74,7 +68,7 @@ class Mamba(nnx.Module):
         )
         self.A_log = no_decay(jnp.log(jnp.broadcast_to(jnp.arange(1, n + 1, dtype=jnp.float32), (di, n))))
         self.D = no_decay(jnp.ones((di,), jnp.float32))
-        self.out_proj = dense(di, d, use_bias=cfg.bias, kernel_init=out_init)
+        self.out_proj = dense(di, d, use_bias=cfg.bias, kernel_init=out_init(cfg))
 
     def init_cache(self, batch: int) -> MambaCache:
         di, dtype = d_inner(self.cfg), jnp.dtype(self.cfg.dtype)

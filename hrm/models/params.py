@@ -1,4 +1,4 @@
-"""How parameters are made: the weight-decay mark.
+"""How parameters are made: the initialisers the layers share and the weight-decay mark.
 
 A parameter that must not be decayed carries ``weight_decay=False`` in its ``nnx.Param`` metadata from the
 moment it is created; the optimizer's mask reads the marks (``decays``), never names or shapes. Unmarked
@@ -18,6 +18,21 @@ from __future__ import annotations
 
 import jax
 from flax import nnx
+
+from hrm.config import ModelConfig
+
+# PyTorch's default Linear/Conv init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_default_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def out_init(cfg: ModelConfig):
+    """The init of a projection that writes into the residual stream (Mamba's out_proj, attention's, the MLP's
+    last): ``torch_default_init`` scaled by 1/sqrt(n_layers) with ``rescale_prenorm_residual`` (GPT-2's
+    rescaled residual init, as state-spaces/mamba), so the stream's variance does not grow with depth."""
+    if cfg.rescale_prenorm_residual:
+        return nnx.initializers.variance_scaling(1 / (3 * cfg.n_layers), "fan_in", "uniform")
+    return torch_default_init
+
 
 NO_DECAY = {"weight_decay": False}
 
