@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from hrm.errors import UserError
-from hrm.models.attention import KVCache, resize_kv_caches
+from hrm.models.attention import kv_caches, resize_kv_caches
 
 MAX_CHUNK = 1024  # the longest prefill chunk (longer prompts are several chunks)
 MIN_CACHE = 64  # the smallest KV buffer allocated
@@ -316,9 +316,7 @@ class Generator:
             model = nnx.merge(self.graphdef, params)
             self._cfg = model.cfg
             cache = jax.eval_shape(lambda: model.init_cache(1))
-            self._has_kv = any(
-                isinstance(x, KVCache) for x in jax.tree.leaves(cache, is_leaf=lambda x: isinstance(x, KVCache))
-            )
+            self._has_kv = bool(kv_caches(cache))
 
     def context_limit(self, params) -> int | None:
         """The most positions (prompt + new tokens) a row may reach: ``model.max_cache_len`` for models with
@@ -495,5 +493,5 @@ class Generator:
 
 def kv_positions(state: DecodeState) -> int:
     """Positions a (one-row) state has consumed, read from its KV cache (0 for a pure SSM's state)."""
-    kvs = [x for x in jax.tree.leaves(state.cache, is_leaf=lambda x: isinstance(x, KVCache)) if isinstance(x, KVCache)]
+    kvs = kv_caches(state.cache)
     return int(jnp.max(kvs[0].pos)) if kvs else 0

@@ -49,7 +49,6 @@ def tensor_map(cfg: ModelConfig, embedding: str) -> list[tuple[str, tuple, tuple
     mixer = {
         "in_proj.weight": (("in_proj", "kernel"), _linear),
         "conv1d.weight": (("conv_kernel",), _conv),
-        "conv1d.bias": (("conv_bias",), _same),
         "x_proj.weight": (("x_proj", "kernel"), _linear),
         "dt_proj.weight": (("dt_proj", "kernel"), _linear),
         "dt_proj.bias": (("dt_proj", "bias"), _same),
@@ -57,6 +56,8 @@ def tensor_map(cfg: ModelConfig, embedding: str) -> list[tuple[str, tuple, tuple
         "D": (("D",), _same),
         "out_proj.weight": (("out_proj", "kernel"), _linear),
     }
+    if cfg.conv_bias:
+        mixer["conv1d.bias"] = (("conv_bias",), _same)
     if cfg.bias:
         mixer |= {"in_proj.bias": (("in_proj", "bias"), _same), "out_proj.bias": (("out_proj", "bias"), _same)}
     for i in range(cfg.n_layers):
@@ -134,13 +135,10 @@ def params_from_tensors(cfg: ModelConfig, tensors: dict, embedding: str, path: P
     params, unused = {}, set(tensors) - ({"lm_head.weight"} if cfg.tie_embeddings else set())
     for name, hrm_path, (to_hrm, _) in tensor_map(cfg, embedding):
         target = _get(expected, hrm_path)
-        if name not in tensors and name.endswith("conv1d.bias"):  # use_conv_bias=False: a zero bias
-            value = np.zeros(target.shape, np.float32)
-        elif name not in tensors:
+        if name not in tensors:
             raise CheckpointError(f"'{path}' lacks tensor {name}; is it a complete Mamba v1 checkpoint?")
-        else:
-            value = to_hrm(tensors[name])
-            unused.discard(name)
+        value = to_hrm(tensors[name])
+        unused.discard(name)
         if value.shape != target.shape:
             raise CheckpointError(
                 f"tensor {name} in '{path}' has shape {tensors[name].shape}, inconsistent with "
@@ -265,20 +263,14 @@ def save_transformers(cfg: ModelConfig, params: dict, out: str | Path, eos_id: i
     """Write ``out/config.json`` and ``out/model.safetensors`` (float32) that ``MambaForCausalLM`` loads.
 
     A vocabulary hrm padded past the tokenizer's ids (``model.token_vocab_size``) goes out with the tokenizer's
-    rows only: transformers cannot mask padded logits, and those rows carry nothing (never read, no probability).
-
-    hrm keeps a conv bias parameter even with ``conv_bias=False`` (zeros at init); one that training moved off
-    zero is written, with ``use_conv_bias`` on, so the exported model computes what the run does."""
+    rows only: transformers cannot mask padded logits, and those rows carry nothing (never read, no probability)."""
     if cfg.scan_layers:
         params = unstack_layer_params(params)
-    moved = any(np.any(np.asarray(layer["mixer"]["conv_bias"])) for layer in params["layers"].values())
-    cfg = dataclasses.replace(cfg, conv_bias=cfg.conv_bias or moved)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {
         name: np.ascontiguousarray(to_torch(np.asarray(_get(params, hrm_path), np.float32)))
         for name, hrm_path, (_, to_torch) in tensor_map(cfg, EMBEDDING["transformers"])
-        if cfg.conv_bias or not name.endswith("conv1d.bias")
     }
     if 0 < cfg.token_vocab_size < cfg.vocab_size:  # rows padded for the head's matmul tiles: never a token
         for name in (EMBEDDING["transformers"], "lm_head.weight"):

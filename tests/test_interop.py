@@ -197,7 +197,7 @@ def test_convert_fine_tune_export_round_trip(tmp_path):
     export.main(["--checkpoint", str(tmp_path / "ft"), "--format", "hf", str(tmp_path / "hf")])
     exported = hrm.load(tmp_path / "hf")
     assert params_equal(exported.params, tuned.params), "hrm → transformers → hrm is lossless"
-    assert exported.config.model.conv_bias, "the conv bias fine-tuning moved off zero is exported"
+    assert not exported.config.model.conv_bias, "use_conv_bias=False stays off: there is no conv bias to train"
     assert exported.tokenizer.encode("hello mamba") == tuned.tokenizer.encode("hello mamba")
     back = transformers.MambaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert_close(tuned.logits(TOKENS), torch_logits(back))

@@ -39,7 +39,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from hrm.config import ModelConfig
-from hrm.models.mamba import torch_default_init
+from hrm.models.params import linear, no_decay, out_init, torch_default_init
 from hrm.models.segments import last_real, positions_in_segment
 
 NEG_INF = -1e30
@@ -59,6 +59,20 @@ def kv_slots(length: int, s: int) -> int:
     return -(-length // s)
 
 
+def _is_kv(x) -> bool:
+    return isinstance(x, KVCache)
+
+
+def kv_caches(cache) -> list[KVCache]:
+    """The KVCaches in a model's decode cache tree, in tree order; none for a pure SSM's cache."""
+    return [x for x in jax.tree.leaves(cache, is_leaf=_is_kv) if _is_kv(x)]
+
+
+def map_kv_caches(fn, cache):
+    """``cache`` (a model's decode cache tree) with ``fn`` applied to each of its KVCaches; the rest as it is."""
+    return jax.tree.map(lambda x: fn(x) if _is_kv(x) else x, cache, is_leaf=_is_kv)
+
+
 def resize_kv_caches(cache, length: int):
     """``cache`` (any model's decode cache) with every KVCache's buffers grown (or cut) to ``length``
     positions; slots past a row's position are never read, so growing leaves every result unchanged."""
@@ -71,8 +85,7 @@ def resize_kv_caches(cache, length: int):
             out[s] = jnp.pad(buffer[..., :slots, :, :], pad)
         return out
 
-    resize = lambda kv: kv._replace(keys=fit(kv.keys), values=fit(kv.values)) if isinstance(kv, KVCache) else kv
-    return jax.tree.map(resize, cache, is_leaf=lambda x: isinstance(x, KVCache))
+    return map_kv_caches(lambda kv: kv._replace(keys=fit(kv.keys), values=fit(kv.values)), cache)
 
 
 def park_rows(cache, idle):
@@ -80,13 +93,12 @@ def park_rows(cache, idle):
     reads keys up to its furthest row (``cached_attention``), so a free serving slot that kept counting would
     make every row read the whole buffer. A parked row's keys and values are garbage until it is replaced."""
     rows = lambda pos: idle.reshape(idle.shape + (1,) * (pos.ndim - 1))  # pos (batch,) or (batch, layer)
-    park = lambda kv: kv._replace(pos=jnp.where(rows(kv.pos), 0, kv.pos)) if isinstance(kv, KVCache) else kv
-    return jax.tree.map(park, cache, is_leaf=lambda x: isinstance(x, KVCache))
+    return map_kv_caches(lambda kv: kv._replace(pos=jnp.where(rows(kv.pos), 0, kv.pos)), cache)
 
 
 def kv_cache_length(cache) -> int | None:
     """The positions the KV buffers of a model's decode cache hold; None for a cache without attention."""
-    kvs = [x for x in jax.tree.leaves(cache, is_leaf=lambda x: isinstance(x, KVCache)) if isinstance(x, KVCache)]
+    kvs = kv_caches(cache)
     return min(buffer.shape[-3] * s for s, buffer in kvs[0].keys.items()) if kvs else None
 
 
@@ -98,13 +110,6 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
-
-
-def out_init(cfg: ModelConfig):
-    """Output projections start small with depth, as Mamba's out_proj (GPT-2's rescaled residual init)."""
-    if cfg.rescale_prenorm_residual:
-        return nnx.initializers.variance_scaling(1 / (3 * cfg.n_layers), "fan_in", "uniform")
-    return torch_default_init
 
 
 def pool_windows(keys: jax.Array, values: jax.Array, segment_ids: jax.Array, s: int):
@@ -141,6 +146,31 @@ def _block_scores(q, k, q_pos, k_pos, q_seg, k_seg):
     return logits, mask[:, None]
 
 
+def _online_softmax_init(b: int, h: int, l: int, d: int):
+    """The running (max, sum, weighted values) of ``l`` queries before any key: fp32 (b, h, l[, d])."""
+    return (
+        jnp.full((b, h, l), NEG_INF, jnp.float32),
+        jnp.zeros((b, h, l), jnp.float32),
+        jnp.zeros((b, h, l, d), jnp.float32),
+    )
+
+
+def _online_softmax_update(carry, logits, mask, v_j):
+    """The online softmax's step over one key block (FlashAttention): fold the block's masked ``logits``
+    (b, h, l, bk) and values ``v_j`` (b, bk, h, d) into the running max, sum and weighted values."""
+    m, total, acc = carry
+    m_new = jnp.maximum(m, jnp.max(jnp.where(mask, logits, NEG_INF), axis=-1))
+    p = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
+    rescale = jnp.exp(m - m_new)
+    pv = jnp.einsum("bhqk,bkhd->bhqd", p.astype(v_j.dtype), v_j, preferred_element_type=jnp.float32)
+    return m_new, total * rescale + p.sum(-1), acc * rescale[..., None] + pv
+
+
+def _online_softmax_output(total, acc):
+    """The attention output (b, h, l, d) fp32 from the running sum and weighted values (0 where no key was seen)."""
+    return acc / jnp.where(total > 0, total, 1.0)[..., None]
+
+
 def _overlaps(q_pos, k_pos):
     """Whether any query of the block may see any key of the block; a block pair without one is skipped."""
     return jnp.min(k_pos) <= jnp.max(q_pos)
@@ -158,24 +188,14 @@ def _attend_query_block(q, q_pos, q_seg, k, v, k_pos, k_seg):
         k_j, v_j, k_pos_j, k_seg_j = block
 
         def attend(carry):
-            m, total, acc = carry
             logits, mask = _block_scores(q, k_j, q_pos, k_pos_j, q_seg, k_seg_j)
-            m_new = jnp.maximum(m, jnp.max(jnp.where(mask, logits, NEG_INF), axis=-1))
-            p = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
-            rescale = jnp.exp(m - m_new)
-            pv = jnp.einsum("bhqk,bkhd->bhqd", p.astype(v_j.dtype), v_j, preferred_element_type=jnp.float32)
-            return m_new, total * rescale + p.sum(-1), acc * rescale[..., None] + pv
+            return _online_softmax_update(carry, logits, mask, v_j)
 
         return jax.lax.cond(_overlaps(q_pos, k_pos_j), attend, lambda c: c, carry), None
 
-    init = (
-        jnp.full((b, h, bq), NEG_INF, jnp.float32),
-        jnp.zeros((b, h, bq), jnp.float32),
-        jnp.zeros((b, h, bq, d), jnp.float32),
-    )
-    (m, total, acc), _ = jax.lax.scan(step, init, (k, v, k_pos, k_seg))
+    (m, total, acc), _ = jax.lax.scan(step, _online_softmax_init(b, h, bq, d), (k, v, k_pos, k_seg))
     seen = total > 0
-    out = acc / jnp.where(seen, total, 1.0)[..., None]
+    out = _online_softmax_output(total, acc)
     lse = jnp.where(seen, m + jnp.log(jnp.where(seen, total, 1.0)), 0.0)
     return jnp.swapaxes(out, 1, 2).astype(v.dtype), lse
 
@@ -286,24 +306,15 @@ def cached_attention(q, k, v, q_pos, s: int, block_k: int) -> jax.Array:
         return (i < n // block) & ((i * block + 1) * s - 1 <= last)
 
     def attend(carry):
-        i, m, total, acc = carry
+        i, *softmax = carry
         k_j = jax.lax.dynamic_slice_in_dim(k, i * block, block, axis=1)
         v_j = jax.lax.dynamic_slice_in_dim(v, i * block, block, axis=1)
         logits, mask = _block_scores(q, k_j, q_pos, block_positions(i), zeros_q, zeros_k)
-        m_new = jnp.maximum(m, jnp.max(jnp.where(mask, logits, NEG_INF), axis=-1))
-        p = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
-        rescale = jnp.exp(m - m_new)
-        pv = jnp.einsum("bhqk,bkhd->bhqd", p.astype(v_j.dtype), v_j, preferred_element_type=jnp.float32)
-        return i + 1, m_new, total * rescale + p.sum(-1), acc * rescale[..., None] + pv
+        return i + 1, *_online_softmax_update(softmax, logits, mask, v_j)
 
-    init = (
-        jnp.zeros((), jnp.int32),
-        jnp.full((b, h, l), NEG_INF, jnp.float32),
-        jnp.zeros((b, h, l), jnp.float32),
-        jnp.zeros((b, h, l, d), jnp.float32),
-    )
+    init = (jnp.zeros((), jnp.int32), *_online_softmax_init(b, h, l, d))
     _, _, total, acc = jax.lax.while_loop(more, attend, init)
-    out = acc / jnp.where(total > 0, total, 1.0)[..., None]
+    out = _online_softmax_output(total, acc)
     return jnp.swapaxes(out, 1, 2).astype(v.dtype)
 
 
@@ -324,15 +335,13 @@ class MultiScaleAttention(nnx.Module):
         self.head_dim = cfg.d_model // cfg.n_heads
         self.block_size = block_size
         dtype = jnp.dtype(cfg.dtype)
-        linear = lambda init: nnx.Linear(
-            cfg.d_model, cfg.d_model, use_bias=False, dtype=dtype, kernel_init=init, rngs=rngs
-        )
-        self.q_proj = linear(torch_default_init)
-        self.k_proj = linear(torch_default_init)
-        self.v_proj = linear(torch_default_init)
-        self.out_proj = linear(out_init(cfg))
+        dense = lambda init: linear(cfg.d_model, cfg.d_model, use_bias=False, dtype=dtype, kernel_init=init, rngs=rngs)
+        self.q_proj = dense(torch_default_init)
+        self.k_proj = dense(torch_default_init)
+        self.v_proj = dense(torch_default_init)
+        self.out_proj = dense(out_init(cfg))
         if len(self.scales) > 1:
-            self.scale_logits = nnx.Param(jnp.zeros((len(self.scales),), jnp.float32))
+            self.scale_logits = no_decay(jnp.zeros((len(self.scales),), jnp.float32))
 
     def init_cache(self, batch: int, length: int | None = None) -> KVCache:
         """An empty cache of ``length`` positions (default ``model.max_cache_len``)."""
@@ -436,8 +445,8 @@ class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.dtype)
         hidden = cfg.mlp_ratio * cfg.d_model
-        self.fc1 = nnx.Linear(cfg.d_model, hidden, dtype=dtype, kernel_init=torch_default_init, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, cfg.d_model, dtype=dtype, kernel_init=out_init(cfg), rngs=rngs)
+        self.fc1 = linear(cfg.d_model, hidden, dtype=dtype, kernel_init=torch_default_init, rngs=rngs)
+        self.fc2 = linear(hidden, cfg.d_model, dtype=dtype, kernel_init=out_init(cfg), rngs=rngs)
 
     def init_cache(self, batch: int):
         return None

@@ -13,6 +13,7 @@ from hrm.models.attention import MLP, MultiScaleAttention
 from hrm.models.dropout import dropout
 from hrm.models.lm import ForwardApplications, LanguageModel, ResidualBlock, record_probe, residual_dtype, rms, unit_key
 from hrm.models.mamba import Mamba
+from hrm.models.params import linear, no_decay, rms_norm
 from hrm.models.recursive import RecursiveProcessor
 
 
@@ -26,15 +27,15 @@ class HybridRecursiveLayer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.dtype)
-        norm = lambda: nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
+        norm = lambda: rms_norm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
         self.norm = norm()
         self.mamba = Mamba(cfg, rngs=rngs)
         self.recursive = RecursiveProcessor(cfg, rngs=rngs)
         self.attn_norm = norm()
         self.attention = MultiScaleAttention(cfg, cfg.attention_scales, rngs=rngs)
-        self.fuse = nnx.Linear(2 * cfg.d_model, cfg.d_model, use_bias=False, dtype=dtype, rngs=rngs)
+        self.fuse = linear(2 * cfg.d_model, cfg.d_model, use_bias=False, dtype=dtype, rngs=rngs)
         self.fuse_norm = norm()
-        self.alpha = nnx.Param(jnp.full((), 0.1, jnp.float32))
+        self.alpha = no_decay(jnp.full((), 0.1, jnp.float32))
         self.residual_dtype = residual_dtype(cfg)
         self.dropout = cfg.dropout
 

@@ -14,6 +14,7 @@ from jax.ad_checkpoint import checkpoint_name
 from hrm.config import ModelConfig
 from hrm.models.dropout import dropout, fold_in_dropout_key
 from hrm.models.mamba import Mamba
+from hrm.models.params import linear, rms_norm
 
 # Values the layers tag with ``checkpoint_name`` (MaxText's practice): the named remat policies keep these and
 # recompute the rest. "conv_out" and "dt" are the Mamba conv output and Δ before softplus: cheap elementwise work
@@ -51,10 +52,6 @@ def collect_sown():
         yield out
     finally:
         _collectors.pop()
-
-
-def collecting() -> bool:
-    return bool(_collectors)
 
 
 def record_probe(module: nnx.Module, name: str, value: jax.Array) -> None:
@@ -151,7 +148,7 @@ class ResidualBlock(nnx.Module):
     """x + dropout(mixer(RMSNorm(x))); the residual stream stays float32 when ``residual_in_fp32``."""
 
     def __init__(self, cfg: ModelConfig, mixer: nnx.Module, *, rngs: nnx.Rngs):
-        self.norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+        self.norm = rms_norm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
         self.mixer = mixer
         self.residual_dtype = residual_dtype(cfg)
         self.dropout = cfg.dropout
@@ -222,9 +219,9 @@ class LanguageModel(nnx.Module):
             layers = self.group(layers, size)
         self.layers = stack_modules(layers) if self.scanned else nnx.List(layers)
         self.n_stacked = len(layers)
-        self.norm_f = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.float32, rngs=rngs)
+        self.norm_f = rms_norm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.float32, rngs=rngs)
         if not cfg.tie_embeddings:
-            self.lm_head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=jnp.float32, rngs=rngs)
+            self.lm_head = linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=jnp.float32, rngs=rngs)
 
     def init_cache(self, batch: int):
         """One cache per layer; a scanned stack's are stacked batch-first, (batch, layer, ...), so the caches of

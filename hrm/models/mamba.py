@@ -17,10 +17,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from hrm import kernels
 from hrm.config import ModelConfig
+from hrm.models.params import linear, no_decay, out_init, torch_default_init
 from hrm.models.segments import document_starts, last_real, real_positions
-
-# PyTorch's default Linear/Conv init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-torch_default_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 class MambaCache(NamedTuple):
@@ -59,22 +57,18 @@ class Mamba(nnx.Module):
         d, di, n, k, r = cfg.d_model, d_inner(cfg), cfg.d_state, cfg.d_conv, dt_rank(cfg)
         self.cfg = cfg
         dtype = jnp.dtype(cfg.dtype)
-        linear = lambda i, o, **kw: nnx.Linear(i, o, dtype=dtype, rngs=rngs, **kw)
-        out_init = torch_default_init
-        if cfg.rescale_prenorm_residual:
-            out_init = nnx.initializers.variance_scaling(1 / (3 * cfg.n_layers), "fan_in", "uniform")
-        self.in_proj = linear(d, 2 * di, use_bias=cfg.bias, kernel_init=torch_default_init)
+        dense = lambda i, o, **kw: linear(i, o, dtype=dtype, rngs=rngs, **kw)
+        self.in_proj = dense(d, 2 * di, use_bias=cfg.bias, kernel_init=torch_default_init)
         self.conv_kernel = nnx.Param(_uniform(-(k**-0.5), k**-0.5)(rngs.params(), (k, di)))
-        self.conv_bias = nnx.Param(
-            _uniform(-(k**-0.5), k**-0.5)(rngs.params(), (di,)) if cfg.conv_bias else jnp.zeros((di,))
-        )
-        self.x_proj = linear(di, r + 2 * n, use_bias=False, kernel_init=torch_default_init)
-        self.dt_proj = linear(
+        if cfg.conv_bias:  # absent when off (mamba-ssm's ``conv_bias`` flag: nn.Conv1d(bias=False))
+            self.conv_bias = no_decay(_uniform(-(k**-0.5), k**-0.5)(rngs.params(), (di,)))
+        self.x_proj = dense(di, r + 2 * n, use_bias=False, kernel_init=torch_default_init)
+        self.dt_proj = dense(
             r, di, use_bias=True, kernel_init=_uniform(-(r**-0.5), r**-0.5), bias_init=_dt_bias_init(cfg)
         )
-        self.A_log = nnx.Param(jnp.log(jnp.broadcast_to(jnp.arange(1, n + 1, dtype=jnp.float32), (di, n))))
-        self.D = nnx.Param(jnp.ones((di,), jnp.float32))
-        self.out_proj = linear(di, d, use_bias=cfg.bias, kernel_init=out_init)
+        self.A_log = no_decay(jnp.log(jnp.broadcast_to(jnp.arange(1, n + 1, dtype=jnp.float32), (di, n))))
+        self.D = no_decay(jnp.ones((di,), jnp.float32))
+        self.out_proj = dense(di, d, use_bias=cfg.bias, kernel_init=out_init(cfg))
 
     def init_cache(self, batch: int) -> MambaCache:
         di, dtype = d_inner(self.cfg), jnp.dtype(self.cfg.dtype)
@@ -119,7 +113,9 @@ class Mamba(nnx.Module):
                 * (padded[:, i : i + length] == segment_ids)[..., None].astype(xs.dtype)
                 for i in range(k)
             )
-        xc = checkpoint_name(jax.nn.silu(xc + self.conv_bias[...].astype(xs.dtype)), "conv_out")
+        if self.cfg.conv_bias:
+            xc = xc + self.conv_bias[...].astype(xs.dtype)
+        xc = checkpoint_name(jax.nn.silu(xc), "conv_out")
         real = None if lengths is None else real_positions(lengths, length)[..., None]
         if real is None:
             new_conv = window[:, window.shape[1] - (k - 1) :]

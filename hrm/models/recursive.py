@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,6 @@ from hrm.models.lm import (
     LanguageModel,
     ResidualBlock,
     checkpointed,
-    collecting,
     put_layer,
     record_probe,
     rematerialised,
@@ -28,6 +26,7 @@ from hrm.models.lm import (
     take_layer,
 )
 from hrm.models.mamba import Mamba
+from hrm.models.params import linear, no_decay, rms_norm
 from hrm.models.segments import document_starts, real_positions
 
 
@@ -64,6 +63,18 @@ def segment_prefix_mean(u: jax.Array, carry, segment_ids, lengths=None):
     return means, (sums[:, -1, :d], sums[:, -1, d])
 
 
+class Transform(nnx.Module):
+    """``T(x) = MLP(RMSNorm(x))``, the recursive processor's shared transform. The attributes keep the names of
+    the residual block it was built as before (``norm``, ``mixer``), so saved runs load unchanged."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.mixer = MLP(cfg, rngs=rngs)
+        self.norm = rms_norm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+
+    def __call__(self, x):
+        return self.mixer(self.norm(x))[0]
+
+
 class RecursiveProcessor(nnx.Module):
     """One shared transform applied ``max_recursion_depth`` times, weighted by a learned depth gate.
 
@@ -86,11 +97,9 @@ class RecursiveProcessor(nnx.Module):
         self.cfg = cfg
         dtype = jnp.dtype(cfg.dtype)
         self.depth = cfg.max_recursion_depth
-        self.gate_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
-        self.gate = nnx.Linear(
-            cfg.d_model, self.depth, dtype=jnp.float32, kernel_init=nnx.initializers.zeros, rngs=rngs
-        )
-        self.transform = ResidualBlock(cfg, MLP(cfg, rngs=rngs), rngs=rngs)  # norm → MLP (residual unused)
+        self.gate_norm = rms_norm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
+        self.gate = linear(cfg.d_model, self.depth, dtype=jnp.float32, kernel_init=nnx.initializers.zeros, rngs=rngs)
+        self.transform = Transform(cfg, rngs=rngs)
 
     def init_cache(self, batch: int):
         return (jnp.zeros((batch, self.cfg.d_model), jnp.float32), jnp.zeros((batch,), jnp.float32))
@@ -108,10 +117,9 @@ class RecursiveProcessor(nnx.Module):
     def __call__(self, u, cache=None, segment_ids=None, lengths=None):
         w, cache = self.gate_weights(u, cache, segment_ids, lengths)  # (b, l, depth)
         state = jnp.zeros(u.shape, jnp.float32)
-        transform = self.transform.mixer
         state_rms = []
         for k in range(self.depth):
-            out, _ = transform(self.transform.norm(state.astype(u.dtype) + u))
+            out = self.transform(state.astype(u.dtype) + u)
             state = state + w[..., k : k + 1] * dropout(out, self.cfg.dropout).astype(jnp.float32)
             state_rms.append(rms(state))
         if cache is None:  # a full forward (training, evaluation); decoding steps record nothing
@@ -120,30 +128,16 @@ class RecursiveProcessor(nnx.Module):
         return (u.astype(jnp.float32) + state).astype(u.dtype), cache
 
     def _record_gate(self, w):
-        sow = (lambda name, value: record_probe(self, name, value)) if collecting() else self._sow
         prior = depth_prior(self.depth, self.cfg.ponder_prior)
         log_w = jnp.log(jnp.maximum(w, 1e-9))
         entropy = -jnp.sum(w * log_w, axis=-1)
         kl = jnp.sum(w * (log_w - jnp.log(prior)), axis=-1)
         if self.cfg.gate_reg_weight:
-            sow("aux_loss", self.cfg.gate_reg_weight * jnp.mean(kl))
-        sow("metric_gate_entropy", jnp.mean(entropy))
+            record_probe(self, "aux_loss", self.cfg.gate_reg_weight * jnp.mean(kl))
+        record_probe(self, "metric_gate_entropy", jnp.mean(entropy))
         mean_w = jnp.mean(w, axis=(0, 1))
         for k in range(self.depth):
-            sow(f"metric_gate_depth_{k + 1}", mean_w[k])
-
-    def _sow(self, name, value):
-        self.sow(nnx.Intermediate, name, value)
-
-    def sow(self, *args, **kwargs):
-        """``nnx.Module.sow``, quietly. Training collects these values with ``nnx.capture``
-        (``hrm.training.state``); other forwards (generation, ``hrm.load``'s logits) discard them, and flax 0.12
-        would warn about every such sow."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=r"Using 'Module.sow\(\)' outside of 'nnx.capture\(\)'", category=DeprecationWarning
-            )
-            super().sow(*args, **kwargs)
+            record_probe(self, f"metric_gate_depth_{k + 1}", mean_w[k])
 
 
 class DepthAdapters(nnx.Module):
@@ -154,8 +148,8 @@ class DepthAdapters(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         depth, d, r = cfg.recurrent_depth, cfg.d_model, cfg.adapter_rank
-        self.scale = nnx.Param(jnp.zeros((depth, d), jnp.float32))
-        self.shift = nnx.Param(jnp.zeros((depth, d), jnp.float32))
+        self.scale = no_decay(jnp.zeros((depth, d), jnp.float32))
+        self.shift = no_decay(jnp.zeros((depth, d), jnp.float32))
         if r:
             self.lora_a = nnx.Param(jax.random.normal(rngs.params(), (depth, d, r)) * d**-0.5)
             self.lora_b = nnx.Param(jnp.zeros((depth, r, d), jnp.float32))

@@ -504,6 +504,7 @@ def restore_params(run_dir: Path, abstract_params, step: int | str | None = None
     step, params = _resolve(run_dir, step, log, read_params)
     saved = {_key(path): x for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     wanted, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
+    saved = _without_untrained_conv_bias(saved, {_key(path) for path, _ in wanted}, run_dir, step)
     if saved.keys() != {_key(path) for path, _ in wanted} or any(
         saved[_key(path)].shape != tuple(a.shape) for path, a in wanted
     ):
@@ -514,6 +515,21 @@ def restore_params(run_dir: Path, abstract_params, step: int | str | None = None
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     leaves = [jax.device_put(saved[_key(path)].astype(a.dtype, copy=False), device) for path, a in wanted]
     return jax.tree_util.tree_unflatten(treedef, leaves), step
+
+
+def _without_untrained_conv_bias(saved: dict, wanted: set, run_dir: Path, step: int) -> dict:
+    """Parameters saved before ``model.conv_bias=False`` dropped the conv bias (hrm used to create one, zeros at
+    init, and train it): an all-zero one is dropped (the model computes the same without it); a trained one
+    cannot be, so the error says how to keep it."""
+    extra = [k for k in saved.keys() - wanted if k.endswith(".conv_bias")]
+    if not extra or any(k.rsplit(".", 1)[0] + ".conv_kernel" not in wanted for k in extra):
+        return saved
+    if any(np.any(saved[k]) for k in extra):
+        raise CheckpointError(
+            f"checkpoint step {step} in '{run_dir}' trained a conv bias under model.conv_bias=false (older hrm); "
+            f'set "conv_bias": true under "model" in its {CONFIG_FILE} to load it with that bias'
+        )
+    return {k: v for k, v in saved.items() if k not in extra}
 
 
 @contextlib.contextmanager

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import jax
+import functools
+
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from hrm.config import TrainConfig
-
-NO_DECAY_NAMES = ("A_log", "D", "bias", "scale", "conv_bias")
+from hrm.models.params import decay_mask
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -28,23 +29,14 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
     return schedule
 
 
-def weight_decay_mask(params):
-    """Decay weight matrices only: never A_log, D, norms or biases (as the reference Mamba)."""
-
-    def decays(path, leaf):
-        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        names = [n for n in names if n != "value"]  # nnx.Variable leaves end in ".value"
-        return leaf.ndim >= 2 and names[-1] not in NO_DECAY_NAMES
-
-    return jax.tree_util.tree_map_with_path(decays, params)
-
-
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(cfg: TrainConfig, graphdef: nnx.GraphDef | None = None) -> optax.GradientTransformation:
     """AdamW after clipping the gradient's global norm to ``grad_clip`` (0: no clipping; clipping to 0 would
-    zero every update)."""
+    zero every update). Weight decay applies to the parameters the model's ``graphdef`` marks as decaying
+    (``hrm.models.params``); without a ``graphdef`` there is no mask, so ``weight_decay`` must be 0."""
+    if graphdef is None and cfg.weight_decay:
+        raise ValueError("make_optimizer: weight decay needs the model's graphdef (its parameters' marks)")
+    mask = functools.partial(decay_mask, graphdef) if graphdef is not None else None
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
-        optax.adamw(
-            learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=weight_decay_mask
-        ),
+        optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask),
     )

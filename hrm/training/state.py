@@ -28,7 +28,7 @@ def abstract_params(config: Config):
 
 def init_train_state(config: Config):
     graphdef, params = init_model(config)
-    optimizer = make_optimizer(config.train)
+    optimizer = make_optimizer(config.train, graphdef)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
     return graphdef, state
 
@@ -38,7 +38,7 @@ def abstract_train_state(config: Config):
     allocated or initialised."""
     graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(config.model, seed=config.train.seed)))
     params = nnx.to_pure_dict(params)
-    opt_state = jax.eval_shape(make_optimizer(config.train).init, params)
+    opt_state = jax.eval_shape(make_optimizer(config.train, graphdef).init, params)
     return graphdef, {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "opt_state": opt_state}
 
 
@@ -179,7 +179,7 @@ def schedule_count(opt_state) -> jax.Array:
 
 def make_train_step(graphdef, config: Config):
     """A pure (state, batch) → (state, metrics) function; jit it with the run's shardings."""
-    optimizer = make_optimizer(config.train)
+    optimizer = make_optimizer(config.train, graphdef)
     schedule = learning_rate_schedule(config.train)
 
     def train_step(state, batch):
