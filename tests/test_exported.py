@@ -13,21 +13,24 @@ from hrm.training.state import init_model
 pytestmark = pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
 
 
+def pattern_config(pattern: str) -> Config:
+    """A tiny hybrid_pattern model with the byte tokenizer."""
+    model = ModelConfig(
+        family="hybrid_pattern",
+        layer_pattern=pattern,
+        d_model=32,
+        n_layers=len(pattern),
+        d_state=8,
+        n_heads=4,
+        max_cache_len=64,
+        vocab_size=264,
+    )
+    return Config(model=model, data=DataConfig(tokenizer="byte"))
+
+
 def test_exported_decode_reproduces_generate(tmp_path, capsys):
     """Through the command line: ``hrm.export --format stablehlo`` of a final-weights folder."""
-    config = Config(
-        model=ModelConfig(
-            family="hybrid_pattern",
-            layer_pattern="MA",
-            d_model=32,
-            n_layers=2,
-            d_state=8,
-            n_heads=4,
-            max_cache_len=64,
-            vocab_size=264,
-        ),
-        data=DataConfig(tokenizer="byte"),
-    )
+    config = pattern_config("MA")  # does not repeat: unrolled
     _, params = init_model(config)
     export.save_final(config, params, tmp_path / "final")
     args = ["--checkpoint", tmp_path / "final", "--out", tmp_path / "stablehlo", "--format", "stablehlo"]
@@ -45,20 +48,8 @@ def test_a_scanned_stack_exports_and_decodes_like_generate(tmp_path):
     """``model.scan_layers`` (the default): "AMAM" scans its "AM" unit, so the exported prefill and decode step
     carry stacked (batch, layer, ...) Mamba states and KV caches through the scan, and still reproduce
     ``generate``."""
-    config = Config(
-        model=ModelConfig(
-            family="hybrid_pattern",
-            layer_pattern="AMAM",
-            d_model=32,
-            n_layers=4,
-            d_state=8,
-            n_heads=4,
-            max_cache_len=32,
-            vocab_size=264,
-            scan_layers=True,
-        ),
-        data=DataConfig(tokenizer="byte"),
-    )
+    config = pattern_config("AMAM")
+    assert config.model.scan_layers
     _, params = init_model(config)
     export.save_final(config, params, tmp_path / "final")
     loaded = hrm.load(tmp_path / "final")
