@@ -10,7 +10,7 @@ from flax import nnx
 
 from hrm.config import ModelConfig
 from hrm.models.attention import MLP, MultiScaleAttention
-from hrm.models.dropout import dropout
+from hrm.models.dropout import dropout, sublayer_key
 from hrm.models.lm import ForwardApplications, LanguageModel, ResidualBlock, record_probe, residual_dtype, rms, unit_key
 from hrm.models.mamba import Mamba
 from hrm.models.params import linear, no_decay, rms_norm
@@ -117,7 +117,8 @@ class PatternUnit(nnx.Module):
     def __call__(self, x, cache=None, segment_ids=None, lengths=None):
         new = []
         for i, layer in enumerate(self.layers):
-            x, layer_cache = layer(x, None if cache is None else cache[i], segment_ids=segment_ids, lengths=lengths)
+            with sublayer_key(i, self.size):  # the masks of the unrolled stack's layer
+                x, layer_cache = layer(x, None if cache is None else cache[i], segment_ids=segment_ids, lengths=lengths)
             new.append(layer_cache)
             if cache is None:
                 record_probe(self, "probe_act_rms", rms(x))

@@ -12,7 +12,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from hrm.config import ModelConfig
-from hrm.models.dropout import dropout, fold_in_dropout_key
+from hrm.models.dropout import dropout, layer_key, layer_stack
 from hrm.models.mamba import Mamba
 from hrm.models.params import linear, rms_norm
 
@@ -275,9 +275,11 @@ class LanguageModel(nnx.Module):
             return scan_layers(self, self.layers, self.n_stacked, x, cache, segment_ids, lengths)
         if cache is None:
             run = rematerialised(lambda layer, x, segment_ids: layer(x, segment_ids=segment_ids)[0], self.cfg)
-            for layer in self.layers:
-                x = run(layer, x, segment_ids)
-                record_probe(self, "probe_act_rms", rms(x))
+            with layer_stack():
+                for i, layer in enumerate(self.layers):
+                    with layer_key(i):
+                        x = run(layer, x, segment_ids)
+                    record_probe(self, "probe_act_rms", rms(x))
             return x, None
         new_cache = []
         for layer, layer_cache in zip(self.layers, cache):
@@ -291,16 +293,16 @@ def scan_layers(model, layers, n: int, x, cache=None, segment_ids=None, lengths=
     traced layer whatever the depth, so the program and its compile time stay the size of one layer.
 
     A full forward runs the body under ``model.remat`` (inside the scan, where XLA honours it), each layer with
-    its own dropout masks (the layer index folded into the key); what the layers sow comes out of the scan
-    stacked on a leading layer axis and is sown on ``model``. Decoding carries the (batch, layer, ...) cache and
-    reads and writes layer ``i``'s slice in place."""
+    the dropout masks of the unrolled loop (``layer_key``: the layer index folded into the stack's key); what the
+    layers sow comes out of the scan stacked on a leading layer axis and is sown on ``model``. Decoding carries the
+    (batch, layer, ...) cache and reads and writes layer ``i``'s slice in place."""
     cfg = model.cfg
     x = x.astype(residual_dtype(cfg))
     index = jnp.arange(n)
     if cache is None:
 
         def layer_step(layer, x, i):
-            with fold_in_dropout_key(i), collect_sown() as sown:
+            with layer_key(i), collect_sown() as sown:
                 x, _ = layer(checkpoint_name(x, "layer_input"), segment_ids=segment_ids)
                 if "probe_act_rms" not in sown:  # a unit of several layers records one per layer
                     sown["probe_act_rms"] = [rms(x)]
@@ -312,7 +314,8 @@ def scan_layers(model, layers, n: int, x, cache=None, segment_ids=None, lengths=
         def over_layers(x, layer, i):
             return step(layer, x, i)
 
-        x, sown = over_layers(x, layers, index)
+        with layer_stack():
+            x, sown = over_layers(x, layers, index)
         for name, values in sown.items():  # each (n, ...) per call site; one site's values in layer order
             values = jnp.stack(values, axis=1)
             record_probe(model, name, values.reshape((-1,) + values.shape[2:]))

@@ -12,7 +12,7 @@ from flax import nnx
 
 from hrm.config import ModelConfig
 from hrm.models.attention import MLP
-from hrm.models.dropout import dropout, fold_in_dropout_key
+from hrm.models.dropout import dropout, layer_key, layer_stack
 from hrm.models.lm import (
     ForwardApplications,
     LanguageModel,
@@ -213,35 +213,41 @@ class RecursiveSSM(LanguageModel):
         caches = None if cache is None else jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), tuple(cache))
         segments = tuple(tuple(self.layers[lo : lo + seg]) for lo in range(0, n, seg))
 
-        def run_segment(blocks, x, block_caches):
-            new = []
-            for block, block_cache in zip(blocks, block_caches):
-                x, block_cache = block(x, block_cache, segment_ids=segment_ids, lengths=lengths)
-                new.append(block_cache)
-            return x, tuple(new)
+        def segment_runner(first: int):
+            """The blocks of the segment starting at block ``first``; each draws block ``first + j``'s masks."""
 
-        if cache is None:
-            run_segment = rematerialised(run_segment, self.cfg)
+            def run_segment(blocks, x, block_caches):
+                new = []
+                for j, (block, block_cache) in enumerate(zip(blocks, block_caches)):
+                    with layer_key(first + j):
+                        x, block_cache = block(x, block_cache, segment_ids=segment_ids, lengths=lengths)
+                    new.append(block_cache)
+                return x, tuple(new)
+
+            return rematerialised(run_segment, self.cfg) if cache is None else run_segment
+
+        runners = [segment_runner(lo) for lo in range(0, n, seg)]
 
         @nnx.scan(in_axes=(nnx.Carry, None, 0, 0, 0), out_axes=(nnx.Carry, 0), length=self.cfg.recurrent_depth)
         def over_depth(x, segments, adapter, depth_caches, depth):
             x = DepthAdapters.apply(x, adapter)
             depth_caches = depth_caches if depth_caches is not None else (None,) * n
             new, norms = (), []
-            with fold_in_dropout_key(depth):
+            with layer_key(depth), layer_stack():
                 for i, blocks in enumerate(segments):
-                    x, block_caches = run_segment(blocks, x, tuple(depth_caches[i * seg : (i + 1) * seg]))
+                    x, block_caches = runners[i](blocks, x, tuple(depth_caches[i * seg : (i + 1) * seg]))
                     new = new + block_caches
                     norms.append(rms(x))
             return x, (new, jnp.stack(norms))
 
-        x, (new_caches, norms) = over_depth(
-            x.astype(residual_dtype(self.cfg)),
-            segments,
-            self.adapters.per_depth(),
-            caches,
-            jnp.arange(self.cfg.recurrent_depth),
-        )
+        with layer_stack():
+            x, (new_caches, norms) = over_depth(
+                x.astype(residual_dtype(self.cfg)),
+                segments,
+                self.adapters.per_depth(),
+                caches,
+                jnp.arange(self.cfg.recurrent_depth),
+            )
         if cache is None:  # the residual stream after each segment (depth-major) and after each depth
             record_probe(self, "probe_act_rms", jnp.ravel(norms))
             record_probe(self, "probe_state_rms", norms[:, -1])
@@ -275,7 +281,7 @@ class RecursiveSSM(LanguageModel):
 
         def block(x, xs):
             state, i = xs
-            with fold_in_dropout_key(i):
+            with layer_key(i):
                 return nnx.merge(graphdef, state)(x, segment_ids=segment_ids)[0], None
 
         segment = checkpointed(lambda x, states, index: jax.lax.scan(block, x, (states, index))[0], cfg)
@@ -292,7 +298,7 @@ class RecursiveSSM(LanguageModel):
             adapter, depth = xs
             x = DepthAdapters.apply(x, adapter)
             norms = []
-            with fold_in_dropout_key(depth):
+            with layer_key(depth), layer_stack():
                 if whole:
                     x, norms = jax.lax.scan(over_segments, x, (full, index[:whole].reshape(n // seg, seg)))
                     norms = [norms]
@@ -301,7 +307,8 @@ class RecursiveSSM(LanguageModel):
                     norms.append(rms(x)[None])
             return x, jnp.concatenate(norms)
 
-        x, norms = jax.lax.scan(over_depth, x, depths)
+        with layer_stack():
+            x, norms = jax.lax.scan(over_depth, x, depths)
         record_probe(self, "probe_act_rms", jnp.ravel(norms))  # after each segment, depth-major
         record_probe(self, "probe_state_rms", norms[:, -1])
         return x, None
