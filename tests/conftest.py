@@ -48,3 +48,19 @@ def pytest_runtest_makereport(item, call):
     if report.failed and hasattr(item, "hrm_test_seed"):
         report.sections.append(("random numbers", f"reproduce with HRM_TEST_SEED={item.hrm_test_seed}"))
     return report
+
+
+# --- training-side fixtures (suite-a) ---
+
+
+@pytest.fixture(scope="session")
+def straight_cli_run(tmp_path_factory):
+    """The run of ``helpers.small_run_args`` trained straight through (in-process, the same config the command
+    builds): the losses a killed, preempted, resumed or two-process run of that command must reproduce."""
+    from hrm.train import parse_command_line
+    from hrm.training.loop import train
+
+    run_dir = tmp_path_factory.mktemp("straight_cli_run")
+    args = list(map(str, helpers.small_run_args(save_every=helpers.CLI_STEPS)))
+    train(parse_command_line(args)[0], run_dir, log=lambda *_: None)
+    return run_dir

@@ -51,7 +51,9 @@ def poison_gradients(monkeypatch, poisoned: set[int]) -> None:
 
 
 def small_config(**train) -> Config:
-    """A model small enough that a few steps take well under a second on CPU."""
+    """A model small enough that a few steps take well under a second on CPU. Its train step's compile is what a
+    test pays for (the learning-rate schedule's steps, lr and warmup are constants in it, as are the shapes): runs
+    that keep these settings load the session's cached executable, so change only what a test is about."""
     return Config(
         name="small",
         model=ModelConfig(d_model=32, n_layers=2, d_state=8),
@@ -69,6 +71,26 @@ def small_config(**train) -> Config:
             }
         ),
     )
+
+
+CLI_STEPS = 20  # long enough that a signal sent a few steps in lands mid-run, in one process or two
+
+
+def small_run_args(save_every: int, steps: int = CLI_STEPS) -> list:
+    """hrm.train arguments for a tiny model that runs ``steps`` quick steps, logging each one. Every run with the
+    default ``steps`` (subprocess or in-process) compiles the same train step: one compile, then cache hits."""
+    return [
+        "--config",
+        ROOT / "configs/tiny.py",
+        "--config.model.d_model=32",
+        "--config.model.n_layers=2",
+        "--config.data.seq_len=32",
+        "--config.train.batch_size=4",
+        "--config.train.log_every=1",
+        f"--config.train.save_every={save_every}",
+        f"--config.train.steps={steps}",
+        "--config.data.num_threads=1",
+    ]
 
 
 def run_module(module: str, *args, check=True, timeout=600, **popen) -> subprocess.CompletedProcess:

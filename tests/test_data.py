@@ -24,7 +24,7 @@ from hrm.data import (
     training_batches,
 )
 from hrm.tokenizer import TokenizerError, get_tokenizer, padded_vocab_size
-from tests.helpers import fresh_rng, run_module
+from tests.helpers import fresh_rng, run_module, small_run_args
 
 UNICODE = ["naïve café ☕ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🌍", "<|endoftext|> in text", "\x00\x01 tabs\t\n", "日本語のテキスト", ""]
 
@@ -569,28 +569,8 @@ def test_resuming_on_changed_data_is_refused_unless_allowed(tmp_path):
     from hrm.training.loop import train
 
     root = many_documents(tmp_path)
-    args = list(
-        map(
-            str,
-            [
-                "--config",
-                "configs/tiny.py",
-                "--config.model.d_model=32",
-                "--config.model.n_layers=2",
-                "--config.data.seq_len=32",
-                "--config.train.batch_size=4",
-                "--config.train.steps=2",
-                "--config.train.save_every=2",
-                "--config.train.eval_batches=0",
-                "--data_dir",
-                root,
-                "--config.data.cache_dir",
-                tmp_path / "cache",
-                "--output_dir",
-                tmp_path / "run",
-            ],
-        )
-    )
+    args = [*small_run_args(save_every=100), "--config.train.eval_batches=0", "--data_dir", root]
+    args = list(map(str, [*args, "--config.data.cache_dir", tmp_path / "cache", "--output_dir", tmp_path / "run"]))
     train(parse_command_line(args)[0], tmp_path / "run", log=lambda *_: None)
     (root / "new.txt").write_text("a document added after the run started")
     result = run_module("hrm.train", *args, check=False)

@@ -184,7 +184,7 @@ def test_auto_falls_back_at_real_shapes_where_the_kernel_does_not_compile(on_a_g
 
 def test_training_prints_the_doctor_banner(tmp_path):
     lines = []
-    train(small_config(steps=1, save_every=1), tmp_path, log=lines.append)
+    train(small_config(), tmp_path, log=lines.append, stop_at_step=1)
     assert any(line.endswith(kernels.banner("auto", "float32")) for line in lines), lines
 
 

@@ -49,7 +49,7 @@ def test_dropout_acts_only_with_a_training_key(family):
 def test_training_with_dropout_is_deterministic_per_seed(tmp_path):
     runs = {}
     for name, rate in (("a", 0.2), ("b", 0.2), ("none", 0.0)):
-        config = small_config(steps=3, save_every=3)
+        config = small_config()
         config.model.dropout = rate
         runs[name] = [r["loss"] for r in train(config, tmp_path / name, log=lambda *_: None)]
     assert runs["a"] == runs["b"] and runs["a"] != runs["none"]

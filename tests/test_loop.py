@@ -34,7 +34,7 @@ def test_evaluation_runs_at_the_micro_batch_and_is_in_the_memory_estimate(tmp_pa
     seen = []
     real = loop.eval_batches
     monkeypatch.setattr(loop, "eval_batches", lambda *a: seen.append(a[2:]) or real(*a))
-    loop.train(small_config(steps=2, save_every=2, batch_size=8, accumulation_steps=4, eval_batches=2), tmp_path, quiet)
+    loop.train(small_config(batch_size=8, accumulation_steps=4, eval_batches=2), tmp_path, quiet, stop_at_step=2)
     assert seen == [(2, 8)]
     whole = train_step_memory(resolve_config(small_config(batch_size=8)))
     micro = train_step_memory(resolve_config(small_config(batch_size=8, accumulation_steps=4)))
@@ -136,8 +136,8 @@ def test_epochs_compile_the_train_step_once(tmp_path, monkeypatch):
     real = loop.compile_steps
     monkeypatch.setattr(loop, "compile_steps", lambda *a: calls.append(1) or real(*a))
     config = small_config(save_every=1000)
-    config.train.epochs = 0.01
-    loop.train(config, tmp_path, quiet)
+    config.train.epochs = 0.01  # about 2,400 steps of the default corpus: the first 2 show the compiles
+    loop.train(config, tmp_path, quiet, stop_at_step=2)
     assert len(calls) == 1
 
 
@@ -195,9 +195,9 @@ def test_a_vram_search_keeps_the_step_it_chose_instead_of_compiling_it_again(tmp
 
 
 def test_a_resume_restores_without_initialising_a_state(tmp_path, monkeypatch):
-    loop.train(small_config(steps=4, save_every=2), tmp_path, quiet, stop_at_step=2)
+    loop.train(small_config(save_every=2), tmp_path, quiet, stop_at_step=2)
     monkeypatch.setattr(loop, "init_train_state", lambda *a: pytest.fail("initialised a state to restore into"))
-    loop.train(small_config(steps=4, save_every=2), tmp_path, quiet)
+    loop.train(small_config(save_every=2), tmp_path, quiet, stop_at_step=4)
     assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == [1, 2, 3, 4]
 
 

@@ -4,9 +4,11 @@ import json
 
 import pytest
 
+from hrm.cli import run_main
 from hrm.config import ConfigError, resolve_config
+from hrm.memtest import main as memtest_main
 from hrm.training.memory import fit_to_vram, parse_vram, train_step_memory
-from tests.helpers import ROOT, run_module, small_config
+from tests.helpers import ROOT, small_config
 
 TINY = ROOT / "configs/tiny.py"
 
@@ -46,11 +48,16 @@ def test_bad_vram_is_one_line():
 
 
 @pytest.mark.slow
-def test_memtest_reports_fit_and_the_largest_micro_batch_as_json(tmp_path, monkeypatch):
+def test_memtest_reports_fit_and_the_largest_micro_batch_as_json(tmp_path, monkeypatch, capsys):
+    """python -m hrm.memtest's main, run in-process (a subprocess would add only the interpreter's start-up)."""
     monkeypatch.setenv("HRM_CACHE_DIR", str(tmp_path))
-    args = ["--config", TINY, "--config.model.d_model=32", "--config.model.n_layers=1", "--seq_len", "64", "--json"]
-    fits = run_module("hrm.memtest", *args, "--vram", "1gb", "--vram_safety_margin", "0").stdout
-    fits = json.loads(fits.splitlines()[-1])
+    args = ["--config", str(TINY), "--config.model.d_model=32", "--config.model.n_layers=1", "--seq_len", "64"]
+
+    def memtest(*more):
+        run_main(memtest_main, [*args, "--json", *more])
+        return capsys.readouterr().out
+
+    fits = json.loads(memtest("--vram", "1gb", "--vram_safety_margin", "0").splitlines()[-1])
     assert fits["fits"] is True and fits["global_batch_size"] == 8 and fits["seq_len"] == 64
     assert {
         "fits",
@@ -65,10 +72,10 @@ def test_memtest_reports_fit_and_the_largest_micro_batch_as_json(tmp_path, monke
         "temp_bytes",
     } <= set(fits)
     budget_mb = (fits["total_bytes"] * 0.6) / 2**20
-    tight = run_module("hrm.memtest", *args, "--vram", f"{budget_mb:.3f}mb", "--vram_safety_margin", "0")
-    record = json.loads(tight.stdout.splitlines()[-1])
+    tight = memtest("--vram", f"{budget_mb:.3f}mb", "--vram_safety_margin", "0")
+    record = json.loads(tight.splitlines()[-1])
     assert record["fits"] is False and record["largest_fitting_micro_batch"] in (1, 2, 4)
-    assert "does NOT fit" in tight.stdout and "largest micro-batch that fits" in tight.stdout
+    assert "does NOT fit" in tight and "largest micro-batch that fits" in tight
 
 
 def test_chunked_cross_entropy_equals_the_whole_and_never_holds_all_logits():
