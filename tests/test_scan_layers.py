@@ -145,11 +145,12 @@ def test_remat_inside_the_scan_lowers_the_compiled_memory():
 @pytest.mark.parametrize("path", ["tiny.py", "tiny_hybrid.py", "tiny_pattern.py", "tiny_recursive.py"])
 def test_twenty_training_steps_give_equal_losses_scanned_and_unrolled(tmp_path, path):
     """Each config's family, depth, layer pattern, recursion and remat, with every step made tiny (width 32,
-    rows of 16 tokens, batch 2): what scanning changes is the stack's structure, not its width."""
+    rows of 16 tokens, batch 2): what scanning changes is the stack's structure, not its width. Dropout is on:
+    each layer draws the same masks scanned as unrolled (hrm/models/dropout.py ``layer_key``)."""
 
     def losses(scan_layers, out):
         config = load_config_file(ROOT / "configs" / path)
-        config.model = dataclasses.replace(config.model, scan_layers=scan_layers, d_model=32, d_state=8)
+        config.model = dataclasses.replace(config.model, scan_layers=scan_layers, d_model=32, d_state=8, dropout=0.1)
         config.data = dataclasses.replace(config.data, seq_len=16, num_threads=1)
         config.train = TrainConfig(
             steps=20, batch_size=2, lr=2e-3, warmup_steps=2, save_every=20, log_every=1, eval_batches=0, seed=0
