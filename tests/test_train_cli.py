@@ -223,7 +223,7 @@ def test_epochs_set_the_steps_from_the_training_tokens(tmp_path):
     [
         (["--config.model.d_model=1000000"], "parameters: their weights, gradients and AdamW moments need"),
         (["--config.model.n_layers=10000"], "parameters: their weights, gradients and AdamW moments need"),
-        pytest.param(  # a 1-layer, 32-wide model: its step's memory is still ~100x the host's, and compiles fast
+        pytest.param(  # a 1-layer, 32-wide model: its step needs ~500 GB, still far over the host, and compiles fast
             ["--config.data.seq_len=10000000", "--config.model.d_model=32", "--config.model.n_layers=1"],
             "does not fit: its train step needs",
             marks=pytest.mark.slow,
