@@ -1,7 +1,9 @@
+import dataclasses
 import os
 import secrets
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the xdist controller, or a 
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # eager ops' compiles add up too
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+from hrm.config import Config  # noqa: E402
 from tests import helpers  # noqa: E402  (imports jax: after the platform and the cache are set)
 
 
@@ -48,6 +51,92 @@ def pytest_runtest_makereport(item, call):
     if report.failed and hasattr(item, "hrm_test_seed"):
         report.sections.append(("random numbers", f"reproduce with HRM_TEST_SEED={item.hrm_test_seed}"))
     return report
+
+
+# --- runs trained once per session and shared by the test files ------------------------------------------------
+# Training a model compiles its train step (most of a small run's time), so the tests that need a trained run
+# (hrm.load, sampling, evaluation, export, monitoring, the families' training) share one run per family, trained
+# on first use. A session fixture runs once per xdist worker; the second worker's compiles come from the shared
+# XLA cache above (the same config compiles the same program). The runs are read-only: a test that writes into
+# a run copies it first (shutil.copytree).
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    path: Path  # the run directory (checkpoints, metrics.jsonl, tb/)
+    config: Config  # the config it was trained with
+    records: list  # the metrics records train() returned
+    messages: list  # the lines train() logged
+
+
+# recursive_ssm keeps configs/tiny_recursive.py's 3 depths and hybrid_recursive has 2 layers of 3 depths: the
+# monitoring tests check one record per layer and per depth (tests/test_monitor.py)
+FAMILY_RUNS = {
+    "hybrid_recursive": ("tiny_hybrid.py", {"n_layers": 2, "n_heads": 2}),
+    "recursive_ssm": ("tiny_recursive.py", {"n_layers": 2, "adapter_rank": 2}),
+    "hybrid_pattern": ("tiny_pattern.py", {"n_layers": 2, "layer_pattern": "AM", "n_heads": 2}),
+}
+
+
+def trained_run_config(family: str, path: Path) -> Config:
+    """The shared run of ``family``. mamba: helpers.small_config for 12 steps (checkpoints at 6 and 12) on
+    synthetic:addition with the loss on the answers, 10% of 60 documents held out (hrm.eval's perplexity);
+    the others: their configs/tiny_*.py file at d_model 32, 16 steps on the default corpus."""
+    from hrm.config import SyntheticConfig, TrainConfig, load_config_file
+
+    if family == "mamba":
+        config = helpers.small_config(steps=12, save_every=6, eval_batches=0)
+        config.model.scan_backend = "sequential"  # compiles faster than interpreted Pallas
+        config.data.dataset, config.data.completion_only, config.data.eval_fraction = "synthetic:addition", True, 0.1
+        config.data.synthetic = SyntheticConfig(examples=60, length=2)
+        config.data.cache_dir = str(path / "cache")
+        return config
+    file, model = FAMILY_RUNS[family]
+    config = load_config_file(helpers.ROOT / "configs" / file)
+    config.model = dataclasses.replace(config.model, d_model=32, d_state=8, **model)
+    config.data = dataclasses.replace(config.data, seq_len=32, num_threads=1)
+    config.train = TrainConfig(
+        steps=16, batch_size=4, lr=5e-3, warmup_steps=2, save_every=16, log_every=1, eval_batches=1, seed=0
+    )
+    return config
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """``trained_run(family)``: that family's shared ``TrainedRun`` (``trained_run_config``), trained on first use."""
+    runs = {}
+
+    def get(family: str) -> TrainedRun:
+        if family not in runs:
+            from hrm.training.loop import train
+
+            path = tmp_path_factory.mktemp(f"run-{family}")
+            config, messages = trained_run_config(family, path), []
+            records = train(config, path, log=messages.append)
+            runs[family] = TrainedRun(path, config, records, messages)
+        return runs[family]
+
+    return get
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """``run_cli(main, *args)`` → (exit code, stdout, stderr): a command-line ``main`` through hrm.cli.run_main in
+    this process, as its console script runs it, without the interpreter and jax start-up of a
+    ``helpers.run_module`` (seconds each). Each entry point keeps a ``run_module`` test for ``python -m`` itself."""
+    from hrm.cli import run_main
+
+    def run(main, *args):
+        capsys.readouterr()
+        try:
+            run_main(main, [str(a) for a in args])
+            code = 0
+        except SystemExit as error:
+            code = error.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
 
 
 # --- training-side fixtures (suite-a) ---

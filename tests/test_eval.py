@@ -15,8 +15,6 @@ from hrm.config import SyntheticConfig
 from hrm.data import synthetic
 from hrm.data.sources import COLUMN_SEPARATOR
 from hrm.tokenizer import get_tokenizer
-from hrm.training.loop import train
-from tests.helpers import small_config
 
 
 class ScriptedModel:
@@ -63,17 +61,14 @@ def test_gsm8k_final_answers_are_parsed_and_scored(tmp_path):
     assert hrm_eval.gsm8k_accuracy(ScriptedModel(replies.get), path)["exact_match"] == 1.0
 
 
-@pytest.fixture(scope="module")
-def addition_run(tmp_path_factory):
-    """A 2-step run on synthetic:addition (loss on answers), 10% of 60 documents held out."""
-    run_dir = tmp_path_factory.mktemp("addition")
-    config = small_config(steps=2, save_every=2, eval_batches=0)  # compile the train step only
-    config.model.scan_backend = "sequential"  # compiles faster than interpreted Pallas
-    config.data.dataset, config.data.completion_only, config.data.eval_fraction = "synthetic:addition", True, 0.1
-    config.data.synthetic = SyntheticConfig(examples=60, length=2)
-    config.data.cache_dir = str(run_dir / "cache")
-    train(config, run_dir, log=lambda *_: None)
-    return run_dir
+@pytest.fixture
+def addition_run(trained_run, tmp_path):
+    """A copy (the CLI writes eval/ into it) of the session's mamba run (tests/conftest.py): synthetic:addition
+    with the loss on the answers, 10% of 60 documents held out."""
+    run = trained_run("mamba")
+    assert run.config.data.dataset == "synthetic:addition" and run.config.data.completion_only
+    shutil.copytree(run.path, tmp_path / "addition")
+    return tmp_path / "addition"
 
 
 def test_perplexity_counts_every_held_out_answer_target_once(addition_run):
@@ -112,7 +107,7 @@ def test_eval_cli_prints_json_and_writes_it_to_the_run(addition_run, capsys, mon
     )  # longer than trained
     line = capsys.readouterr().out.strip()
     report = json.loads(line)
-    assert "\n" not in line and report["step"] == 2 and report["name"] == "perplexity_addition"
+    assert "\n" not in line and report["step"] == 12 and report["name"] == "perplexity_addition"
     task = report["results"]["synthetic:addition"]
     assert (task["exact_match"], task["examples"], task["length"]) == (1.0, 5, 3)
     assert report["results"]["perplexity"]["loss_per_token"] > 0

@@ -204,19 +204,23 @@ def test_convert_fine_tune_export_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_trained_run_exported_hf_loads_in_transformers(tmp_path, tie):
+def test_trained_run_exported_hf_loads_in_transformers(tmp_path, trained_run, tie):
     """hrm.train (hrm's own init, rescale_prenorm_residual on) → hrm.export --format hf →
-    MambaForCausalLM.from_pretrained: the same logits and the same greedy text."""
+    MambaForCausalLM.from_pretrained: the same logits and the same greedy text. Tied: the session's mamba run
+    (tests/conftest.py); untied: the same model trained here."""
     from hrm import export
     from hrm.training.loop import train
     from tests.helpers import small_config
 
-    config = small_config(steps=2, save_every=2, warmup_steps=0)
-    config.model.tie_embeddings = tie
-    assert config.model.rescale_prenorm_residual
-    train(config, tmp_path / "run", log=lambda *_: None)
-    export.main(["--checkpoint", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")])
-    ours = hrm.load(tmp_path / "run")
+    if tie:
+        run = trained_run("mamba").path
+    else:
+        run, config = tmp_path / "run", small_config(steps=2, save_every=2, warmup_steps=0)
+        config.model.tie_embeddings, config.model.scan_backend = False, "sequential"
+        train(config, run, log=lambda *_: None)
+    export.main(["--checkpoint", str(run), "--format", "hf", "--out", str(tmp_path / "hf")])
+    ours = hrm.load(run)
+    assert ours.config.model.rescale_prenorm_residual and ours.config.model.tie_embeddings == tie
     theirs = transformers.MambaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert theirs.config.tie_word_embeddings == tie
     tokens = ours.config.model.token_vocab_size

@@ -1,5 +1,6 @@
 """Monitoring: the records of a log step and an eval, MFU's peak table, plots of runs."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -8,44 +9,43 @@ import sys
 import pytest
 
 from hrm.cli import UsageError
-from hrm.training.loop import train
 from hrm.training.metrics import read_metrics
 from hrm.training.monitor import peak_flops, require_wandb
 from tests.helpers import ROOT, small_config
 
+spec = importlib.util.spec_from_file_location("plot_runs", ROOT / "scripts/plot_runs.py")
+plot_runs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(plot_runs)
 
-def test_a_recursive_run_records_loss_lr_norms_throughput_and_perplexity(tmp_path):
-    config = small_config(steps=4, save_every=4, log_every=2)
-    config.model.family, config.model.recurrent_depth, config.model.n_layers = "recursive_ssm", 3, 2
-    messages = []
-    train(config, tmp_path, log=messages.append)
-    records = read_metrics(tmp_path)
+
+def test_a_recursive_run_records_loss_lr_norms_throughput_and_perplexity(trained_run):
+    run = trained_run("recursive_ssm")  # the session's shared run (tests/conftest.py)
+    layers, depth = run.config.model.n_layers, run.config.model.recurrent_depth
+    assert (layers, depth) == (2, 3)
+    records = read_metrics(run.path)
     step = next(r for r in records if "loss" in r)
     assert set(step) >= {"step", "loss", "lr", "grad_norm", "tokens_per_sec", "epoch"}
-    assert "mfu" not in step and any("MFU n/a: no peak FLOP/s known for 1 x cpu" in m for m in messages)
-    layers = [step[f"act_rms_layer_{i}"] for i in range(1, 7)]  # 2 blocks x 3 depths
-    depths = [step[f"state_rms_depth_{k}"] for k in range(1, 4)]
-    assert "act_rms_layer_7" not in step and "state_rms_depth_4" not in step
-    assert all(v > 0 and math.isfinite(v) for v in layers + depths)
-    assert depths == pytest.approx([layers[1], layers[3], layers[5]])  # the state after each depth's last block
+    assert "mfu" not in step and any("MFU n/a: no peak FLOP/s known for 1 x cpu" in m for m in run.messages)
+    activations = [step[f"act_rms_layer_{i}"] for i in range(1, layers * depth + 1)]  # 2 blocks x 3 depths
+    states = [step[f"state_rms_depth_{k}"] for k in range(1, depth + 1)]
+    assert f"act_rms_layer_{layers * depth + 1}" not in step and f"state_rms_depth_{depth + 1}" not in step
+    assert all(v > 0 and math.isfinite(v) for v in activations + states)
+    # the state after each depth's last block
+    assert states == pytest.approx([activations[k * layers - 1] for k in range(1, depth + 1)])
     evaluation = next(r for r in records if "eval_loss" in r)
     assert evaluation["eval_perplexity"] == pytest.approx(math.exp(evaluation["eval_loss"]))
 
 
 @pytest.mark.slow
-def test_hybrid_recursive_records_its_recursion_state_per_depth(tmp_path):
-    config = small_config(steps=1, save_every=1, log_every=1)
-    config.model.family, config.model.max_recursion_depth, config.model.n_heads = "hybrid_recursive", 2, 2
-    record = train(config, tmp_path, log=lambda *_: None)[0]
-    assert {
-        "act_rms_layer_1",
-        "act_rms_layer_2",
-        "state_rms_depth_1",
-        "state_rms_depth_2",
-        "gate_depth_1",
-        "gate_depth_2",
+def test_hybrid_recursive_records_its_recursion_state_per_depth(trained_run):
+    run = trained_run("hybrid_recursive")
+    layers, depth = run.config.model.n_layers, run.config.model.max_recursion_depth
+    assert (layers, depth) == (2, 3)  # one record per layer and one per depth, told apart
+    record = run.records[0]
+    assert {f"act_rms_layer_{i}" for i in range(1, layers + 1)} | {
+        f"{key}_{k}" for key in ("state_rms_depth", "gate_depth") for k in range(1, depth + 1)
     } <= set(record)
-    assert "act_rms_layer_3" not in record and "state_rms_depth_3" not in record
+    assert f"act_rms_layer_{layers + 1}" not in record and f"state_rms_depth_{depth + 1}" not in record
 
 
 def test_peak_flops_come_from_the_table_or_are_unknown():
@@ -66,7 +66,7 @@ def test_wandb_without_the_package_is_one_line():
         require_wandb()
 
 
-def test_plot_runs_writes_the_comparison_pngs(tmp_path):
+def test_plot_runs_writes_the_comparison_pngs(tmp_path, run_cli):
     for name, scale in (("a", 1.0), ("b", 0.8)):
         run = tmp_path / name
         run.mkdir()
@@ -84,10 +84,5 @@ def test_plot_runs_writes_the_comparison_pngs(tmp_path):
     assert result.returncode == 0, result.stderr
     for name in ("loss_vs_step", "loss_vs_time", "eval_loss", "lr"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    missing = subprocess.run(
-        [sys.executable, ROOT / "scripts/plot_runs.py", tmp_path / "nothing"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert missing.returncode == 2 and "no metrics.jsonl in" in missing.stderr
+    code, _, err = run_cli(plot_runs.main, tmp_path / "nothing")  # in-process: it exits before importing matplotlib
+    assert code == 2 and "no metrics.jsonl in" in err

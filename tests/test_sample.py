@@ -1,19 +1,18 @@
-"""hrm.load / generate / the sample CLI on a checkpoint trained here."""
+"""hrm.load / generate / the sample CLI on a checkpoint trained in this session (tests/conftest.py)."""
 
 import numpy as np
 import pytest
 
 import hrm
 from hrm.inference import SamplingError
-from hrm.training.loop import train
-from tests.helpers import run_module, small_config
+from hrm.sample import main
+from tests.helpers import run_module
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("run")
-    train(small_config(steps=12, save_every=6), path, log=lambda *_: None)
-    return path
+@pytest.fixture
+def run_dir(trained_run):
+    """The session's mamba run (tests/conftest.py): 12 steps, checkpoints at 6 and 12; read-only."""
+    return trained_run("mamba").path
 
 
 def test_load_restores_the_latest_checkpoint(run_dir):
@@ -83,23 +82,23 @@ def test_sample_cli_prints_the_continuation(run_dir):
         (["--stop", ""], "stop strings must be non-empty text, got ['']"),  # was ignored
     ],
 )
-def test_sample_cli_rejects_bad_values(run_dir, args, message):
-    result = run_module("hrm.sample", "--checkpoint", run_dir, "--prompt", "x", *args, check=False)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+def test_sample_cli_rejects_bad_values(run_dir, run_cli, args, message):
+    code, _, err = run_cli(main, "--checkpoint", run_dir, "--prompt", "x", *args)
+    assert code == 2 and message in err and "Traceback" not in err
 
 
-def test_sample_cli_names_a_missing_checkpoint(tmp_path):
+def test_sample_cli_names_a_missing_checkpoint(tmp_path, run_cli):
     result = run_module("hrm.sample", "--checkpoint", tmp_path / "nope", "--prompt", "x", check=False)
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
     (tmp_path / "empty").mkdir()
-    result = run_module("hrm.sample", "--checkpoint", tmp_path / "empty", "--prompt", "x", check=False)
-    assert result.returncode == 2 and "config.json" in result.stderr
+    code, _, err = run_cli(main, "--checkpoint", tmp_path / "empty", "--prompt", "x")
+    assert code == 2 and "config.json" in err
 
 
-def test_sample_cli_lists_the_available_steps_for_a_missing_step(run_dir):
-    result = run_module("hrm.sample", "--checkpoint", run_dir, "--prompt", "x", "--step", "-1", check=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "has no checkpoint at step -1; available steps: 6, 12" in result.stderr
+def test_sample_cli_lists_the_available_steps_for_a_missing_step(run_dir, run_cli):
+    code, _, err = run_cli(main, "--checkpoint", run_dir, "--prompt", "x", "--step", "-1")
+    assert code == 2 and "Traceback" not in err
+    assert "has no checkpoint at step -1; available steps: 6, 12" in err
     with pytest.raises(hrm.api.CheckpointError, match="has no checkpoint at step 7; available steps: 6, 12"):
         hrm.load(run_dir, step="7")
     with pytest.raises(hrm.api.CheckpointError, match="unknown step 'worst'; pass a number or one of latest, best"):
@@ -108,7 +107,6 @@ def test_sample_cli_lists_the_available_steps_for_a_missing_step(run_dir):
 
 def test_sample_cli_refuses_nan_temperature_and_a_file_as_checkpoint(run_dir):
     from hrm.cli import UsageError
-    from hrm.sample import main
 
     with pytest.raises(UsageError, match="temperature must be a finite number"):
         main(["--checkpoint", str(run_dir), "--prompt", "x", "--temperature", "nan"])
@@ -125,15 +123,15 @@ def test_load_accepts_a_step_folder_and_refuses_ids_outside_the_vocabulary(run_d
         model.logits([-1])
 
 
-def test_export_writes_a_final_weights_folder_that_load_and_sample_accept(run_dir, tmp_path):
+def test_export_writes_a_final_weights_folder_that_load_and_sample_accept(run_dir, tmp_path, run_cli):
     run_module("hrm.export", "--checkpoint", run_dir, "--out", tmp_path / "final")
     assert {p.name for p in (tmp_path / "final").iterdir()} >= {"config.json", "model.safetensors"}
     exported, original = hrm.load(tmp_path / "final"), hrm.load(run_dir)
     assert exported.step == 12
     ids = original.tokenizer.encode("for i in range(3):")
     np.testing.assert_array_equal(exported.logits(ids), original.logits(ids))
-    result = run_module(
-        "hrm.sample",
+    code, out, _ = run_cli(
+        main,
         "--checkpoint",
         tmp_path / "final",
         "--prompt",
@@ -145,12 +143,10 @@ def test_export_writes_a_final_weights_folder_that_load_and_sample_accept(run_di
         "--stop",
         "\n\n\n",
     )
-    assert result.stdout == "def " + original.generate(["def "], max_new_tokens=8, temperature=0)[0] + "\n"
+    assert code == 0 and out == "def " + original.generate(["def "], max_new_tokens=8, temperature=0)[0] + "\n"
 
 
 def test_sample_streams_samples_stops_and_prompt_files(run_dir, tmp_path, capsys):
-    from hrm.sample import main
-
     model = hrm.load(run_dir)
     full = model.generate(["def "], max_new_tokens=24, temperature=0, stop_at_eos=False)[0]
     stop = full[5:7]
@@ -192,8 +188,6 @@ def test_sample_streams_samples_stops_and_prompt_files(run_dir, tmp_path, capsys
 
 def test_saved_state_continues_like_the_whole_prompt(run_dir, tmp_path, capsys):
     """--save_state after a prefix, --load_state with the rest: the greedy output of the whole prompt."""
-    from hrm.sample import main
-
     model = hrm.load(run_dir)
     prefix, rest = "import os\nimport sys\n", "def main():\n"
     main(
@@ -248,7 +242,6 @@ def test_max_tokens_past_an_attention_models_context_is_capped_with_a_note(tmp_p
     from hrm.cli import UsageError
     from hrm.config import Config, DataConfig, ModelConfig
     from hrm.export import save_final
-    from hrm.sample import main
     from hrm.training.state import init_model
 
     config = Config(
