@@ -173,7 +173,8 @@ def plan_run(config: Config, corpus, vram: VramRequest | None = None, log=print)
 
     if vram is not None:
         # The search measures the program a GPU runs (``memory.gpu_config``); where that is this run's program
-        # (on a GPU, or a named scan backend) its compiles are the run's own and the chosen one is kept.
+        # (on a GPU; on a CPU where the scan backend resolves the same: a named one, or "auto" for float32) its
+        # compiles are the run's own and the chosen one is kept.
         same_program = _resolved_backend(memory.gpu_config(config)) == _resolved_backend(config)
         config = fit_batch_to_vram(config, vram, log, compile_at if same_program else None)
     t = config.train
