@@ -2,6 +2,7 @@ import dataclasses
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -133,11 +134,14 @@ def run_cli(capsys):
 
     def run(main, *args):
         capsys.readouterr()
+        hook = sys.unraisablehook  # hrm.train's main wraps it for the process
         try:
             run_main(main, [str(a) for a in args])
             code = 0
         except SystemExit as error:
             code = error.code
+        finally:
+            sys.unraisablehook = hook
         out, err = capsys.readouterr()
         return code, out, err
 

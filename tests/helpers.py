@@ -77,6 +77,13 @@ def small_config(**train) -> Config:
     )
 
 
+def optimised_xla_flags() -> str:
+    """XLA_FLAGS without conftest.py's unoptimised CPU backend: for a test that runs many steps, where the
+    optimised code's speed pays for its slower compile."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    return " ".join(f for f in flags if not f.startswith("--xla_backend_optimization_level"))
+
+
 CLI_STEPS = 20  # long enough that a signal sent a few steps in lands mid-run, in one process or two
 
 
@@ -97,9 +104,9 @@ def small_run_args(save_every: int, steps: int = CLI_STEPS) -> list:
     ]
 
 
-def run_module(module: str, *args, check=True, timeout=600, **popen) -> subprocess.CompletedProcess:
-    """``python -m module args`` from the repository root; returns the completed process."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def run_module(module: str, *args, check=True, timeout=600, env=None, **popen) -> subprocess.CompletedProcess:
+    """``python -m module args`` from the repository root (``env``: variables to set); the completed process."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
     result = subprocess.run(
         [sys.executable, "-m", module, *map(str, args)],
         cwd=ROOT,

@@ -27,7 +27,7 @@ from hrm.training.checkpoint import (
 from hrm.training.loop import train
 from hrm.training.metrics import METRICS_FILE, read_metrics
 from hrm.training.runinfo import SUMMARY_FILE
-from tests.helpers import run_module, small_config
+from tests.helpers import small_config
 
 CONFIG = small_config(steps=6, save_every=2, eval_batches=2)
 
@@ -296,14 +296,16 @@ def test_steps_without_a_manifest_are_unverified_and_checked_by_their_parameters
     assert moved[0].startswith("checkpoint step 6 is damaged (no hrm_manifest.json") and finished_steps(copy) == [2, 4]
 
 
-def test_sample_falls_back_from_a_step_whose_metadata_and_manifest_are_deleted(copy):
+def test_sample_falls_back_from_a_step_whose_metadata_and_manifest_are_deleted(copy, run_cli):
+    from hrm.sample import main
+
     without_manifests(copy)
     (step_dir(copy, 6) / "state" / "_METADATA").unlink()
     problem = damage(step_dir(copy, 6), checkpoint.PARAMS)
     assert problem.startswith("no hrm_manifest.json, and its parameters cannot be read")
-    result = run_module("hrm.sample", "--checkpoint", copy, "--prompt", "ab", "--max_tokens", "3", "--temperature", "0")
-    assert result.stdout.startswith("ab") and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
+    code, out, err = run_cli(main, "--checkpoint", copy, "--prompt", "ab", "--max_tokens", "3", "--temperature", "0")
+    assert code == 0 and out.startswith("ab") and "Traceback" not in err
+    assert err.strip().splitlines() == [
         f"warning: checkpoint step 6 in '{copy}' is damaged ({problem}); trying an older step"
     ]
 

@@ -14,7 +14,7 @@ from hrm.config import (
     resolve_config,
     validate,
 )
-from tests.helpers import ROOT, run_module
+from tests.helpers import ROOT
 
 
 def test_overrides_are_typed():
@@ -80,18 +80,20 @@ def test_config_round_trips_through_json(tmp_path):
     assert Config.load_json(tmp_path / "c.json") == config
 
 
-def test_cli_config_errors_are_one_line_with_exit_code_2():
+def test_cli_config_errors_are_one_line_with_exit_code_2(run_cli):
+    from hrm.train import main
+
     for args, expected in [
         (["--config.train.stepz=3"], "did you mean train.steps"),
         (["--config.train.batch_size", "x"], "expects int"),
         (["--nonsense"], "unrecognized argument '--nonsense'"),
     ]:
-        result = run_module("hrm.train", "--config", "configs/tiny.py", *args, check=False)
-        assert result.returncode == 2
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr
-    missing = run_module("hrm.train", "--config", "configs/missing.py", check=False)
-    assert missing.returncode == 2 and "configs/missing.py' not found" in missing.stderr
+        code, _, err = run_cli(main, "--config", ROOT / "configs/tiny.py", *args)
+        assert code == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err
+    code, _, err = run_cli(main, "--config", ROOT / "configs/missing.py")
+    assert code == 2 and "configs/missing.py' not found" in err
 
 
 @pytest.mark.slow

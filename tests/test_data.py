@@ -24,7 +24,7 @@ from hrm.data import (
     training_batches,
 )
 from hrm.tokenizer import TokenizerError, get_tokenizer, padded_vocab_size
-from tests.helpers import fresh_rng, run_module, small_run_args
+from tests.helpers import ROOT, fresh_rng, small_run_args
 
 UNICODE = ["naïve café ☕ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🌍", "<|endoftext|> in text", "\x00\x01 tabs\t\n", "日本語のテキスト", ""]
 
@@ -183,24 +183,24 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         corpus_for(tmp_path, data_dir=str(empty))
 
 
-@pytest.mark.slow
-def test_cli_reports_bad_data_in_one_line(tmp_path):
+def test_cli_reports_bad_data_in_one_line(tmp_path, run_cli):
+    from hrm.train import main
+
     bad = tmp_path / "rows.jsonl"
     bad.write_text('{"a": "x"}\n')
-    result = run_module(
-        "hrm.train",
+    code, _, err = run_cli(
+        main,
         "--config",
-        "configs/tiny.py",
+        ROOT / "configs/tiny.py",
         "--output_dir",
         tmp_path / "run",
         "--dataset",
         bad,
         "--text_column",
         "body",
-        check=False,
     )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [
         f"error: column(s) body not in '{bad}'; available columns: a (choose with --text_column)"
     ]
 
@@ -387,7 +387,6 @@ def tiny_family_forward(path):
 
     from hrm.config import load_config_file, resolve_config
     from hrm.models import build_model
-    from tests.helpers import ROOT
 
     config = load_config_file(ROOT / "configs" / path)
     config.model = dataclasses.replace(
@@ -564,8 +563,8 @@ def test_summary_counts_long_documents_and_warns_naming_seq_len(tmp_path):
 
 
 @pytest.mark.slow
-def test_resuming_on_changed_data_is_refused_unless_allowed(tmp_path):
-    from hrm.train import parse_command_line
+def test_resuming_on_changed_data_is_refused_unless_allowed(tmp_path, run_cli):
+    from hrm.train import main, parse_command_line
     from hrm.training.loop import train
 
     root = many_documents(tmp_path)
@@ -573,9 +572,9 @@ def test_resuming_on_changed_data_is_refused_unless_allowed(tmp_path):
     args = list(map(str, [*args, "--config.data.cache_dir", tmp_path / "cache", "--output_dir", tmp_path / "run"]))
     train(parse_command_line(args)[0], tmp_path / "run", log=lambda *_: None)
     (root / "new.txt").write_text("a document added after the run started")
-    result = run_module("hrm.train", *args, check=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    [line] = result.stderr.strip().splitlines()
+    code, _, err = run_cli(main, *args)
+    assert code == 2 and "Traceback" not in err, err
+    [line] = err.strip().splitlines()
     assert line.startswith(f"error: the data of the run in '{tmp_path / 'run'}' changed (documents 40 -> 41;")
     assert line.endswith("pass --allow_data_change to resume on it anyway, or a new --output_dir")
     assert parse_command_line(args + ["--allow_data_change"])[1].allow_data_change

@@ -16,7 +16,15 @@ from hrm.train import parse_command_line
 from hrm.training.checkpoint import CHECKPOINT_DIR, damage, finished_steps
 from hrm.training.loop import train
 from hrm.training.metrics import read_metrics
-from tests.helpers import CLI_STEPS, ROOT, report_on_fake_devices, run_module, small_config, small_run_args
+from tests.helpers import (
+    CLI_STEPS,
+    ROOT,
+    optimised_xla_flags,
+    report_on_fake_devices,
+    run_module,
+    small_config,
+    small_run_args,
+)
 
 TINY = ROOT / "configs/tiny.py"
 
@@ -27,11 +35,19 @@ def losses(run_dir):
 
 @pytest.mark.slow
 def test_tiny_config_loss_falls_in_30_steps(tmp_path):
-    """The command's config, trained in-process (the CLI's own output is checked by the subprocess tests)."""
+    """The command on its config: 30 steps of interpreted Pallas (auto on CPU), compiled optimised (a process of
+    its own: unoptimised, those steps take minutes)."""
     args = [TINY, "--config.train.steps=30", "--config.train.log_every=5", "--config.train.warmup_steps=10"]
-    lines = []
-    train(parse_command_line(["--config", *map(str, args), "--config.data.seq_len=64"])[0], tmp_path, lines.append)
-    assert any("selective scan backend: pallas (auto on cpu)" in line for line in lines), lines
+    result = run_module(
+        "hrm.train",
+        "--config",
+        *args,
+        "--config.data.seq_len=64",
+        "--output_dir",
+        tmp_path,
+        env={"XLA_FLAGS": optimised_xla_flags()},
+    )
+    assert "selective scan backend: pallas (auto on cpu)" in result.stdout, result.stdout
     records = read_metrics(tmp_path)
     train_records = [r for r in records if "loss" in r]
     assert [r["step"] for r in train_records] == [5, 10, 15, 20, 25, 30]

@@ -11,12 +11,13 @@ import pytest
 
 from hrm.cli import UsageError
 from hrm.config import Config, ConfigError, load_config_file
+from hrm.train import main as train_main
 from hrm.train import parse_command_line
 from hrm.training.checkpoint import CHECKPOINT_DIR, CheckpointError
 from hrm.training.loop import train, training_tokens
 from hrm.training.metrics import read_metrics
 from hrm.training.resume import resume_point
-from tests.helpers import ROOT, run_module, small_config
+from tests.helpers import ROOT, small_config
 
 DOCUMENTS_JSON = {  # seed 002's "Custom config format", verbatim
     "model": {
@@ -37,6 +38,9 @@ DOCUMENTS_JSON = {  # seed 002's "Custom config format", verbatim
     },
     "vram": {"batch_size": 4, "gradient_accumulation_steps": 8, "effective_batch_size": 32},
 }
+
+
+TINY = ROOT / "configs/tiny.py"
 
 
 def losses(run_dir):
@@ -62,13 +66,15 @@ def test_the_documents_json_config_loads(tmp_path):
     assert (t.batch_size, t.accumulation_steps) == (32, 8)  # global batch 4 x 8
 
 
-def test_a_saved_config_json_loads_as_config(tmp_path):
+def test_a_saved_config_json_loads_as_config(tmp_path, run_cli):
+    from hrm.info import main as info_main
+
     config = small_config()
     config.model.dropout = 0.2
     config.save_json(tmp_path / "config.json")
     assert load_config_file(tmp_path / "config.json") == config
-    result = run_module("hrm.info", "--config", tmp_path / "config.json")  # a CLI takes it as --config
-    assert "family mamba, d_model 32" in result.stdout
+    code, out, _ = run_cli(info_main, "--config", tmp_path / "config.json")  # a CLI takes it as --config
+    assert code == 0 and "family mamba, d_model 32" in out
 
 
 @pytest.mark.parametrize(
@@ -90,8 +96,7 @@ def test_bad_json_configs_are_one_line(tmp_path, raw, message):
         load_config_file(path)
 
 
-@pytest.mark.slow
-def test_config_file_errors_say_what_they_got(tmp_path):
+def test_config_file_errors_say_what_they_got(tmp_path, run_cli):
     raising = tmp_path / "raising.py"
     raising.write_text("def get_config():\n    return {}['model']\n")
     (tmp_path / "data_folder").mkdir()
@@ -103,9 +108,9 @@ def test_config_file_errors_say_what_they_got(tmp_path):
             "is a folder; pass a dialogue JSONL file, or the folder as --data_dir",
         ),
     ]:
-        result = run_module("hrm.train", *args, "--output_dir", tmp_path / "run", check=False)
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        code, _, err = run_cli(train_main, *args, "--output_dir", tmp_path / "run")
+        lines = err.strip().splitlines()
+        assert code == 2 and "Traceback" not in err, err
         assert expected in lines[-1], lines
 
 
@@ -139,8 +144,9 @@ def test_shorthands_and_the_documents_flag_names():
             parse_command_line(["--config", "configs/tiny.py", flag, "3"])
 
 
-def test_help_shows_overrides_resuming_and_an_example_per_data_source():
-    text = run_module("hrm.train", "--help").stdout
+def test_help_shows_overrides_resuming_and_an_example_per_data_source(run_cli):
+    code, text, _ = run_cli(train_main, "--help")
+    assert code == 0
     for expected in [
         "--config.section.key=value",
         "resumes",
@@ -230,13 +236,11 @@ def test_epochs_set_the_steps_from_the_training_tokens(tmp_path):
         ),
     ],
 )
-def test_impossible_sizes_are_one_line_before_anything_is_allocated(tmp_path, overrides, message):
+def test_impossible_sizes_are_one_line_before_anything_is_allocated(tmp_path, run_cli, overrides, message):
     started = time.time()
-    result = run_module(
-        "hrm.train", "--config", "configs/tiny.py", *overrides, "--output_dir", tmp_path, check=False, timeout=300
-    )
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    code, _, err = run_cli(train_main, "--config", TINY, *overrides, "--output_dir", tmp_path)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
     assert not (tmp_path / CHECKPOINT_DIR).exists() and time.time() - started < 300
 
 
@@ -329,12 +333,12 @@ def test_the_size_check_counts_parameters_exactly(name):
         ("--config.model.d_model=1000000", "parameters: their weights, gradients and AdamW moments need"),
     ],
 )
-def test_a_refused_config_leaves_no_run_directory(tmp_path, override, message):
+def test_a_refused_config_leaves_no_run_directory(tmp_path, run_cli, override, message):
     """Refused by validation (before the log opens) or by the size check (after): no --output_dir is left."""
     run_dir = tmp_path / "new_run"
-    result = run_module("hrm.train", "--config", "configs/tiny.py", override, "--output_dir", run_dir, check=False)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    code, _, err = run_cli(train_main, "--config", TINY, override, "--output_dir", run_dir)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
     assert not run_dir.exists()
 
 

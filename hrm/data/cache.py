@@ -8,6 +8,7 @@ anything did. It is written to a temporary folder and renamed, so a killed build
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -33,6 +34,12 @@ class TokenizedCorpus:
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    @functools.cached_property
+    def trained(self) -> np.ndarray:
+        """(documents,) int64: each document's number of training targets, summed over the corpus once (a run
+        cuts its training and held-out documents into pieces several times)."""
+        return np.add.reduceat(self.loss_mask, self.offsets[:-1], dtype=np.int64)
 
     def document(self, index: int) -> dict:
         return self.piece(int(self.offsets[index]), int(self.offsets[index + 1]))

@@ -33,7 +33,7 @@ def _targets(corpus: TokenizedCorpus, indices: np.ndarray, seq_len: int):
     """Per document: (start, first target, end, number of pieces). The cache masks a prompt, then trains
     the rest (``_encode_documents`` in hrm/data/cache.py), so the first target follows the trained count."""
     indices = np.asarray(indices, np.int64)
-    trained = np.add.reduceat(corpus.loss_mask, corpus.offsets[:-1], dtype=np.int64)[indices]
+    trained = corpus.trained[indices]
     starts, ends = corpus.offsets[indices], corpus.offsets[indices + 1]
     first = np.maximum(starts + 1, ends - trained)
     return starts, first, ends, -(-(ends - first) // seq_len)  # ceil(targets / seq_len) pieces

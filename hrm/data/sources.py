@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -53,11 +54,18 @@ class Skipped:
         )
 
 
-def stdlib_files() -> list[Path]:
-    """The interpreter's stdlib ``.py`` files (installed packages excluded), in a stable order."""
+@functools.cache
+def stdlib_files() -> tuple[Path, ...]:
+    """The interpreter's stdlib ``.py`` files (installed packages excluded), in a stable order. The walk skips
+    the excluded folders instead of listing them (site-packages, inside the stdlib's folder, can hold far more
+    files than the stdlib), and runs once per process: the interpreter's own files do not change under it."""
     root = Path(sysconfig.get_paths()["stdlib"])
     excluded = {"site-packages", "dist-packages", "__pycache__"}
-    return sorted(p for p in root.rglob("*.py") if excluded.isdisjoint(p.relative_to(root).parts))
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in excluded]
+        files += [Path(folder, n) for n in names if n.endswith(".py")]
+    return tuple(sorted(files))
 
 
 def directory_files(data_dir: str | Path) -> list[Path]:

@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from hrm.training.monitor import require_wandb
@@ -57,6 +56,10 @@ class MetricsWriter:
         tmp = self.path.with_name(METRICS_FILE + ".tmp")  # rewritten whole: repaired, never half-written
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.path)
+
+        # heavy, kept off the start-up of every command that imports hrm: tensorboardX's writer imports torch
+        # whenever it is installed
+        from tensorboardX import SummaryWriter
 
         self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1)
         if sys.stderr.isatty():
