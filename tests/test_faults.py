@@ -17,6 +17,7 @@ import pytest
 
 import hrm
 from hrm.config import ConfigError, TrainConfig
+from hrm.train import main as train_main
 from hrm.train import parse_command_line
 from hrm.training.checkpoint import CHECKPOINT_DIR, damage, finished_steps
 from hrm.training.faults import LOCK_FILE, RunLock, StopSignals, TrainingError, remember_interrupts
@@ -38,7 +39,7 @@ def test_the_first_update_has_a_positive_learning_rate():
 
 
 @pytest.mark.slow
-def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, straight_cli_run):
+def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, straight_cli_run, run_cli):
     """SIGTERM at a random step: exit 143 within seconds with a checkpoint at the last finished step (its
     record written); re-running continues with the losses of an uninterrupted run."""
     args = list(map(str, small_run_args(save_every=100)))
@@ -67,7 +68,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, straight_
     stopped_at = max(r["step"] for r in read_metrics(run_dir))
     assert stopped_at >= at_step and finished_steps(run_dir) == [stopped_at], (at_step, out)
     assert (run_dir / LOCK_FILE).exists() is False
-    run_module("hrm.train", *args, "--output_dir", run_dir)
+    assert run_cli(train_main, *args, "--output_dir", run_dir)[0] == 0  # the same command again (in-process)
     assert losses(run_dir) == losses(straight_cli_run), f"SIGTERM after step {at_step}"
 
 

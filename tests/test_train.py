@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hrm.cli import UsageError
+from hrm.train import main as train_main
 from hrm.train import parse_command_line
 from hrm.training.checkpoint import CHECKPOINT_DIR, damage, finished_steps
 from hrm.training.loop import train
@@ -78,7 +79,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill(tmp_path, straight_cli_run):
+def test_resume_after_sigkill(tmp_path, straight_cli_run, run_cli):
     """Kill -9 mid-run (after a checkpoint, between saves): re-running the command continues exactly."""
     args = small_run_args(save_every=5)
     killed = tmp_path / "killed"
@@ -95,16 +96,16 @@ def test_resume_after_sigkill(tmp_path, straight_cli_run):
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    run_module("hrm.train", *args, "--output_dir", killed)
+    assert run_cli(train_main, *args, "--output_dir", killed)[0] == 0  # the same command again (in-process)
     assert losses(killed) == losses(straight_cli_run)
 
 
 @pytest.mark.slow
-def test_a_run_directory_refuses_a_different_model(tmp_path):
+def test_a_run_directory_refuses_a_different_model(tmp_path, run_cli):
     train(small_config(), tmp_path, log=lambda *_: None)
-    result = run_module("hrm.train", "--config", TINY, "--output_dir", tmp_path, check=False)
-    assert result.returncode == 2
-    assert "holds a run with a different model" in result.stderr and "Traceback" not in result.stderr
+    code, _, err = run_cli(train_main, "--config", TINY, "--output_dir", tmp_path)
+    assert code == 2
+    assert "holds a run with a different model" in err and "Traceback" not in err
 
 
 @pytest.mark.slow
