@@ -24,7 +24,7 @@ from hrm.training.faults import LOCK_FILE, RunLock, StopSignals, TrainingError, 
 from hrm.training.loop import train
 from hrm.training.metrics import read_metrics
 from hrm.training.optimizer import learning_rate_schedule
-from tests.helpers import ROOT, poison_gradients, run_module, small_config, small_run_args
+from tests.helpers import ROOT, poison_gradients, small_config, small_run_args
 from tests.test_checkpoint import overwrite_array_data
 from tests.test_train import losses
 
@@ -139,16 +139,16 @@ def test_a_refused_setup_leaves_no_lock_behind(tmp_path):
     assert not (tmp_path / LOCK_FILE).exists()
 
 
-def test_a_second_training_process_on_a_run_dir_refuses_with_one_line(tmp_path):
+def test_a_second_training_process_on_a_run_dir_refuses_with_one_line(tmp_path, run_cli):
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         (tmp_path / LOCK_FILE).write_text(json.dumps({"host": RunLock(tmp_path).owner["host"], "pid": owner.pid}))
-        result = run_module("hrm.train", *small_run_args(save_every=2), "--output_dir", tmp_path, check=False)
+        code, _, err = run_cli(train_main, *small_run_args(save_every=2), "--output_dir", tmp_path)
     finally:
         owner.kill()
         owner.wait()
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [
         f"error: '{tmp_path}' is in use by process {owner.pid} (lock file {tmp_path / LOCK_FILE}); wait for it, "
         f"stop it, or pass another --output_dir (delete the lock file if that process is gone)"
     ]
