@@ -88,8 +88,8 @@ def test_sample_cli_rejects_bad_values(run_dir, run_cli, args, message):
 
 
 def test_sample_cli_names_a_missing_checkpoint(tmp_path, run_cli):
-    result = run_module("hrm.sample", "--checkpoint", tmp_path / "nope", "--prompt", "x", check=False)
-    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    code, _, err = run_cli(main, "--checkpoint", tmp_path / "nope", "--prompt", "x")
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(main, "--checkpoint", tmp_path / "empty", "--prompt", "x")
     assert code == 2 and "config.json" in err
