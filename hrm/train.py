@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -88,7 +89,8 @@ LOG_FILE = "train.log"
 
 
 class _Tee:
-    """A text stream that writes to the console stream and to a log file."""
+    """A text stream that writes to the console stream and to a log file. A console that goes away (a pipe into
+    ``head`` that closed) stops the console copy, not the run: training goes on, logged to the file."""
 
     def __init__(self, stream, file):
         self.stream, self.file = stream, file
@@ -96,16 +98,30 @@ class _Tee:
     def write(self, text: str) -> int:
         self.file.write(text)
         self.file.flush()
-        return self.stream.write(text)
+        return self._to_console(lambda: self.stream.write(text)) or len(text)
 
     def flush(self) -> None:
-        self.stream.flush()
+        self._to_console(lambda: self.stream.flush())
+
+    def _to_console(self, call):
+        if self.stream is None:
+            return None
+        try:
+            return call()
+        except BrokenPipeError:
+            # the interpreter's own flush of this stream at exit would fail again: point it at /dev/null
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            except (OSError, ValueError, AttributeError):  # a stream without a file descriptor
+                pass
+            self.stream = None
+            return None
 
     def isatty(self) -> bool:
-        return self.stream.isatty()
+        return self.stream is not None and self.stream.isatty()
 
     def __getattr__(self, name):
-        return getattr(self.stream, name)
+        return getattr(self.stream if self.stream is not None else self.file, name)
 
 
 def log_to_file(run_dir: Path, argv: list[str]) -> Path:

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -357,6 +358,27 @@ def test_an_unwritable_run_directory_is_one_line(tmp_path):
     (tmp_path / "train.log").mkdir()
     with pytest.raises(UsageError, match=r"cannot write the training log '.*train.log' \(.+\); pass a writable"):
         log_to_file(tmp_path, [])
+
+
+def test_a_console_pipe_that_closes_leaves_the_run_logging_to_its_file(tmp_path, monkeypatch):
+    """``python -m hrm.train ... | head``: once head exits, writing the console raises BrokenPipeError; the run
+    must go on (it would otherwise die between checkpoints), its log file complete."""
+    import io
+
+    from hrm.train import log_to_file
+
+    read, write = os.pipe()
+    console = io.TextIOWrapper(os.fdopen(write, "wb"), line_buffering=True)
+    monkeypatch.setattr("sys.stdout", console)
+    log = log_to_file(tmp_path, ["--config", "x"])
+    print("step 1")
+    os.close(read)  # the reader went away
+    print("step 2")
+    print("step 3")
+    sys.stdout.flush()
+    assert log.read_text().splitlines()[1:] == ["step 1", "step 2", "step 3"]
+    console.write("after")  # the console's descriptor now points at /dev/null: the exit's flush cannot fail
+    console.flush()
 
 
 def test_export_out_pointing_at_a_file_is_one_line(tmp_path):
