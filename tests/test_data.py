@@ -402,7 +402,6 @@ def tiny_family_forward(path):
     return lambda tokens, segment_ids=None: np.asarray(forward(params, np.asarray(tokens), segment_ids))
 
 
-@pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
 @pytest.mark.parametrize("path", ["tiny.py", "tiny_hybrid.py", "tiny_recursive.py", "tiny_pattern.py"])
 def test_packed_rows_give_each_document_the_logits_it_gets_alone(tmp_path, path):
     """Every family, on lengths that a cut at the row boundary would split: a row's segment is a document's

@@ -1,16 +1,12 @@
 """hrm/exported.py: jax.export (StableHLO) of prefill and decode step, run without the model code, reproduces
 ``generate`` token for token (greedy and seeded sampling)."""
 
-import pytest
-
 import hrm
 from hrm import export, exported
 from hrm.config import Config, DataConfig, ModelConfig
 from hrm.exported import ExportedDecoder
 from hrm.models import per_layer
 from hrm.training.state import init_model
-
-pytestmark = pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
 
 
 def pattern_config(pattern: str) -> Config:

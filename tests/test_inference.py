@@ -15,7 +15,6 @@ from hrm.models import build_model
 from hrm.models.attention import kv_cache_length, resize_kv_caches
 from tests.helpers import fresh_rng
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
 VOCAB = 48
 SMALL = {
     "mamba": ModelConfig(family="mamba", d_model=32, n_layers=2, d_state=8, vocab_size=VOCAB),
