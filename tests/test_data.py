@@ -268,6 +268,19 @@ def test_an_epoch_of_pieces_targets_every_token_once(tmp_path):
     np.testing.assert_array_equal(targeted, expected)
 
 
+def test_each_documents_target_count_is_its_loss_mask_sum(tmp_path):
+    """A corpus without prompts takes its counts from the offsets (meta ``masked_tokens`` 0), one with prompts
+    from the mask; both are the mask's sums, and an old cache (no ``masked_tokens``) still counts."""
+    plain = long_and_short_documents(tmp_path)[1]
+    prompted = qa_corpus(tmp_path, [("why " * 9, "ok"), ("a question: ", "an answer")], seq_len=16)[1]
+    assert plain.meta["masked_tokens"] == 0 and prompted.meta["masked_tokens"] > 0
+    for corpus in (plain, prompted):
+        sums = [int(corpus.document(i)["loss_mask"].sum()) for i in range(len(corpus))]
+        assert corpus.trained.tolist() == sums
+        del corpus.meta["masked_tokens"], corpus.__dict__["trained"]
+        assert corpus.trained.tolist() == sums
+
+
 def test_shuffled_pieces_spread_a_long_document_over_the_epoch(tmp_path):
     cfg, corpus, _ = long_and_short_documents(tmp_path)
     long_text = (tmp_path / "many" / "long.txt").read_bytes()

@@ -38,7 +38,11 @@ class TokenizedCorpus:
     @functools.cached_property
     def trained(self) -> np.ndarray:
         """(documents,) int64: each document's number of training targets, summed over the corpus once (a run
-        cuts its training and held-out documents into pieces several times)."""
+        cuts its training and held-out documents into pieces several times). A corpus that masks nothing
+        (``masked_tokens`` 0, written at build) trains every token: its counts come from the offsets alone,
+        without reading the memory-mapped mask (its first read pages the whole file in)."""
+        if self.meta.get("masked_tokens") == 0:
+            return np.diff(self.offsets)
         return np.add.reduceat(self.loss_mask, self.offsets[:-1], dtype=np.int64)
 
     def document(self, index: int) -> dict:
@@ -161,11 +165,13 @@ def _build(cfg, tokenizer: Tokenizer, folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
     try:
+        loss_mask = np.concatenate(masks)
         np.save(tmp / "tokens.npy", np.concatenate(tokens))
-        np.save(tmp / "loss_mask.npy", np.concatenate(masks))
+        np.save(tmp / "loss_mask.npy", loss_mask)
         np.save(tmp / "offsets.npy", np.asarray(offsets, np.int64))
         meta = {
             "tokens": int(offsets[-1]),
+            "masked_tokens": int(loss_mask.size - np.count_nonzero(loss_mask)),  # prompts kept out of the loss
             "documents": len(tokens),
             "tokenizer": tokenizer.name,
             "sources": sources,
