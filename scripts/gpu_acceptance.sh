@@ -48,39 +48,88 @@ EOF
 }
 
 # The command a step's line stands for, checked without running it: its module or script resolves and its
-# flags parse (argparse --help for scripts, --collect-only for pytest, the config file loads for training).
-dry_check() {
-    local name="$1" cmd="$2"
-    case "$name" in
-        doctor) $PY -m hrm.doctor --help >/dev/null ;;
-        *tests*) cmd=${cmd/env JAX_PLATFORMS=cuda /}; bash -c "${cmd/-q /-q --collect-only }" >/dev/null ;;
-        "bench scan") $PY scripts/bench_scan.py --help >/dev/null \
-            && $PY -c "import sys; sys.path.insert(0, 'scripts'); import bench_scan; bench_scan.parse_args(sys.argv[1:])" \
-                ${cmd#*bench_scan.py} ;;
-        memtest*) $PY -m hrm.memtest --help >/dev/null && $PY -c "from hrm.config import load_config_file; load_config_file('${cmd#*--config }'.split()[0])" ;;
-        train*) $PY - "$cmd" <<'PYEOF'
-import shlex, sys
-from hrm.config import resolve_config
-from hrm.train import parse_command_line
-resolve_config(parse_command_line(shlex.split(sys.argv[1])[3:])[0])
+# flags parse (argparse --help as `python -m X --help` or `python SCRIPT --help` runs it, the config file loads,
+# --collect-only for pytest). The Python steps are checked in one process (each of their own would spend seconds
+# importing jax), each step apart: a step whose check raises or exits non-zero fails with its error's last lines.
+# Writes DIR/N.ok for each step N (from 1) that resolves, else DIR/N.err.
+read -r -d '' DRY_CHECK <<'PYEOF'
+import contextlib, io, runpy, shlex, sys, traceback
+from pathlib import Path
+
+checks = Path(sys.argv[1])
+
+
+def run_help(argv0, run):
+    sys.argv = [argv0, "--help"]
+    try:
+        run()
+    except SystemExit as exit:
+        if exit.code not in (0, None):
+            raise
+
+
+def check(name, words):
+    if name == "doctor" or name.startswith("memtest"):
+        module = words[words.index("-m") + 1]
+        run_help(module, lambda: runpy.run_module(module, run_name="__main__", alter_sys=True))
+    if name.startswith("memtest"):
+        from hrm.config import load_config_file
+
+        load_config_file(words[words.index("--config") + 1])
+    elif name == "bench scan":
+        script = next(word for word in words if word.endswith(".py"))
+        run_help(script, lambda: runpy.run_path(script, run_name="__main__"))
+        sys.path.insert(0, str(Path(script).parent))
+        import bench_scan
+
+        bench_scan.parse_args(words[words.index(script) + 1 :])
+    elif name.startswith("train"):
+        from hrm.config import resolve_config
+        from hrm.train import parse_command_line
+
+        resolve_config(parse_command_line(words[words.index("hrm.train") + 1 :])[0])
+
+
+for number, line in enumerate(Path(checks, "steps").read_text().splitlines(), 1):
+    name, _, cmd = line.split("|", 2)
+    if "tests" in name:
+        continue  # pytest's collection: in its own process, by the caller
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            check(name, shlex.split(cmd))
+    except BaseException as error:
+        detail = f"exit {error.code}\n" if isinstance(error, SystemExit) else traceback.format_exc()
+        Path(checks, f"{number}.err").write_text(output.getvalue()[-2000:] + detail)
+    else:
+        Path(checks, f"{number}.ok").touch()
+    finally:
+        sys.argv = sys.argv[:1]
 PYEOF
-            ;;
-    esac
-}
 
 if [ "$DRY" = 1 ]; then
     echo "gpu_acceptance dry run: each step's command, resolved but not run"
+    checks=$(mktemp -d)
+    step_list >"$checks/steps"
+    $PY -c "$DRY_CHECK" "$checks" >"$checks/checker.log" 2>&1
     total=0
-    err=$(mktemp)
+    number=0
     while IFS='|' read -r name limit cmd; do
+        number=$((number + 1))
         total=$((total + limit))
-        if dry_check "$name" "$cmd" 2>"$err"; then
+        case "$name" in
+            *tests*) c=${cmd/env JAX_PLATFORMS=cuda /}
+                bash -c "${c/-q /-q --collect-only }" >/dev/null 2>"$checks/$number.err" && touch "$checks/$number.ok" ;;
+        esac
+        if [ -e "$checks/$number.ok" ]; then
             echo "  ok   $name (${limit} s): $cmd"
         else
-            echo "  FAIL $name: $cmd"; tail -5 "$err" | sed 's/^/       /'; FAILED=1
+            echo "  FAIL $name: $cmd"; FAILED=1
+            # the step's own error, or the checker's when it did not get to the step
+            tail -5 "$([ -e "$checks/$number.err" ] && echo "$checks/$number.err" || echo "$checks/checker.log")" | sed 's/^/       /'
         fi
-    done < <(step_list)
-    rm -f "$err"
+    done <"$checks/steps"
+    rm -rf "$checks"
     echo "time limits sum to ${total} s"
     [ "$total" -le 480 ] || { echo "FAIL: the steps' limits exceed 8 minutes"; FAILED=1; }
     [ "$FAILED" = 0 ] && echo "PASS" || echo "FAIL"

@@ -17,12 +17,8 @@ from tests.helpers import fresh_rng, numpy_scan, random_inputs, rel_err
 @pytest.mark.parametrize("shape,with_state", [((2, 37, 24, 16), False), ((1, 5, 7, 3), True), ((3, 64, 16, 8), True)])
 def test_forward_matches_float64_loop(backend, shape, with_state):
     inputs = random_inputs(fresh_rng(), *shape, with_state=with_state)
-    y, last = kernels.selective_scan(
-        **{k: None if v is None else jnp.asarray(v) for k, v in inputs.items()},
-        delta_softplus=True,
-        return_last_state=True,
-        backend=backend,
-    )
+    scan = functools.partial(kernels.selective_scan, delta_softplus=True, return_last_state=True, backend=backend)
+    y, last = jax.jit(scan)(**_as_jnp(inputs))  # one compile (eager, each primitive compiles on its own)
     y_ref, last_ref = numpy_scan(**inputs)
     assert y.shape == shape[:3] and y.dtype == jnp.float32
     assert last.shape == (shape[0], shape[2], shape[3])
@@ -113,14 +109,13 @@ def test_gradients_match_float64_sequential_scan():
         return jnp.sum(y * cotangent.astype(dtype)) + jnp.sum(h**2)
 
     args32 = [jnp.asarray(inputs[k]) for k in names]
-    grads = jax.grad(lambda *a: loss(reference.associative_scan, np.float32, *a), argnums=tuple(range(len(names))))(
-        *args32
-    )
+    argnums = tuple(range(len(names)))  # each gradient jitted: one compile (eager, each primitive compiles alone)
+    grads = jax.jit(jax.grad(lambda *a: loss(reference.associative_scan, np.float32, *a), argnums=argnums))(*args32)
     with jax.enable_x64(True):
         args64 = [jnp.asarray(inputs[k], jnp.float64) for k in names]
-        grads64 = jax.grad(
-            lambda *a: loss(reference.sequential_scan, np.float64, *a), argnums=tuple(range(len(names)))
-        )(*args64)
+        grads64 = jax.jit(jax.grad(lambda *a: loss(reference.sequential_scan, np.float64, *a), argnums=argnums))(
+            *args64
+        )
         grads64 = [np.asarray(g) for g in grads64]
     for name, g, g64 in zip(names, grads, grads64):
         assert g.dtype == jnp.float32
@@ -130,8 +125,8 @@ def test_gradients_match_float64_sequential_scan():
 def test_fp32_sequential_gradients_match_associative():
     inputs = {k: jnp.asarray(v) for k, v in random_inputs(fresh_rng(), 2, 23, 8, 4).items() if v is not None}
     loss = lambda backend: lambda kw: jnp.sum(kernels.selective_scan(**kw, delta_softplus=True, backend=backend) ** 2)
-    g_ref = jax.grad(loss("reference"))(inputs)
-    g_seq = jax.grad(loss("sequential"))(inputs)
+    g_ref = jax.jit(jax.grad(loss("reference")))(inputs)  # jitted: one compile each
+    g_seq = jax.jit(jax.grad(loss("sequential")))(inputs)
     for name in inputs:
         assert rel_err(g_seq[name], g_ref[name]) < 1e-4, name
 
