@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def report_on_fake_devices(script: str, *args, devices: int = 4) -> dict:
-    """Run ``python -c script args`` on ``devices`` fake CPU devices; its last stdout line, as JSON."""
+    """Run ``python -c script args`` on ``devices`` fake CPU devices; its last stdout line, as JSON. The fake
+    devices' collectives wait for each other up to 10 minutes (XLA aborts after 40 s by default, which an
+    overloaded 2-core machine can exceed: one device's thread starved, not stuck)."""
     import json
 
     result = subprocess.run(
@@ -25,7 +27,8 @@ def report_on_fake_devices(script: str, *args, devices: int = 4) -> dict:
         env={
             **os.environ,
             "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip(),
+            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices} "
+            "--xla_cpu_collective_call_terminate_timeout_seconds=600".strip(),
         },
     )
     assert result.returncode == 0, result.stderr
