@@ -54,18 +54,9 @@ def test_a_pattern_that_does_not_repeat_stays_unrolled():
     assert not model.scanned and len(model.layers) == 3
 
 
-def jitted(model):
-    """The model's forward, jitted: one compile per call shape (eager, each primitive compiles on its own)."""
-    graphdef, params = nnx.split(model)
-    forward = jax.jit(lambda p, *args, **kw: nnx.merge(graphdef, p)(*args, **kw))
-    return lambda *args, **kw: forward(params, *args, **kw)
-
-
 @pytest.mark.parametrize("name", SCANNED)
 def test_scanned_forward_decoding_and_packing_equal_the_unrolled_loop(name):
-    models = pair(name)
-    unrolled, scanned = (jitted(model) for model in models)
-    init_cache = models[1].init_cache
+    unrolled, scanned = pair(name)
     x = tokens()
     full, _ = unrolled(x)
     np.testing.assert_allclose(scanned(x)[0], full, rtol=1e-5, atol=1e-5)
@@ -74,8 +65,8 @@ def test_scanned_forward_decoding_and_packing_equal_the_unrolled_loop(name):
         scanned(x, segment_ids=segments)[0], unrolled(x, segment_ids=segments)[0], rtol=1e-5, atol=1e-5
     )
     # a chunked prefill then one-token steps through the (batch, layer, ...) cache
-    cache = init_cache(2)
-    assert all(leaf.shape[0] == 2 and models[1].n_stacked in leaf.shape[1:3] for leaf in jax.tree.leaves(cache))
+    cache = scanned.init_cache(2)
+    assert all(leaf.shape[0] == 2 and scanned.n_stacked in leaf.shape[1:3] for leaf in jax.tree.leaves(cache))
     logits, cache = scanned(x[:, :7], cache)
     steps = [logits]
     for t in range(7, x.shape[1]):
@@ -84,8 +75,8 @@ def test_scanned_forward_decoding_and_packing_equal_the_unrolled_loop(name):
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
     # a ragged prefill: row 1's padding leaves its cache as its 4 real tokens left it, so its next step's logits
     # are those of the row decoded alone
-    _, ragged = scanned(x[:, :7], init_cache(2), lengths=jnp.array([7, 4]))
-    _, alone = scanned(x[1:, :4], init_cache(1))
+    _, ragged = scanned(x[:, :7], scanned.init_cache(2), lengths=jnp.array([7, 4]))
+    _, alone = scanned(x[1:, :4], scanned.init_cache(1))
     step, _ = scanned(jnp.stack([x[0, 7:8], x[1, 4:5]]), ragged)
     np.testing.assert_allclose(step[1], scanned(x[1:, 4:5], alone)[0][0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(step[1], full[1, 4:5], rtol=1e-5, atol=1e-5)
