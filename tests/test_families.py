@@ -180,13 +180,14 @@ def test_packed_documents_give_the_same_logits_as_documents_alone(name):
 
 
 def test_per_sequence_gate_mean_restarts_at_segments_and_carries_across_chunks():
-    u = jax.random.normal(jax.random.key(3), (1, 10, 4))
-    zeros = (jnp.zeros((1, 4)), jnp.zeros((1,)))
-    means, _ = segment_prefix_mean(u, zeros, jnp.asarray([[0] * 4 + [1] * 6]))
+    mean = jax.jit(segment_prefix_mean)  # one compile per shape (eager, each primitive compiles on its own)
+    u = np.asarray(jax.random.normal(jax.random.key(3), (1, 10, 4)))
+    zeros = (np.zeros((1, 4), np.float32), np.zeros((1,), np.float32))
+    means, _ = mean(u, zeros, np.asarray([[0] * 4 + [1] * 6]))
     np.testing.assert_allclose(means[0, 5], u[0, 4:6].mean(0), rtol=1e-5)
-    full, _ = segment_prefix_mean(u, zeros, None)
-    first, carry = segment_prefix_mean(u[:, :3], zeros, None)
-    rest, _ = segment_prefix_mean(u[:, 3:], carry, None)
+    full, _ = mean(u, zeros, None)
+    first, carry = mean(u[:, :3], zeros, None)
+    rest, _ = mean(u[:, 3:], carry, None)
     np.testing.assert_allclose(np.concatenate([first, rest], 1), full, rtol=1e-5)
 
 
@@ -427,7 +428,8 @@ def test_remat_changes_the_program_not_the_gradients(name):
             (logits, _), sown = nnx.capture(nnx.merge(graphdef, p), nnx.Intermediate)(tokens(length=8))
             return jnp.mean(logits**2) + sum(jnp.sum(x) for x in jax.tree.leaves(nnx.to_pure_dict(sown)))
 
-        return jax.grad(loss)(params), str(jax.make_jaxpr(jax.grad(loss))(params))
+        traced = jax.jit(jax.grad(loss)).trace(params)  # one trace: its jaxpr, then its compile
+        return traced.lower().compile()(params), str(traced.jaxpr)
 
     plain, plain_jaxpr = grads("none")
     for policy in ("block", "dots_with_no_batch_dims_saveable"):
