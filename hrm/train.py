@@ -110,10 +110,13 @@ class _Tee:
             return call()
         except BrokenPipeError:
             # the interpreter's own flush of this stream at exit would fail again: point it at /dev/null
+            devnull = os.open(os.devnull, os.O_WRONLY)
             try:
-                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+                os.dup2(devnull, self.stream.fileno())
             except (OSError, ValueError, AttributeError):  # a stream without a file descriptor
                 pass
+            finally:
+                os.close(devnull)
             self.stream = None
             return None
 

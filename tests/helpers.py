@@ -10,6 +10,7 @@ import numpy as np
 from hrm.config import Config, DataConfig, ModelConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs/tiny.py"  # the command's own small config, which most CLI tests run
 
 
 def report_on_fake_devices(script: str, *args, devices: int = 4) -> dict:
@@ -95,7 +96,7 @@ def small_run_args(save_every: int, steps: int = CLI_STEPS) -> list:
     default ``steps`` (subprocess or in-process) compiles the same train step: one compile, then cache hits."""
     return [
         "--config",
-        ROOT / "configs/tiny.py",
+        TINY,
         "--config.model.d_model=32",
         "--config.model.n_layers=2",
         "--config.data.seq_len=32",

@@ -14,7 +14,7 @@ from hrm.config import (
     resolve_config,
     validate,
 )
-from tests.helpers import ROOT
+from tests.helpers import ROOT, TINY
 
 
 def test_overrides_are_typed():
@@ -88,7 +88,7 @@ def test_cli_config_errors_are_one_line_with_exit_code_2(run_cli):
         (["--config.train.batch_size", "x"], "expects int"),
         (["--nonsense"], "unrecognized argument '--nonsense'"),
     ]:
-        code, _, err = run_cli(main, "--config", ROOT / "configs/tiny.py", *args)
+        code, _, err = run_cli(main, "--config", TINY, *args)
         assert code == 2
         lines = err.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err

@@ -24,7 +24,7 @@ from hrm.data import (
     training_batches,
 )
 from hrm.tokenizer import TokenizerError, get_tokenizer, padded_vocab_size
-from tests.helpers import ROOT, fresh_rng, small_run_args
+from tests.helpers import ROOT, TINY, fresh_rng, small_run_args
 
 UNICODE = ["naïve café ☕ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🌍", "<|endoftext|> in text", "\x00\x01 tabs\t\n", "日本語のテキスト", ""]
 
@@ -191,7 +191,7 @@ def test_cli_reports_bad_data_in_one_line(tmp_path, run_cli):
     code, _, err = run_cli(
         main,
         "--config",
-        ROOT / "configs/tiny.py",
+        TINY,
         "--output_dir",
         tmp_path / "run",
         "--dataset",

@@ -8,9 +8,7 @@ from hrm.cli import run_main
 from hrm.config import ConfigError, resolve_config
 from hrm.memtest import main as memtest_main
 from hrm.training.memory import fit_to_vram, parse_vram, train_step_memory
-from tests.helpers import ROOT, small_config
-
-TINY = ROOT / "configs/tiny.py"
+from tests.helpers import TINY, small_config
 
 
 def config(**train):

@@ -20,14 +20,13 @@ from hrm.training.metrics import read_metrics
 from tests.helpers import (
     CLI_STEPS,
     ROOT,
+    TINY,
     optimised_xla_flags,
     report_on_fake_devices,
     run_module,
     small_config,
     small_run_args,
 )
-
-TINY = ROOT / "configs/tiny.py"
 
 
 def losses(run_dir):

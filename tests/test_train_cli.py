@@ -18,7 +18,7 @@ from hrm.training.checkpoint import CHECKPOINT_DIR, CheckpointError
 from hrm.training.loop import train, training_tokens
 from hrm.training.metrics import read_metrics
 from hrm.training.resume import resume_point
-from tests.helpers import ROOT, small_config
+from tests.helpers import ROOT, TINY, small_config
 
 DOCUMENTS_JSON = {  # seed 002's "Custom config format", verbatim
     "model": {
@@ -39,9 +39,6 @@ DOCUMENTS_JSON = {  # seed 002's "Custom config format", verbatim
     },
     "vram": {"batch_size": 4, "gradient_accumulation_steps": 8, "effective_batch_size": 32},
 }
-
-
-TINY = ROOT / "configs/tiny.py"
 
 
 def losses(run_dir):
