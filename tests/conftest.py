@@ -21,14 +21,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the xdist controller, or a 
     _SESSION_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="hrm-tests-xla-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # eager ops' compiles add up too
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-# XLA's CPU backend without LLVM's optimisation passes: the tests' programs are small, so compiling them costs far
-# more than running them, and these passes are most of a compile (the HLO passes, fusion and buffer assignment, so
-# the memory analyses the tests read, are unchanged). Set XLA_FLAGS yourself to test the optimised code.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 from hrm.config import Config  # noqa: E402
 from tests import helpers  # noqa: E402  (imports jax: after the platform and the cache are set)
+
+# XLA reads its flags when its backend starts (the first computation), after these imports
+for _flag, _value in helpers.FAST_COMPILE_XLA_FLAGS.items():
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}={_value}".strip()
 
 
 def pytest_unconfigure(config):

@@ -81,11 +81,19 @@ def small_config(**train) -> Config:
     )
 
 
+# XLA flags conftest.py sets for the session and the processes it starts, unless XLA_FLAGS names them already. The
+# tests' programs are small, so compiling them costs far more than running them: XLA's CPU backend compiles them
+# without LLVM's optimisation passes and emits fusions with its elemental IR emitter instead of the MLIR fusion
+# emitters, whose pipeline is most of what is left of a compile (scripts/bench_test_xla.py, docs/BENCHMARKS.md).
+# The HLO passes still run, so the memory analyses the tests read stay within 3% of the default backend's.
+FAST_COMPILE_XLA_FLAGS = {"--xla_backend_optimization_level": "0", "--xla_cpu_use_fusion_emitters": "false"}
+
+
 def optimised_xla_flags() -> str:
-    """XLA_FLAGS without conftest.py's unoptimised CPU backend: for a test that runs many steps, where the
-    optimised code's speed pays for its slower compile."""
+    """XLA_FLAGS without ``FAST_COMPILE_XLA_FLAGS`` (XLA's default CPU backend): for a test that runs many steps,
+    where the optimised code's speed pays for its slower compile."""
     flags = os.environ.get("XLA_FLAGS", "").split()
-    return " ".join(f for f in flags if not f.startswith("--xla_backend_optimization_level"))
+    return " ".join(f for f in flags if f.split("=")[0] not in FAST_COMPILE_XLA_FLAGS)
 
 
 CLI_STEPS = 20  # long enough that a signal sent a few steps in lands mid-run, in one process or two

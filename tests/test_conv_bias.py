@@ -33,7 +33,10 @@ def test_no_conv_bias_parameter_and_the_math_of_a_zero_bias(scan_layers):
     for mixer in [dropped["layers"]["mixer"]] if scan_layers else [l["mixer"] for l in dropped["layers"].values()]:
         del mixer["conv_bias"]
     logits = lambda graphdef, params: nnx.merge(graphdef, params)(TOKENS)[0]
-    np.testing.assert_array_equal(logits(graphdef_without, dropped), logits(graphdef_with, zero_bias))
+    # two programs: XLA may fuse (and round) them differently, so equal up to float32 rounding, not bit for bit
+    np.testing.assert_allclose(
+        logits(graphdef_without, dropped), logits(graphdef_with, zero_bias), rtol=1e-5, atol=1e-6
+    )
 
 
 def save_run(path, config, params):
