@@ -19,6 +19,7 @@ __all__ = [
     "document_batches",
     "document_pieces",
     "eval_batches",
+    "holds_out",
     "packed_batches",
     "packing_efficiency",
     "packing_summary",
@@ -45,10 +46,15 @@ def eval_batches(cfg_data, corpus: TokenizedCorpus, batch_size: int, n_batches: 
     """The same held-out batches every time: at most ``n_batches`` of one pass over a fixed shuffle of the
     held-out documents' pieces, so each held-out target counts once per evaluation however small the held-out
     set (empty when nothing is held out)."""
-    _, eval_docs = split_documents(len(corpus), cfg_data.eval_fraction)
-    if len(eval_docs) == 0 or n_batches == 0:
+    if not holds_out(cfg_data, corpus, n_batches):
         return []
+    _, eval_docs = split_documents(len(corpus), cfg_data.eval_fraction)
     return list(itertools.islice(document_batches(cfg_data, corpus, eval_docs, batch_size), n_batches))
+
+
+def holds_out(cfg_data, corpus: TokenizedCorpus, n_batches: int) -> bool:
+    """Whether ``eval_batches`` gives any batch: ``n_batches`` asked for and a held-out document to fill them."""
+    return n_batches > 0 and len(split_documents(len(corpus), cfg_data.eval_fraction)[1]) > 0
 
 
 def document_batches(cfg_data, corpus: TokenizedCorpus, indices, batch_size: int):

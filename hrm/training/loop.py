@@ -23,6 +23,7 @@ from hrm.data import (
     data_fingerprint,
     document_pieces,
     eval_batches,
+    holds_out,
     packing_efficiency,
     packing_summary,
     split_batch,
@@ -127,7 +128,8 @@ class RunPlan:
     """A run as settled before its first step, each part built once: the resolved config (``train.steps`` from
     ``train.epochs``, the micro-batch from a ``VramRequest``), the parameters per component, the device mesh, the
     train state's shapes laid out by their shardings (from one abstract model) and the compiled train step and
-    evaluation, whose memory was checked."""
+    evaluation, whose memory was checked. A run that never evaluates (``train.eval_batches`` 0, or no held-out
+    documents) compiles no evaluation: ``eval_fn`` is None."""
 
     config: Config
     parameters: dict[str, int]  # per component, from shapes (hrm.models.accounting.parameter_table)
@@ -137,7 +139,7 @@ class RunPlan:
     state_sharding: dict
     abstract_state: dict  # jax.ShapeDtypeStruct leaves carrying their shardings: what a restore fills
     step_fn: object  # compiled (state, batch) -> (state, metrics)
-    eval_fn: object  # compiled (params, micro-batch) -> eval_sums
+    eval_fn: object | None  # compiled (params, micro-batch) -> eval_sums; None without held-out batches
 
     @property
     def n_params(self) -> int:
@@ -158,6 +160,7 @@ def plan_run(config: Config, corpus, vram: VramRequest | None = None, log=print)
     parameters = parameter_table(config.model)
     memory.check_parameters_fit(config, jax.device_count(), n_params=sum(parameters.values()))
     mesh = data_mesh()
+    evaluates = holds_out(config.data, corpus, config.train.eval_batches)
     graphdef, shapes = abstract_train_state(config)  # the micro-batch changes the step, not the state
     state_sharding = state_shardings(shapes, mesh, config.train.shard_params)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_sharding)
@@ -167,7 +170,7 @@ def plan_run(config: Config, corpus, vram: VramRequest | None = None, log=print)
     def compile_at(candidate: Config) -> memory.StepMemory:
         run_config = dataclasses.replace(requested, train=candidate.train)
         searched[run_config.train.accumulation_steps] = compiled = _compile_steps(
-            graphdef, run_config, abstract, state_sharding, mesh
+            graphdef, run_config, abstract, state_sharding, mesh, evaluates
         )
         return compiled[2]
 
@@ -188,7 +191,7 @@ def plan_run(config: Config, corpus, vram: VramRequest | None = None, log=print)
         step_fn, eval_fn, step_memory = searched[t.accumulation_steps]
         memory.check_step_fits(step_memory, config)
     else:
-        step_fn, eval_fn = compile_steps(graphdef, config, abstract, state_sharding, mesh)  # checks their memory
+        step_fn, eval_fn = compile_steps(graphdef, config, abstract, state_sharding, mesh, evaluates)  # and checks
     return RunPlan(config, parameters, epoch_tokens, mesh, graphdef, state_sharding, abstract, step_fn, eval_fn)
 
 
@@ -497,16 +500,19 @@ def sharded_init(config: Config, state_sharding):
     return jax.jit(lambda: init_train_state(config)[1], out_shardings=state_sharding)
 
 
-def compile_steps(graphdef, config: Config, abstract_state, state_sharding, mesh: Mesh):
+def compile_steps(graphdef, config: Config, abstract_state, state_sharding, mesh: Mesh, evaluates: bool = True):
     """(train step, evaluation) compiled ahead of time for the run's shapes and shardings, after checking XLA's
     memory estimate of both (``memory.check_step_fits``; the evaluation at one micro-batch beside the resident
-    train state): nothing is allocated yet. The evaluation returns ``eval_sums`` of one micro-batch."""
-    compiled, compiled_eval, step_memory = _compile_steps(graphdef, config, abstract_state, state_sharding, mesh)
+    train state): nothing is allocated yet. The evaluation returns ``eval_sums`` of one micro-batch; without
+    ``evaluates`` it is None (neither compiled nor in the estimate)."""
+    compiled, compiled_eval, step_memory = _compile_steps(
+        graphdef, config, abstract_state, state_sharding, mesh, evaluates
+    )
     memory.check_step_fits(step_memory, config)
     return compiled, compiled_eval
 
 
-def _compile_steps(graphdef, config: Config, abstract_state, state_sharding, mesh: Mesh):
+def _compile_steps(graphdef, config: Config, abstract_state, state_sharding, mesh: Mesh, evaluates: bool = True):
     """``compile_steps`` without the check: (train step, evaluation, their ``memory.StepMemory``)."""
     sharded, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     t = config.train
@@ -522,9 +528,11 @@ def _compile_steps(graphdef, config: Config, abstract_state, state_sharding, mes
     evaluate = jax.jit(
         partial(eval_sums, graphdef), in_shardings=(state_sharding["params"], sharded), out_shardings=replicated
     )
-    compiled_eval = evaluate.lower(
-        abstract_state["params"], memory.abstract_batch(micro, config.data.seq_len, sharded)
-    ).compile()
+    compiled_eval = (
+        evaluate.lower(abstract_state["params"], memory.abstract_batch(micro, config.data.seq_len, sharded)).compile()
+        if evaluates
+        else None
+    )
     devices = mesh.shape["data"]
     step_memory = memory.step_memory(
         compiled,
