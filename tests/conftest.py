@@ -75,20 +75,22 @@ class TrainedRun:
     messages: list  # the lines train() logged
 
 
-# recursive_ssm keeps configs/tiny_recursive.py's 3 depths and hybrid_recursive has 2 layers of 3 depths: the
-# monitoring tests check one record per layer and per depth (tests/test_monitor.py)
+# configs/tiny_*.py of each family, made tiny (tests/helpers.py tiny_file_config). recursive_ssm keeps its file's 3
+# depths and hybrid_recursive has 2 layers of 3 depths: the monitoring tests check one record per layer and per
+# depth (tests/test_monitor.py); hybrid_pattern keeps "AMAM", 2 units for the scanned stack
+# (tests/test_scan_layers.py trains each run again unrolled).
 FAMILY_RUNS = {
     "hybrid_recursive": ("tiny_hybrid.py", {"n_layers": 2, "n_heads": 2}),
     "recursive_ssm": ("tiny_recursive.py", {"n_layers": 2, "adapter_rank": 2}),
-    "hybrid_pattern": ("tiny_pattern.py", {"n_layers": 2, "layer_pattern": "AM", "n_heads": 2}),
+    "hybrid_pattern": ("tiny_pattern.py", {"n_heads": 2}),
 }
 
 
 def trained_run_config(family: str, path: Path) -> Config:
     """The shared run of ``family``. mamba: helpers.small_config for 12 steps (checkpoints at 6 and 12) on
     synthetic:addition with the loss on the answers, 10% of 60 documents held out (hrm.eval's perplexity);
-    the others: their configs/tiny_*.py file at d_model 32, 16 steps on the default corpus."""
-    from hrm.config import SyntheticConfig, TrainConfig, load_config_file
+    the others: ``helpers.tiny_file_config`` of their configs/tiny_*.py file (``FAMILY_RUNS``)."""
+    from hrm.config import SyntheticConfig
 
     if family == "mamba":
         config = helpers.small_config(steps=12, save_every=6, eval_batches=0)
@@ -98,13 +100,7 @@ def trained_run_config(family: str, path: Path) -> Config:
         config.data.cache_dir = str(path / "cache")
         return config
     file, model = FAMILY_RUNS[family]
-    config = load_config_file(helpers.ROOT / "configs" / file)
-    config.model = dataclasses.replace(config.model, d_model=32, d_state=8, **model)
-    config.data = dataclasses.replace(config.data, seq_len=32, num_threads=1)
-    config.train = TrainConfig(
-        steps=16, batch_size=4, lr=5e-3, warmup_steps=2, save_every=16, log_every=1, eval_batches=1, seed=0
-    )
-    return config
+    return helpers.tiny_file_config(file, **model)
 
 
 @pytest.fixture(scope="session")

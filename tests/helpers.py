@@ -1,5 +1,6 @@
 """Small configs, seeded random numbers, the scan's float64 definition and subprocess helpers shared by the tests."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hrm.config import Config, DataConfig, ModelConfig, TrainConfig
+from hrm.config import Config, DataConfig, ModelConfig, TrainConfig, load_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/tiny.py"  # the command's own small config, which most CLI tests run
@@ -87,6 +88,19 @@ def small_config(**train) -> Config:
 # emitters, whose pipeline is most of what is left of a compile (scripts/bench_test_xla.py, docs/BENCHMARKS.md).
 # The HLO passes still run, so the memory analyses the tests read stay within 3% of the default backend's.
 FAST_COMPILE_XLA_FLAGS = {"--xla_backend_optimization_level": "0", "--xla_cpu_use_fusion_emitters": "false"}
+
+
+def tiny_file_config(file: str, **model) -> Config:
+    """configs/``file`` (its family, depth, layer pattern, recursion, remat) with every step made tiny: width 32,
+    16 steps of 4 rows of 32 tokens, dropout 0.1 (``model``: further model changes). What the layer stack's
+    structure does is kept, its width is not."""
+    config = load_config_file(ROOT / "configs" / file)
+    config.model = dataclasses.replace(config.model, d_model=32, d_state=8, dropout=0.1, **model)
+    config.data = dataclasses.replace(config.data, seq_len=32, num_threads=1)
+    config.train = TrainConfig(
+        steps=16, batch_size=4, lr=5e-3, warmup_steps=2, save_every=16, log_every=1, eval_batches=1, seed=0
+    )
+    return config
 
 
 def optimised_xla_flags() -> str:

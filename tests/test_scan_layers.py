@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hrm.config import ModelConfig, TrainConfig, load_config_file
+from hrm.config import ModelConfig
 from hrm.models import FAMILIES, build_model
 from hrm.models.lm import stack_layer_params, unstack_layer_params
 from hrm.training.loop import train
-from tests.helpers import ROOT
+from tests.conftest import FAMILY_RUNS
+from tests.helpers import tiny_file_config
 from tests.test_families import SMALL as FAMILY_CONFIGS
 from tests.test_families import VOCAB
 
@@ -150,23 +151,22 @@ def test_remat_inside_the_scan_lowers_the_compiled_memory():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", ["tiny.py", "tiny_hybrid.py", "tiny_pattern.py", "tiny_recursive.py"])
-def test_twenty_training_steps_give_equal_losses_scanned_and_unrolled(tmp_path, path):
-    """Each config's family, depth, layer pattern, recursion and remat, with every step made tiny (width 32,
-    rows of 16 tokens, batch 2): what scanning changes is the stack's structure, not its width. Dropout is on:
-    each layer draws the same masks scanned as unrolled (hrm/models/dropout.py ``layer_key``)."""
-
-    def losses(scan_layers, out):
-        config = load_config_file(ROOT / "configs" / path)
-        config.model = dataclasses.replace(config.model, scan_layers=scan_layers, d_model=32, d_state=8, dropout=0.1)
-        config.data = dataclasses.replace(config.data, seq_len=16, num_threads=1)
-        config.train = TrainConfig(
-            steps=20, batch_size=2, lr=2e-3, warmup_steps=2, save_every=20, log_every=1, eval_batches=0, seed=0
-        )
-        return [r["loss"] for r in train(config, out, log=lambda *_: None)]
-
-    unrolled, scanned = losses(False, tmp_path / "unrolled"), losses(True, tmp_path / "scanned")
-    assert len(scanned) == 20
+@pytest.mark.parametrize("family", ["mamba", *FAMILY_RUNS])
+def test_training_steps_give_equal_losses_scanned_and_unrolled(tmp_path, trained_run, family):
+    """Each family's configs/tiny*.py with every step made tiny (``helpers.tiny_file_config``): what scanning
+    changes is the stack's structure, not its width. Dropout is on: each layer draws the same masks scanned as
+    unrolled (hrm/models/dropout.py ``layer_key``). The scanned runs are the session's shared ones
+    (tests/conftest.py); mamba's, of configs/tiny.py, trains here."""
+    if family == "mamba":
+        config = tiny_file_config("tiny.py")
+        scanned = [r["loss"] for r in train(config, tmp_path / "scanned", log=lambda *_: None)]
+    else:
+        run = trained_run(family)
+        config, scanned = run.config, [r["loss"] for r in run.records]
+    assert config.model.scan_layers and config.model.dropout
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, scan_layers=False))
+    unrolled = [r["loss"] for r in train(config, tmp_path / "unrolled", log=lambda *_: None)]
+    assert len(scanned) == config.train.steps
     np.testing.assert_allclose(scanned, unrolled, rtol=1e-5)
 
 
