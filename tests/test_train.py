@@ -244,7 +244,7 @@ def test_bfloat16_trains_within_2_percent_of_float32(tmp_path):
 
 
 SHARDED_RUNS = """
-import json, sys
+import json, shutil, sys
 import jax
 from hrm.config import resolve_config
 from hrm.training.loop import data_mesh, state_shardings, train
@@ -254,6 +254,7 @@ out = {}
 for shard in (False, True):
     config = small_config(steps=3, save_every=3, batch_size=8, accumulation_steps=2, shard_params=shard)
     config.model.d_model = 64
+    shutil.rmtree(sys.argv[1] + f"/{shard}", ignore_errors=True)  # a second attempt starts afresh
     out[str(shard)] = train(config, sys.argv[1] + f"/{shard}", log=lambda *_: None)
 _, state = init_train_state(resolve_config(config))
 specs = {str(tuple(s.spec)) for s in jax.tree.leaves(state_shardings(state, data_mesh(), True))}
