@@ -52,10 +52,11 @@ def measure(family: str, steps: int) -> dict:
     step = lowered.compile()
     compiled_at = time.perf_counter()
     tokens = jax.random.randint(jax.random.key(0), (4, 33), 0, config.model.token_vocab_size)
-    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}  # one document per row, every target counted
-    batch = {
-        k: batch.get(k, jnp.zeros(x.shape, x.dtype) if k == "segment_ids" else jnp.ones(x.shape, x.dtype))
-        for k, x in batch_shapes.items()
+    batch = {  # one document per row, every target counted (hrm.training.memory.BATCH_DTYPES)
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "mask": jnp.ones((4, 32), bool),
+        "segment_ids": jnp.zeros((4, 32), jnp.int32),
     }
     state = init_train_state(config)[1]
     state, metrics = step(state, batch)  # the first call pays the runtime's one-off costs

@@ -75,21 +75,10 @@ class TrainedRun:
     messages: list  # the lines train() logged
 
 
-# configs/tiny_*.py of each family, made tiny (tests/helpers.py tiny_file_config). recursive_ssm keeps its file's 3
-# depths and hybrid_recursive has 2 layers of 3 depths: the monitoring tests check one record per layer and per
-# depth (tests/test_monitor.py); hybrid_pattern keeps "AMAM", 2 units for the scanned stack
-# (tests/test_scan_layers.py trains each run again unrolled).
-FAMILY_RUNS = {
-    "hybrid_recursive": ("tiny_hybrid.py", {"n_layers": 2, "n_heads": 2}),
-    "recursive_ssm": ("tiny_recursive.py", {"n_layers": 2, "adapter_rank": 2}),
-    "hybrid_pattern": ("tiny_pattern.py", {"n_heads": 2}),
-}
-
-
 def trained_run_config(family: str, path: Path) -> Config:
     """The shared run of ``family``. mamba: helpers.small_config for 12 steps (checkpoints at 6 and 12) on
     synthetic:addition with the loss on the answers, 10% of 60 documents held out (hrm.eval's perplexity);
-    the others: ``helpers.tiny_file_config`` of their configs/tiny_*.py file (``FAMILY_RUNS``)."""
+    the others: ``helpers.tiny_file_config`` of their configs/tiny_*.py file (``helpers.FAMILY_RUNS``)."""
     from hrm.config import SyntheticConfig
 
     if family == "mamba":
@@ -99,7 +88,7 @@ def trained_run_config(family: str, path: Path) -> Config:
         config.data.synthetic = SyntheticConfig(examples=60, length=2)
         config.data.cache_dir = str(path / "cache")
         return config
-    file, model = FAMILY_RUNS[family]
+    file, model = helpers.FAMILY_RUNS[family]
     return helpers.tiny_file_config(file, **model)
 
 

@@ -112,6 +112,18 @@ def tiny_file_config(file: str, **model) -> Config:
     return config
 
 
+# The session's shared trained runs of each family (tests/conftest.py): its configs/tiny_*.py file made tiny by
+# ``tiny_file_config``, with these model changes. recursive_ssm keeps its file's 3 depths and hybrid_recursive has
+# 2 layers of 3 depths: the monitoring tests check one record per layer and per depth (tests/test_monitor.py);
+# hybrid_pattern keeps "AMAM", 2 units for the scanned stack (tests/test_scan_layers.py trains each run again
+# unrolled).
+FAMILY_RUNS = {
+    "hybrid_recursive": ("tiny_hybrid.py", {"n_layers": 2, "n_heads": 2}),
+    "recursive_ssm": ("tiny_recursive.py", {"n_layers": 2, "adapter_rank": 2}),
+    "hybrid_pattern": ("tiny_pattern.py", {"n_heads": 2}),
+}
+
+
 def optimised_xla_flags() -> str:
     """XLA_FLAGS without ``FAST_COMPILE_XLA_FLAGS`` (XLA's default CPU backend): for a test that runs many steps,
     where the optimised code's speed pays for its slower compile."""

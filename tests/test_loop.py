@@ -176,20 +176,18 @@ def test_setup_builds_one_abstract_model_one_parameter_table_and_compiles_once(t
     assert len(builds) == 1
 
 
-def test_a_run_that_never_evaluates_compiles_no_evaluation(tmp_path, monkeypatch):
-    """train.eval_batches 0 (or nothing held out): the plan compiles the train step alone, and the run writes no
+@pytest.mark.parametrize("eval_batches,eval_fraction", [(0, 0.01), (8, 0.0)])
+def test_a_run_that_never_evaluates_compiles_no_evaluation(tmp_path, monkeypatch, eval_batches, eval_fraction):
+    """train.eval_batches 0, or nothing held out: the plan compiles the train step alone, and the run writes no
     eval record."""
     compiles = []
     real_compile = jax.stages.Lowered.compile
     monkeypatch.setattr(jax.stages.Lowered, "compile", lambda *a, **k: compiles.append(1) or real_compile(*a, **k))
-    for change in ({"eval_batches": 0}, {}):
-        config = small_config(steps=2, save_every=2, **change)
-        if not change:
-            config.data.eval_fraction = 0.0
-        compiles.clear()
-        loop.train(config, tmp_path / str(len(change)), quiet)
-        assert len(compiles) == 1, change
-        assert not [r for r in read_metrics(tmp_path / str(len(change))) if "eval_loss" in r]
+    config = small_config(steps=2, save_every=2, eval_batches=eval_batches)
+    config.data.eval_fraction = eval_fraction
+    loop.train(config, tmp_path, quiet)
+    assert len(compiles) == 1
+    assert not [r for r in read_metrics(tmp_path) if "eval_loss" in r]
 
 
 def test_a_vram_search_keeps_the_step_it_chose_instead_of_compiling_it_again(tmp_path, monkeypatch):

@@ -14,8 +14,7 @@ from hrm.config import ModelConfig
 from hrm.models import FAMILIES, build_model
 from hrm.models.lm import stack_layer_params, unstack_layer_params
 from hrm.training.loop import train
-from tests.conftest import FAMILY_RUNS
-from tests.helpers import tiny_file_config
+from tests.helpers import FAMILY_RUNS, tiny_file_config
 from tests.test_families import SMALL as FAMILY_CONFIGS
 from tests.test_families import VOCAB
 
